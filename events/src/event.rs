@@ -1,0 +1,485 @@
+//! The typed events: one enum per stream, one struct per event type.
+//!
+//! Every event type has a stable name (`job.submitted`) and an explicit version. The name and
+//! version are written into the record next to the payload, so a reader picks the decoder for
+//! exactly the shape that was written. When a payload changes shape:
+//!
+//! - adding a field with a default (`#[serde(default)]`) keeps old records decoding: no new
+//!   version is needed;
+//! - anything else (renaming, removing, changing a field's meaning) adds a new version: the old
+//!   struct stays, renamed `…V1`, with an upcast into the current one, and [`decode`]'s table
+//!   gains a row. Old logs keep decoding forever; golden files in `events/testdata/golden`
+//!   check it.
+//!
+//! Payloads are encoded as MessagePack maps with field names as keys (see `events/FORMAT.md`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Hash;
+
+/// Identifies a job. UUID v7, so ids sort by submission time.
+pub type JobId = Uuid;
+
+/// Every event gantry records, grouped by stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Event {
+    Job(JobEvent),
+    Node(NodeEvent),
+    Artifact(ArtifactEvent),
+    Audit(AuditEvent),
+}
+
+/// The job lifecycle.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum JobEvent {
+    Submitted(JobSubmitted),
+    Placed(JobPlaced),
+    Started(JobStarted),
+    Succeeded(JobSucceeded),
+    Failed(JobFailed),
+    RetryScheduled(JobRetryScheduled),
+    CancelRequested(JobCancelRequested),
+    Cancelled(JobCancelled),
+    DeadLettered(JobDeadLettered),
+}
+
+/// Worker nodes joining, changing and leaving.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum NodeEvent {
+    Joined(NodeJoined),
+    GpusObserved(NodeGpusObserved),
+    Lost(NodeLost),
+    Drained(NodeDrained),
+}
+
+/// Files produced by jobs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ArtifactEvent {
+    Stored(ArtifactStored),
+}
+
+/// The auditor's own records.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum AuditEvent {
+    Checkpointed(AuditCheckpointed),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Job payloads
+
+/// A job was accepted. Carries the whole, validated specification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSubmitted {
+    pub job_id: JobId,
+    pub spec: JobSpec,
+}
+
+/// What a user asked to run. Validation happens at the edge (gateway, CLI) before this is
+/// recorded; a recorded spec is always valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub resources: Resources,
+    /// Wall-clock limit of one attempt, in seconds.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Higher runs first.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+fn default_queue() -> String {
+    "default".to_owned()
+}
+
+/// Resources one attempt reserves on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Resources {
+    /// Thousandths of a CPU core.
+    #[serde(default)]
+    pub cpu_millis: u32,
+    #[serde(default)]
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub gpus: GpuRequest,
+}
+
+/// GPUs one attempt needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GpuRequest {
+    #[serde(default)]
+    pub count: u32,
+    /// Substring the GPU's product name must contain, e.g. `A100`.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub min_memory_bytes: Option<u64>,
+}
+
+/// When and how often a failed attempt is retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included. 1 means never retry.
+    pub max_attempts: u32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Retry failures caused by the job itself (non-zero exit, OOM, timeout), not only
+    /// infrastructure failures.
+    #[serde(default)]
+    pub retry_user_failures: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 60_000,
+            retry_user_failures: false,
+        }
+    }
+}
+
+/// Network access of a job's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// No network at all (the default).
+    #[default]
+    None,
+    /// The container engine's default bridge network.
+    Bridge,
+}
+
+/// An attempt of a job was placed on a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobPlaced {
+    pub job_id: JobId,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub node_id: String,
+    /// UUIDs of the GPUs reserved for this attempt.
+    #[serde(default)]
+    pub gpu_uuids: Vec<String>,
+}
+
+/// An attempt's process or container started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStarted {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub node_id: String,
+    /// Container id, or process id for the local executor.
+    #[serde(default)]
+    pub handle: Option<String>,
+}
+
+/// An attempt exited with status 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSucceeded {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub duration_ms: u64,
+}
+
+/// An attempt ended without success.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobFailed {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub cause: FailureCause,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FailureCause {
+    /// The job's process exited with a non-zero status.
+    NonZeroExit { code: i64 },
+    /// The kernel killed the job for exceeding its memory limit.
+    OomKilled,
+    /// The attempt ran past its timeout and was stopped.
+    Timeout { after_secs: u64 },
+    /// The image could not be found or pulled.
+    ImageUnavailable { image: String, reason: String },
+    /// The node running the attempt went away.
+    NodeLost { node_id: String },
+    /// The executor itself failed (engine error, bad mount, …).
+    ExecutorError { message: String },
+    /// The attempt was stopped because the job was cancelled.
+    Cancelled,
+}
+
+/// A failed job will run again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRetryScheduled {
+    pub job_id: JobId,
+    /// The attempt that will run next.
+    pub next_attempt: u32,
+    /// Unix time in milliseconds before which the next attempt is not placed.
+    pub not_before_ms: u64,
+}
+
+/// Someone asked for a job to be cancelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobCancelRequested {
+    pub job_id: JobId,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A job was cancelled; it will not run again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobCancelled {
+    pub job_id: JobId,
+    /// The attempt that was running when the job was cancelled, if any.
+    #[serde(default)]
+    pub attempt: Option<u32>,
+}
+
+/// A job failed for the last time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobDeadLettered {
+    pub job_id: JobId,
+    pub attempts: u32,
+    pub last_cause: FailureCause,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node payloads
+
+/// A GPU as a node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    pub uuid: String,
+    pub name: String,
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub utilisation_pct: Option<u8>,
+    #[serde(default)]
+    pub driver_version: Option<String>,
+}
+
+/// A node joined the fleet with this capacity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeJoined {
+    pub node_id: String,
+    pub hostname: String,
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub gpus: Vec<Gpu>,
+    /// How the node runs jobs, e.g. `docker` or `process` (no sandbox).
+    pub executor: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A node's GPU inventory changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeGpusObserved {
+    pub node_id: String,
+    pub gpus: Vec<Gpu>,
+}
+
+/// A node stopped answering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeLost {
+    pub node_id: String,
+    pub reason: String,
+}
+
+/// A node takes no more work (shutdown or maintenance).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeDrained {
+    pub node_id: String,
+    pub reason: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Artifact and audit payloads
+
+/// A job's output file was stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactStored {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub name: String,
+    /// Where the bytes are: an object key or a path under the artifact root.
+    pub location: String,
+    pub sha256: Hash,
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+/// The auditor re-verified the chain up to and including `through_seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditCheckpointed {
+    pub through_seq: u64,
+    pub through_hash: Hash,
+    /// Events verified since the previous checkpoint.
+    pub events_verified: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names, versions and the decoding table
+
+/// Declares, for every event type: its enum path, stable name, current version and payload.
+/// Generates `Event::type_name`, `Event::version`, `Event::encode_payload`, the decoding table
+/// and the list of all types.
+macro_rules! event_types {
+    ($( $stream:ident ( $senum:ident ) :: $variant:ident ( $payload:ident ) = $name:literal v $version:literal ; )*) => {
+        impl Event {
+            /// The stable type name, e.g. `job.submitted`.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $( Event::$stream($senum::$variant(_)) => $name, )*
+                }
+            }
+
+            /// The version of the payload's shape this build writes.
+            pub fn version(&self) -> u32 {
+                match self {
+                    $( Event::$stream($senum::$variant(_)) => $version, )*
+                }
+            }
+
+            /// The payload as a MessagePack map (field names as keys).
+            pub fn encode_payload(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+                match self {
+                    $( Event::$stream($senum::$variant(p)) => rmp_serde::to_vec_named(p), )*
+                }
+            }
+        }
+
+        $(
+            impl From<$payload> for Event {
+                fn from(payload: $payload) -> Event {
+                    Event::$stream($senum::$variant(payload))
+                }
+            }
+        )*
+
+        /// Every `(type name, current version)` this build knows.
+        pub const ALL_TYPES: &[(&str, u32)] = &[ $( ($name, $version), )* ];
+
+        /// Decodes a payload written as `type_name` at `version`, upcasting older versions to
+        /// the current shape.
+        pub fn decode(type_name: &str, version: u32, payload: &[u8]) -> Result<Event, DecodeError> {
+            match (type_name, version) {
+                $( ($name, $version) => {
+                    let p: $payload = decode_exact(payload)
+                        .map_err(|reason| DecodeError::Payload { type_name: $name, version, reason })?;
+                    Ok(Event::from(p))
+                } )*
+                _ => Err(DecodeError::UnknownType { type_name: type_name.to_owned(), version }),
+            }
+        }
+    };
+}
+
+/// Decodes one MessagePack value that must fill `payload` exactly.
+fn decode_exact<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    let mut rd = payload;
+    let value =
+        T::deserialize(&mut rmp_serde::Deserializer::new(&mut rd)).map_err(|e| e.to_string())?;
+    if !rd.is_empty() {
+        return Err(format!("{} bytes after the payload", rd.len()));
+    }
+    Ok(value)
+}
+
+event_types! {
+    Job(JobEvent)::Submitted(JobSubmitted) = "job.submitted" v 1;
+    Job(JobEvent)::Placed(JobPlaced) = "job.placed" v 1;
+    Job(JobEvent)::Started(JobStarted) = "job.started" v 1;
+    Job(JobEvent)::Succeeded(JobSucceeded) = "job.succeeded" v 1;
+    Job(JobEvent)::Failed(JobFailed) = "job.failed" v 1;
+    Job(JobEvent)::RetryScheduled(JobRetryScheduled) = "job.retry_scheduled" v 1;
+    Job(JobEvent)::CancelRequested(JobCancelRequested) = "job.cancel_requested" v 1;
+    Job(JobEvent)::Cancelled(JobCancelled) = "job.cancelled" v 1;
+    Job(JobEvent)::DeadLettered(JobDeadLettered) = "job.dead_lettered" v 1;
+    Node(NodeEvent)::Joined(NodeJoined) = "node.joined" v 1;
+    Node(NodeEvent)::GpusObserved(NodeGpusObserved) = "node.gpus_observed" v 1;
+    Node(NodeEvent)::Lost(NodeLost) = "node.lost" v 1;
+    Node(NodeEvent)::Drained(NodeDrained) = "node.drained" v 1;
+    Artifact(ArtifactEvent)::Stored(ArtifactStored) = "artifact.stored" v 1;
+    Audit(AuditEvent)::Checkpointed(AuditCheckpointed) = "audit.checkpointed" v 1;
+}
+
+impl Event {
+    /// The stream this event belongs to: the part of the type name before the dot.
+    pub fn stream(&self) -> &'static str {
+        match self {
+            Event::Job(_) => "job",
+            Event::Node(_) => "node",
+            Event::Artifact(_) => "artifact",
+            Event::Audit(_) => "audit",
+        }
+    }
+
+    /// The job this event is about, for job events and artifacts.
+    pub fn job_id(&self) -> Option<JobId> {
+        match self {
+            Event::Job(e) => Some(match e {
+                JobEvent::Submitted(p) => p.job_id,
+                JobEvent::Placed(p) => p.job_id,
+                JobEvent::Started(p) => p.job_id,
+                JobEvent::Succeeded(p) => p.job_id,
+                JobEvent::Failed(p) => p.job_id,
+                JobEvent::RetryScheduled(p) => p.job_id,
+                JobEvent::CancelRequested(p) => p.job_id,
+                JobEvent::Cancelled(p) => p.job_id,
+                JobEvent::DeadLettered(p) => p.job_id,
+            }),
+            Event::Artifact(ArtifactEvent::Stored(p)) => Some(p.job_id),
+            Event::Node(_) | Event::Audit(_) => None,
+        }
+    }
+}
+
+/// A payload that could not be turned into an [`Event`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The type or version is not one this build knows (written by a newer gantry?).
+    #[error("unknown event type {type_name} v{version}")]
+    UnknownType { type_name: String, version: u32 },
+    /// The payload does not match the type's shape.
+    #[error("payload of {type_name} v{version} does not decode: {reason}")]
+    Payload {
+        type_name: &'static str,
+        version: u32,
+        reason: String,
+    },
+}
