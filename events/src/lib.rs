@@ -29,4 +29,4 @@ pub use event::Event;
 pub use hash::Hash;
 pub use log::{Appended, EventLog, Head, Subscription};
 pub use record::{EncodeError, Entry, Envelope, NewEvent, RecordError, Source, seal};
-pub use verify::{Break, Fault, Verified, Verifier, verify};
+pub use verify::{Break, Fault, Verified, Verifier, verify, verify_log};

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::event;
-use crate::{Entry, Hash, RecordError};
+use crate::{Entry, Error, EventLog, Hash, RecordError};
 
 /// What is wrong with the first bad entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -205,6 +205,60 @@ pub fn verify<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Result<Verifi
         verifier.push(entry)?;
     }
     verifier.finish()
+}
+
+/// Entries read per step by [`verify_log`].
+const VERIFY_CHUNK: usize = 4096;
+
+/// Verifies a log from sequence `from` (≥ 1) through `to` (its end when `None`).
+///
+/// Starting mid-chain, the entry before `from` anchors the check. The outer error is the log
+/// failing to answer; the inner one is the chain breaking.
+pub async fn verify_log(
+    log: &dyn EventLog,
+    from: u64,
+    to: Option<u64>,
+) -> Result<Result<Verified, Break>, Error> {
+    let from = from.max(1);
+    let to = to.unwrap_or(u64::MAX);
+    let mut verifier = if from == 1 {
+        Verifier::from_genesis()
+    } else {
+        match log.read(from - 1, 1).await {
+            Ok(before) => match before.first().map(Entry::stored_hash) {
+                Some(Ok(anchor)) => Verifier::anchored(from, anchor),
+                _ => Verifier::unanchored(from),
+            },
+            Err(Error::Broken { .. }) => Verifier::unanchored(from),
+            Err(e) => return Err(e),
+        }
+    };
+    let mut next = from;
+    while next <= to {
+        let want = usize::try_from(to - next + 1)
+            .unwrap_or(usize::MAX)
+            .min(VERIFY_CHUNK);
+        let entries = match log.read(next, want).await {
+            Ok(entries) => entries,
+            Err(Error::Broken { seq, reason }) => {
+                return Ok(Err(Break {
+                    seq,
+                    fault: Fault::Undecodable { reason },
+                }));
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            break;
+        };
+        for entry in entries.iter().filter(|e| e.seq <= to) {
+            if let Err(broken) = verifier.push(entry) {
+                return Ok(Err(broken));
+            }
+        }
+        next = last + 1;
+    }
+    Ok(verifier.finish())
 }
 
 #[cfg(test)]

