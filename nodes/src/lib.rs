@@ -1,1 +1,13 @@
-//! placeholder
+//! gantry's adapters to the outside world, and the processes assembled from them.
+//!
+//! - [`jetstream`]: the [`gantry_events::EventLog`] on a NATS JetStream server (fleet mode).
+//! - [`node`]: this machine as a node: its stable id and capacity.
+//! - [`cli`]: the `gantry` command line (`src/main.rs` only parses and calls it).
+//!
+//! This is the only crate that talks to NATS (and, as they arrive, Docker, NVML and S3). It
+//! implements the traits the inner crates define; nothing else depends on it except the
+//! integration tests.
+
+pub mod cli;
+pub mod jetstream;
+pub mod node;

@@ -178,8 +178,8 @@ fn find_nats_server() -> Result<PathBuf, String> {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     // "nats-server: v2.15.1"
     let version = text
-        .split('v')
-        .nth(1)
+        .rsplit_once(" v")
+        .map(|(_, v)| v)
         .map(|v| {
             v.trim()
                 .split('.')

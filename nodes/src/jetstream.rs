@@ -1,0 +1,451 @@
+//! The event log on NATS JetStream: the log of record in fleet mode.
+//!
+//! One stream (file storage) holds the chain; stream sequence `n` is entry `n`. Every publish
+//! carries `Nats-Expected-Last-Sequence` = the head it was sealed after, so the server refuses
+//! any publish that would not extend the current head, and the chain cannot fork no matter how
+//! many processes append. A refused append re-reads the head, re-seals and tries again (optimistic
+//! concurrency: no leader to elect or fence). Batches of more than one event go out as one
+//! JetStream atomic batch (server ≥ 2.12, stream `allow_atomic`), so they land whole or not at
+//! all; the messages of a batch are pipelined and only the commit waits for an acknowledgement.
+//! The event id is the `Nats-Msg-Id`, so a publish retried after a lost acknowledgement is not
+//! stored twice.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::{self, StorageType};
+use async_nats::jetstream::{self, ErrorCode};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use gantry_events::log::{MAX_ENTRY_BYTES, check_batch};
+use gantry_events::{
+    Appended, Entry, Error, EventLog, Head, NewEvent, Subscription, Verifier, seal,
+};
+use tokio::sync::Mutex;
+
+/// Settings of the JetStream log.
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// NATS server URL(s), comma separated.
+    pub url: String,
+    /// Stream holding the log.
+    pub stream: String,
+    /// Subjects are `<prefix>.<type>`.
+    pub subject_prefix: String,
+    /// How long to wait for the server to acknowledge a publish.
+    pub ack_timeout: Duration,
+    /// Attempts before an append contended by other writers gives up.
+    pub max_attempts: u32,
+}
+
+impl Default for JetStreamOptions {
+    fn default() -> Self {
+        JetStreamOptions {
+            url: "nats://127.0.0.1:4222".into(),
+            stream: "GANTRY_EVENTS".into(),
+            subject_prefix: "gantry.events".into(),
+            ack_timeout: Duration::from_secs(10),
+            max_attempts: 200,
+        }
+    }
+}
+
+/// The JetStream-backed event log.
+#[derive(Debug)]
+pub struct JetStreamLog {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    options: JetStreamOptions,
+    /// Serialises this process's appends and remembers the head after the last one, so an
+    /// uncontended append costs no extra round trip. `None` means "ask the server".
+    head: Mutex<Option<Head>>,
+}
+
+/// How one publish attempt ended.
+enum Attempt {
+    /// Someone else appended first: re-read the head and try again.
+    Conflict,
+    /// The outcome is unknown (timeout, disconnect, duplicate id): look at the log to find out.
+    Unknown(Error),
+}
+
+impl JetStreamLog {
+    /// Connects and creates the stream if it does not exist.
+    pub async fn connect(options: JetStreamOptions) -> Result<JetStreamLog, Error> {
+        let client = async_nats::ConnectOptions::new()
+            .name("gantry")
+            .connect(options.url.as_str())
+            .await
+            .map_err(|e| Error::backend("connecting to NATS", e))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(options.ack_timeout)
+            .build(client.clone());
+        let config = stream::Config {
+            name: options.stream.clone(),
+            subjects: vec![format!("{}.>", options.subject_prefix)],
+            storage: StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            allow_direct: true,
+            deny_delete: true,
+            deny_purge: true,
+            allow_atomic_publish: true,
+            ..Default::default()
+        };
+        let mut stream = js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| Error::backend("creating the event stream", e))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| Error::backend("reading the event stream", e))?;
+        if !info.config.allow_atomic_publish {
+            // A stream made by an older gantry or by hand: atomic batches must be on.
+            let mut config = info.config.clone();
+            config.allow_atomic_publish = true;
+            js.update_stream(config)
+                .await
+                .map_err(|e| Error::backend("enabling atomic batches on the event stream", e))?;
+        }
+        Ok(JetStreamLog {
+            client,
+            js,
+            stream,
+            options,
+            head: Mutex::new(None),
+        })
+    }
+
+    /// The underlying NATS client (shared, cheap to clone).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    fn subject(&self, event: &NewEvent) -> String {
+        format!(
+            "{}.{}",
+            self.options.subject_prefix,
+            event.event.type_name()
+        )
+    }
+
+    async fn last_sequence(&self) -> Result<u64, Error> {
+        let mut stream = self.stream.clone();
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| Error::backend("reading the event stream", e))?;
+        Ok(info.state.last_sequence)
+    }
+
+    async fn get(&self, seq: u64) -> Result<Option<Entry>, Error> {
+        match self.stream.get_raw_message(seq).await {
+            Ok(message) => Ok(Some(Entry {
+                seq: message.sequence,
+                bytes: message.payload,
+            })),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(Error::backend("reading an event", e)),
+        }
+    }
+
+    /// Reads the head from the server and checks that it is a sound entry: appending after a
+    /// message that bypassed the chain would bury the damage.
+    async fn fetch_head(&self) -> Result<Head, Error> {
+        let last = self.last_sequence().await?;
+        if last == 0 {
+            return Ok(Head::EMPTY);
+        }
+        let entry = self.get(last).await?.ok_or_else(|| Error::Broken {
+            seq: last,
+            reason: "the head message is missing".into(),
+        })?;
+        let mut verifier = Verifier::unanchored(last).check_payloads(false);
+        verifier.push(&entry).map_err(|broken| Error::Broken {
+            seq: broken.seq,
+            reason: broken.fault.to_string(),
+        })?;
+        Ok(Head {
+            seq: last,
+            hash: entry.stored_hash().map_err(|e| Error::Broken {
+                seq: last,
+                reason: e.to_string(),
+            })?,
+        })
+    }
+
+    fn headers(&self, event: &NewEvent) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
+        headers.insert("Gantry-Type", event.event.type_name());
+        headers
+    }
+
+    /// Publishes sealed entries that extend `after`; they land whole or not at all.
+    async fn publish(
+        &self,
+        batch: &[NewEvent],
+        sealed: &[Entry],
+        after: u64,
+    ) -> Result<u64, Attempt> {
+        debug_assert_eq!(batch.len(), sealed.len());
+        let expected = after.to_string();
+        let last_index = batch.len() - 1;
+        let batch_id = uuid::Uuid::now_v7().simple().to_string();
+        for (i, (event, entry)) in batch.iter().zip(sealed).enumerate() {
+            let mut headers = self.headers(event);
+            if i == 0 {
+                headers.insert("Nats-Expected-Last-Sequence", expected.as_str());
+            }
+            if batch.len() > 1 {
+                headers.insert("Nats-Batch-Id", batch_id.as_str());
+                headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            }
+            if i < last_index {
+                // Inside an atomic batch: no acknowledgement until the commit.
+                self.client
+                    .publish_with_headers(self.subject(event), headers, entry.bytes.clone())
+                    .await
+                    .map_err(|e| Attempt::Unknown(Error::backend("publishing an event", e)))?;
+                continue;
+            }
+            if batch.len() > 1 {
+                headers.insert("Nats-Batch-Commit", "1");
+            }
+            let ack = self
+                .js
+                .publish_with_headers(self.subject(event), headers, entry.bytes.clone())
+                .await
+                .map_err(|e| Attempt::Unknown(Error::backend("publishing an event", e)))?
+                .await;
+            return match ack {
+                Ok(ack) if ack.duplicate => Err(Attempt::Unknown(Error::backend(
+                    "publishing an event",
+                    "the server already holds this event id",
+                ))),
+                Ok(ack) => Ok(ack.sequence),
+                Err(e) if is_conflict(&e) => Err(Attempt::Conflict),
+                Err(e) => Err(Attempt::Unknown(Error::backend("publishing an event", e))),
+            };
+        }
+        Err(Attempt::Unknown(Error::backend(
+            "publishing",
+            "empty batch",
+        )))
+    }
+
+    /// After an attempt with an unknown outcome: did the batch land after `after`?
+    async fn landed(&self, batch: &[NewEvent], after: u64) -> Result<Option<Vec<Appended>>, Error> {
+        let head = self.fetch_head().await?;
+        if head.seq <= after {
+            return Ok(None);
+        }
+        let found = self.read_range(after + 1, usize::MAX).await?;
+        let first_id = batch[0].id;
+        let Some(start) = found
+            .iter()
+            .position(|e| e.view().is_ok_and(|v| v.id == first_id))
+        else {
+            return Ok(None);
+        };
+        let run = &found[start..];
+        if run.len() < batch.len() {
+            return Ok(None);
+        }
+        let mut appended = Vec::with_capacity(batch.len());
+        for (event, entry) in batch.iter().zip(run) {
+            let view = entry.view().map_err(|e| Error::Broken {
+                seq: entry.seq,
+                reason: e.to_string(),
+            })?;
+            if view.id != event.id {
+                return Ok(None);
+            }
+            appended.push(Appended {
+                seq: entry.seq,
+                id: event.id,
+                hash: entry.stored_hash().map_err(|e| Error::Broken {
+                    seq: entry.seq,
+                    reason: e.to_string(),
+                })?,
+            });
+        }
+        Ok(Some(appended))
+    }
+
+    async fn read_range(&self, from: u64, max: usize) -> Result<Vec<Entry>, Error> {
+        if from == 0 {
+            return Err(Error::InvalidSequence(0));
+        }
+        let last = self.last_sequence().await?;
+        if from > last || max == 0 {
+            return Ok(Vec::new());
+        }
+        let end = last.min(from.saturating_add(max as u64 - 1));
+        if end == from {
+            return Ok(self.get(from).await?.into_iter().collect());
+        }
+        let mut messages = self.ordered(from).await?;
+        let mut out = Vec::with_capacity((end - from + 1) as usize);
+        while let Some(message) = tokio::time::timeout(self.options.ack_timeout, messages.next())
+            .await
+            .map_err(|_| Error::backend("reading events", "timed out"))?
+        {
+            let (entry, pending) = message?;
+            if entry.seq > end {
+                break;
+            }
+            let done = entry.seq == end || pending == 0;
+            out.push(entry);
+            if done {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entries from `from` on, with the count still pending on the server after each.
+    async fn ordered(
+        &self,
+        from: u64,
+    ) -> Result<
+        impl futures::Stream<Item = Result<(Entry, u64), Error>> + Send + 'static + use<>,
+        Error,
+    > {
+        let consumer = self
+            .stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::backend("creating a reader", e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| Error::backend("starting a reader", e))?;
+        Ok(messages.map(|message| {
+            let message = message.map_err(|e| Error::backend("reading events", e))?;
+            let info = message
+                .info()
+                .map_err(|e| Error::backend("reading event metadata", e))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            let bytes: Bytes = message.message.payload.clone();
+            Ok((Entry { seq, bytes }, pending))
+        }))
+    }
+}
+
+fn is_conflict(error: &jetstream::context::PublishError) -> bool {
+    if error.kind() == PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    std::error::Error::source(error)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| e.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE)
+}
+
+impl EventLog for JetStreamLog {
+    fn append(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Appended>, Error>> {
+        async move {
+            if batch.is_empty() {
+                return Ok(Vec::new());
+            }
+            check_batch(&batch)?;
+            let mut cached = self.head.lock().await;
+            for attempt in 1..=self.options.max_attempts {
+                let head = match *cached {
+                    Some(head) => head,
+                    None => self.fetch_head().await?,
+                };
+                let mut sealed = Vec::with_capacity(batch.len());
+                let mut appended = Vec::with_capacity(batch.len());
+                let mut prev = head;
+                for event in &batch {
+                    let (entry, hash) = seal(prev.seq + 1, &prev.hash, event)?;
+                    if entry.bytes.len() > MAX_ENTRY_BYTES {
+                        return Err(Error::EntryTooLarge {
+                            type_name: event.event.type_name(),
+                            size: entry.bytes.len(),
+                            max: MAX_ENTRY_BYTES,
+                        });
+                    }
+                    prev = Head {
+                        seq: entry.seq,
+                        hash,
+                    };
+                    appended.push(Appended {
+                        seq: entry.seq,
+                        id: event.id,
+                        hash,
+                    });
+                    sealed.push(entry);
+                }
+                match self.publish(&batch, &sealed, head.seq).await {
+                    Ok(seq) if seq == prev.seq => {
+                        *cached = Some(prev);
+                        return Ok(appended);
+                    }
+                    Ok(seq) => {
+                        *cached = None;
+                        return Err(Error::Broken {
+                            seq,
+                            reason: format!(
+                                "server stored the batch at {seq}, expected {}",
+                                prev.seq
+                            ),
+                        });
+                    }
+                    Err(Attempt::Conflict) => {
+                        *cached = None;
+                        // Spread out the retries of writers that collided.
+                        let jitter = u64::from(uuid::Uuid::now_v7().as_u128() as u8 % 8);
+                        let pause = (u64::from(attempt.min(20)) + jitter) * 100;
+                        tokio::time::sleep(Duration::from_micros(pause)).await;
+                    }
+                    Err(Attempt::Unknown(error)) => {
+                        *cached = None;
+                        if let Some(appended) = self.landed(&batch, head.seq).await? {
+                            *cached = appended.last().map(|a| Head {
+                                seq: a.seq,
+                                hash: a.hash,
+                            });
+                            return Ok(appended);
+                        }
+                        tracing::warn!(%error, attempt, "append failed; retrying");
+                    }
+                }
+            }
+            Err(Error::Contended {
+                attempts: self.options.max_attempts,
+            })
+        }
+        .boxed()
+    }
+
+    fn read(&self, from: u64, max: usize) -> BoxFuture<'_, Result<Vec<Entry>, Error>> {
+        self.read_range(from, max).boxed()
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<Head, Error>> {
+        self.fetch_head().boxed()
+    }
+
+    fn subscribe(&self, from: u64) -> BoxFuture<'_, Result<Subscription, Error>> {
+        async move {
+            if from == 0 {
+                return Err(Error::InvalidSequence(0));
+            }
+            let entries = self.ordered(from).await?;
+            Ok(entries.map_ok(|(entry, _)| entry).boxed())
+        }
+        .boxed()
+    }
+}
