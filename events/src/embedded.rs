@@ -38,6 +38,8 @@ const QUEUE_DEPTH: usize = 4096;
 const GROUP_MAX_EVENTS: usize = 65_536;
 /// Most bytes returned by one read.
 const READ_MAX_BYTES: u64 = 16 << 20;
+/// How often a read-only subscription looks for entries another process appended.
+const READ_ONLY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// Entries fetched per step while a subscription catches up.
 const SUBSCRIBE_CHUNK: usize = 1024;
 
@@ -59,6 +61,9 @@ struct Inner {
     heads: watch::Receiver<Head>,
     /// Set at open when the stored chain does not add up; appends are refused.
     damage: Option<(u64, String)>,
+    /// Opened without the lock, beside a writer in another process: picks up that writer's
+    /// appends by re-reading the file, never writes.
+    read_only: bool,
 }
 
 #[derive(Debug)]
@@ -70,10 +75,12 @@ struct Index {
     head: Head,
 }
 
+type Reply = oneshot::Sender<Result<Vec<Appended>, Error>>;
+
 #[derive(Debug)]
 struct Request {
     batch: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<Vec<Appended>, Error>>,
+    reply: Reply,
 }
 
 impl EmbeddedLog {
@@ -82,6 +89,16 @@ impl EmbeddedLog {
     pub async fn open(dir: impl AsRef<Path>) -> Result<EmbeddedLog, Error> {
         let dir = dir.as_ref().to_owned();
         tokio::task::spawn_blocking(move || open_blocking(&dir))
+            .await
+            .map_err(|e| Error::backend("open task", e))?
+    }
+
+    /// Opens the log for reading only, without taking the lock, so it can be inspected while
+    /// another process appends to it. Appends fail with [`Error::Closed`]; new entries written
+    /// by the other process become visible as it commits them.
+    pub async fn open_read_only(dir: impl AsRef<Path>) -> Result<EmbeddedLog, Error> {
+        let dir = dir.as_ref().to_owned();
+        tokio::task::spawn_blocking(move || open_read_only_blocking(&dir))
             .await
             .map_err(|e| Error::backend("open task", e))?
     }
@@ -158,7 +175,7 @@ fn open_blocking(dir: &Path) -> Result<EmbeddedLog, Error> {
         });
     }
 
-    let recovered = recover(&file, &path)?;
+    let recovered = recover(&file, &path, true)?;
     let (head_tx, heads) = watch::channel(recovered.index.head);
     let inner = Arc::new(Inner {
         path,
@@ -166,6 +183,7 @@ fn open_blocking(dir: &Path) -> Result<EmbeddedLog, Error> {
         index: RwLock::new(recovered.index),
         heads,
         damage: recovered.damage,
+        read_only: false,
     });
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let writer = {
@@ -181,13 +199,97 @@ fn open_blocking(dir: &Path) -> Result<EmbeddedLog, Error> {
     })
 }
 
+fn open_read_only_blocking(dir: &Path) -> Result<EmbeddedLog, Error> {
+    let path = dir.join(LOG_FILE);
+    let file = File::open(&path)?;
+    let mut header = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut header, 0)
+        .map_err(|_| Error::NotALog {
+            path: path.clone(),
+            reason: "too short for a header".into(),
+        })?;
+    let header = Header::decode(&header).map_err(|reason| Error::NotALog {
+        path: path.clone(),
+        reason,
+    })?;
+    if header != Header::GENESIS {
+        return Err(Error::NotALog {
+            path,
+            reason: "a store must start at sequence 1 (is this an export?)".into(),
+        });
+    }
+    let recovered = recover(&file, &path, false)?;
+    let (_, heads) = watch::channel(recovered.index.head);
+    Ok(EmbeddedLog {
+        inner: Arc::new(Inner {
+            path,
+            file,
+            index: RwLock::new(recovered.index),
+            heads,
+            damage: recovered.damage,
+            read_only: true,
+        }),
+        requests: None,
+        writer: None,
+    })
+}
+
+/// Read-only handles: picks up entries another process committed since the last look.
+fn refresh(inner: &Inner) -> Result<(), Error> {
+    if !inner.read_only || inner.damage.is_some() {
+        return Ok(());
+    }
+    let len = inner.file.metadata()?.len();
+    let (end, count) = {
+        let index = read_index(inner);
+        (index.end, index.offsets.len() as u64)
+    };
+    if len <= end {
+        return Ok(());
+    }
+    let mut tail = vec![0u8; (len - end) as usize];
+    inner.file.read_exact_at(&mut tail, end)?;
+    let mut frames = FrameReader::new(&tail[..], end);
+    let mut offsets = Vec::new();
+    let mut committed = 0;
+    let mut committed_end = end;
+    let mut head = None;
+    while let Some(frame) = frames.next_frame()? {
+        offsets.push(frame.offset);
+        if frame.flags & FLAG_BATCH_END != 0 {
+            committed = offsets.len();
+            committed_end = frame.offset + (file::FRAME_OVERHEAD + frame.entry.len()) as u64;
+            head = Some(frame.entry);
+        }
+    }
+    let Some(head_bytes) = head else {
+        return Ok(());
+    };
+    offsets.truncate(committed);
+    let seq = count + committed as u64;
+    let hash = Entry {
+        seq,
+        bytes: head_bytes,
+    }
+    .stored_hash()
+    .unwrap_or(Hash::GENESIS);
+    let mut index = inner.index.write().unwrap_or_else(|e| e.into_inner());
+    if index.end == end {
+        index.offsets.extend_from_slice(&offsets);
+        index.end = committed_end;
+        index.head = Head { seq, hash };
+    }
+    Ok(())
+}
+
 struct Recovered {
     index: Index,
     damage: Option<(u64, String)>,
 }
 
-/// Scans the frames, cuts off an unacknowledged tail, and checks the last kept entry.
-fn recover(file: &File, path: &Path) -> Result<Recovered, Error> {
+/// Scans the frames, cuts off an unacknowledged tail (only when `repair`; a reader just
+/// ignores it), and checks the last kept entry.
+fn recover(file: &File, path: &Path, repair: bool) -> Result<Recovered, Error> {
     let mut reader = file.try_clone()?;
     reader.seek(SeekFrom::Start(HEADER_LEN as u64))?;
     let mut frames = FrameReader::new(BufReader::with_capacity(1 << 20, reader), HEADER_LEN as u64);
@@ -275,7 +377,7 @@ fn recover(file: &File, path: &Path) -> Result<Recovered, Error> {
         }
     }
 
-    if keep_end < file_len {
+    if repair && keep_end < file_len {
         // Keep the cut bytes beside the log rather than destroying them.
         let mut tail = vec![0u8; (file_len - keep_end) as usize];
         file.read_exact_at(&mut tail, keep_end)?;
@@ -360,7 +462,7 @@ fn write_loop(
         };
         let mut head = start_head;
         let mut offsets = Vec::with_capacity(events);
-        let mut sealed: Vec<(oneshot::Sender<_>, Vec<Appended>)> = Vec::with_capacity(group.len());
+        let mut sealed: Vec<(Reply, Vec<Appended>)> = Vec::with_capacity(group.len());
         buf.clear();
         for req in group.drain(..) {
             let mark = (buf.len(), offsets.len(), head);
@@ -418,10 +520,7 @@ fn write_loop(
     }
 }
 
-fn reply_all(
-    sealed: Vec<(oneshot::Sender<Result<Vec<Appended>, Error>>, Vec<Appended>)>,
-    error: impl Fn() -> Error,
-) {
+fn reply_all(sealed: Vec<(Reply, Vec<Appended>)>, error: impl Fn() -> Error) {
     for (reply, _) in sealed {
         let _ = reply.send(Err(error()));
     }
@@ -471,6 +570,9 @@ fn read_index(inner: &Inner) -> std::sync::RwLockReadGuard<'_, Index> {
 fn read_blocking(inner: &Inner, from: u64, max: usize) -> Result<Vec<Entry>, Error> {
     if from == 0 {
         return Err(Error::InvalidSequence(0));
+    }
+    if inner.read_only && from > read_index(inner).head.seq {
+        refresh(inner)?;
     }
     let (start, stop, last) = {
         let index = read_index(inner);
@@ -535,8 +637,17 @@ impl EventLog for EmbeddedLog {
     }
 
     fn head(&self) -> BoxFuture<'_, Result<Head, Error>> {
-        let head = read_index(&self.inner).head;
-        async move { Ok(head) }.boxed()
+        let inner = self.inner.clone();
+        async move {
+            if inner.read_only {
+                let refresh_inner = inner.clone();
+                tokio::task::spawn_blocking(move || refresh(&refresh_inner))
+                    .await
+                    .map_err(|e| Error::backend("read task", e))??;
+            }
+            Ok(read_index(&inner).head)
+        }
+        .boxed()
     }
 
     fn subscribe(&self, from: u64) -> BoxFuture<'_, Result<Subscription, Error>> {
@@ -578,7 +689,11 @@ impl Follow {
             }
             // Mark the head seen before reading, so an append that lands after this line
             // wakes `changed` below.
-            let head = *self.heads.borrow_and_update();
+            let head = if self.inner.read_only {
+                read_index(&self.inner).head
+            } else {
+                *self.heads.borrow_and_update()
+            };
             if self.next <= head.seq {
                 let inner = self.inner.clone();
                 let next = self.next;
@@ -597,6 +712,20 @@ impl Follow {
                         self.done = true;
                         return Some((Err(e), self));
                     }
+                }
+                continue;
+            }
+            if self.inner.read_only {
+                // No writer in this process to wake us: look at the file now and then.
+                tokio::time::sleep(READ_ONLY_POLL).await;
+                let inner = self.inner.clone();
+                let refreshed = tokio::task::spawn_blocking(move || refresh(&inner))
+                    .await
+                    .map_err(|e| Error::backend("read task", e))
+                    .and_then(|r| r);
+                if let Err(e) = refreshed {
+                    self.done = true;
+                    return Some((Err(e), self));
                 }
                 continue;
             }
@@ -680,6 +809,42 @@ mod tests {
         let appended = log.append(vec![lost(9)]).await.expect("append");
         assert_eq!(appended[0].seq, 4);
         assert_eq!(verify(&all(&log).await).expect("verifies").count, 4);
+    }
+
+    #[tokio::test]
+    async fn a_reader_follows_a_writer_without_the_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let writer = EmbeddedLog::open(dir.path()).await.expect("open");
+        writer
+            .append((0..3).map(lost).collect())
+            .await
+            .expect("append");
+        let reader = EmbeddedLog::open_read_only(dir.path())
+            .await
+            .expect("open reader");
+        assert_eq!(reader.head().await.expect("head").seq, 3);
+        assert!(matches!(
+            reader.append(vec![lost(9)]).await,
+            Err(Error::Closed)
+        ));
+        let mut follow = reader.subscribe(2).await.expect("subscribe");
+        writer
+            .append((3..6).map(lost).collect())
+            .await
+            .expect("append");
+        for seq in 2..=6 {
+            let entry = tokio::time::timeout(std::time::Duration::from_secs(5), follow.next())
+                .await
+                .expect("reader sees the writer's appends")
+                .expect("open")
+                .expect("entry");
+            assert_eq!(entry.seq, seq);
+        }
+        assert_eq!(
+            reader.head().await.expect("head"),
+            writer.head().await.expect("head")
+        );
+        assert_eq!(verify(&all(&reader).await).expect("verifies").count, 6);
     }
 
     #[tokio::test]

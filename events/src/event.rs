@@ -79,7 +79,8 @@ pub enum AuditEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSubmitted {
     pub job_id: JobId,
-    pub spec: JobSpec,
+    /// Boxed: specs are large and every other event is small.
+    pub spec: Box<JobSpec>,
 }
 
 /// What a user asked to run. Validation happens at the edge (gateway, CLI) before this is

@@ -63,7 +63,11 @@ fn samples() -> Vec<Event> {
         idempotency_key: Some("train-2026-11-22".into()),
     };
     vec![
-        JobSubmitted { job_id: job, spec }.into(),
+        JobSubmitted {
+            job_id: job,
+            spec: Box::new(spec),
+        }
+        .into(),
         JobPlaced {
             job_id: job,
             attempt: 1,

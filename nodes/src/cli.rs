@@ -158,8 +158,17 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Err
     }
 }
 
+/// Whether a command appends to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Appends: takes the embedded store's lock.
+    ReadWrite,
+    /// Only reads: works beside a running `gantry up`.
+    ReadOnly,
+}
+
 /// Opens the log the arguments name.
-pub async fn open_log(store: &StoreArgs) -> Result<Arc<dyn EventLog>, Error> {
+pub async fn open_log(store: &StoreArgs, access: Access) -> Result<Arc<dyn EventLog>, Error> {
     Ok(match &store.nats {
         Some(url) => Arc::new(
             JetStreamLog::connect(JetStreamOptions {
@@ -169,6 +178,9 @@ pub async fn open_log(store: &StoreArgs) -> Result<Arc<dyn EventLog>, Error> {
             })
             .await?,
         ),
+        None if access == Access::ReadOnly => {
+            Arc::new(EmbeddedLog::open_read_only(&store.data).await?)
+        }
         None => Arc::new(EmbeddedLog::open(&store.data).await?),
     })
 }
@@ -254,7 +266,7 @@ fn print_verified(
 }
 
 async fn status(store: &StoreArgs, out: &mut (dyn Write + Send)) -> Result<ExitCode, Error> {
-    let log = open_log(store).await?;
+    let log = open_log(store, Access::ReadOnly).await?;
     let head = log.head().await?;
     let verified = verify_log(&*log, 1, None).await?;
     write_out(out, format_args!("log       {}\n", describe(store)))?;
@@ -270,7 +282,7 @@ async fn verify(args: VerifyArgs, out: &mut (dyn Write + Send)) -> Result<ExitCo
     let verified = match &args.file {
         Some(file) => verify_file(file, args.from, args.to)?,
         None => {
-            let log = open_log(&args.store).await?;
+            let log = open_log(&args.store, Access::ReadOnly).await?;
             verify_log(&*log, args.from, args.to).await?
         }
     };
@@ -367,7 +379,7 @@ pub fn verify_file(
 }
 
 async fn tail(args: TailArgs, out: &mut (dyn Write + Send)) -> Result<ExitCode, Error> {
-    let log = open_log(&args.store).await?;
+    let log = open_log(&args.store, Access::ReadOnly).await?;
     let from = args.from.max(1);
     if args.follow {
         let mut events = log.subscribe(from).await?;
@@ -421,7 +433,7 @@ fn print_entry(out: &mut (dyn Write + Send), entry: &Entry, json: bool) -> Resul
 }
 
 async fn export(args: ExportArgs, out: &mut (dyn Write + Send)) -> Result<ExitCode, Error> {
-    let log = open_log(&args.store).await?;
+    let log = open_log(&args.store, Access::ReadOnly).await?;
     let from = args.from.max(1);
     let anchor = if from == 1 {
         Hash::GENESIS

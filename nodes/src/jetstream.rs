@@ -23,7 +23,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use gantry_events::log::{MAX_ENTRY_BYTES, check_batch};
 use gantry_events::{
-    Appended, Entry, Error, EventLog, Head, NewEvent, Subscription, Verifier, seal,
+    Appended, Entry, Error, EventLog, Hash, Head, NewEvent, Subscription, Verifier, seal,
 };
 use tokio::sync::Mutex;
 
@@ -165,7 +165,19 @@ impl JetStreamLog {
             seq: last,
             reason: "the head message is missing".into(),
         })?;
-        let mut verifier = Verifier::unanchored(last).check_payloads(false);
+        // The head must link to the entry before it, or it was not appended by gantry.
+        let anchor = match last {
+            1 => Some(Hash::GENESIS),
+            _ => match self.get(last - 1).await? {
+                Some(before) => before.stored_hash().ok(),
+                None => None,
+            },
+        };
+        let mut verifier = match anchor {
+            Some(prev) => Verifier::anchored(last, prev),
+            None => Verifier::unanchored(last),
+        }
+        .check_payloads(false);
         verifier.push(&entry).map_err(|broken| Error::Broken {
             seq: broken.seq,
             reason: broken.fault.to_string(),
