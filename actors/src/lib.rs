@@ -1,1 +1,10 @@
-//! placeholder
+//! gantry's decisions: the Supervisor, Scheduler, Worker, GpuProbe and Auditor actors, and the
+//! plain-Rust domain logic they run (job state machine, placement, retry rules).
+//!
+//! An actor decides by reading state rebuilt from the event log and appending events through
+//! [`gantry_events::EventLog`]; state only changes by applying appended events. The outside
+//! world (containers, GPUs, artifact storage, the message bus) is reached through small traits
+//! defined here and implemented in `gantry-nodes`.
+//!
+//! Must not depend on: `gantry-nodes`, `gantry-gateway`, or any client of Docker, NVML, S3 or
+//! NATS. The actors arrive with the job lifecycle issue; this crate holds their home.
