@@ -19,27 +19,33 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::file::{self, FLAG_BATCH_END, FrameEnd, FrameReader, HEADER_LEN, Header};
 use crate::log::{Appended, EventLog, Head, MAX_ENTRY_BYTES, Subscription, check_batch};
-use crate::{Entry, Error, Hash, NewEvent, seal};
+use crate::record::seal_into;
+use crate::{Entry, Error, Hash, NewEvent};
 
 /// Name of the log file inside the data directory.
 pub const LOG_FILE: &str = "events.log";
 
 /// Requests waiting for the writer; senders wait when it is full.
 const QUEUE_DEPTH: usize = 4096;
+/// Longest a group commit waits for the writers of the previous group to come back. A sync
+/// takes about as long, so this at most doubles one lone writer's latency after a busy spell.
+const GATHER_MAX: Duration = Duration::from_micros(200);
 /// Most events sealed into one group commit.
 const GROUP_MAX_EVENTS: usize = 65_536;
 /// Most bytes returned by one read.
 const READ_MAX_BYTES: u64 = 16 << 20;
 /// How often a read-only subscription looks for entries another process appended.
-const READ_ONLY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+const READ_ONLY_POLL: Duration = Duration::from_millis(100);
 /// Entries fetched per step while a subscription catches up.
 const SUBSCRIBE_CHUNK: usize = 1024;
 
@@ -427,18 +433,28 @@ fn write_loop(
     let mut poisoned = false;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut group: Vec<Request> = Vec::new();
+    // Requests in the previous group: when that many writers were active, wait briefly for
+    // them to come back before syncing, rather than syncing for whoever happened to be first.
+    let mut expected = 1usize;
     while let Some(first) = requests.blocking_recv() {
         let mut events = first.batch.len();
         group.push(first);
+        let gather_until = Instant::now() + GATHER_MAX;
         while events < GROUP_MAX_EVENTS {
             match requests.try_recv() {
                 Ok(next) => {
                     events += next.batch.len();
                     group.push(next);
                 }
+                Err(TryRecvError::Empty)
+                    if group.len() < expected && Instant::now() < gather_until =>
+                {
+                    std::thread::yield_now();
+                }
                 Err(_) => break,
             }
         }
+        expected = group.len();
 
         if let Some((seq, reason)) = &inner.damage {
             for req in group.drain(..) {
@@ -537,21 +553,26 @@ fn seal_batch(
     let mut appended = Vec::with_capacity(batch.len());
     for (i, event) in batch.iter().enumerate() {
         let seq = head.seq + 1;
-        let (entry, hash) = seal(seq, &head.hash, event)?;
-        if entry.bytes.len() > MAX_ENTRY_BYTES {
+        // Frame header first, filled in once the entry's length is known.
+        let frame = buf.len();
+        buf.extend_from_slice(&[0; file::FRAME_OVERHEAD]);
+        let hash = seal_into(buf, seq, &head.hash, event)?;
+        let len = buf.len() - frame - file::FRAME_OVERHEAD;
+        if len > MAX_ENTRY_BYTES {
             return Err(Error::EntryTooLarge {
                 type_name: event.event.type_name(),
-                size: entry.bytes.len(),
+                size: len,
                 max: MAX_ENTRY_BYTES,
             });
         }
-        offsets.push(file_end + buf.len() as u64);
         let flags = if i + 1 == batch.len() {
             FLAG_BATCH_END
         } else {
             0
         };
-        file::write_frame(buf, &entry.bytes, flags);
+        buf[frame..frame + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        buf[frame + 4] = flags;
+        offsets.push(file_end + frame as u64);
         *head = Head { seq, hash };
         appended.push(Appended {
             seq,
@@ -750,7 +771,7 @@ mod tests {
 
     use super::*;
     use crate::event::NodeLost;
-    use crate::{Source, verify};
+    use crate::{Source, seal, verify};
 
     fn lost(i: u64) -> NewEvent {
         NewEvent::new(

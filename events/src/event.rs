@@ -376,10 +376,10 @@ macro_rules! event_types {
                 }
             }
 
-            /// The payload as a MessagePack map (field names as keys).
-            pub fn encode_payload(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+            /// Appends the payload to `buf` as a MessagePack map (field names as keys).
+            pub fn encode_payload_into(&self, buf: &mut Vec<u8>) -> Result<(), rmp_serde::encode::Error> {
                 match self {
-                    $( Event::$stream($senum::$variant(p)) => rmp_serde::to_vec_named(p), )*
+                    $( Event::$stream($senum::$variant(p)) => rmp_serde::encode::write_named(buf, p), )*
                 }
             }
         }

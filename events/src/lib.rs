@@ -28,5 +28,7 @@ pub use error::Error;
 pub use event::Event;
 pub use hash::Hash;
 pub use log::{Appended, EventLog, Head, Subscription};
-pub use record::{EncodeError, Entry, Envelope, NewEvent, RecordError, Source, seal};
+pub use record::{
+    EncodeError, Entry, Envelope, NewEvent, RecordError, Source, encode_record, seal, seal_into,
+};
 pub use verify::{Break, Fault, Verified, Verifier, verify, verify_log};

@@ -33,8 +33,9 @@ pub struct Appended {
 /// Entries in sequence order, replayed from history and then followed live.
 pub type Subscription = BoxStream<'static, Result<Entry, crate::Error>>;
 
-/// Largest batch one append accepts.
-pub const MAX_BATCH: usize = 10_000;
+/// Largest batch one append accepts. JetStream's atomic batches hold at most 1,000 messages
+/// by default; every backend keeps the same limit so code behaves the same on both.
+pub const MAX_BATCH: usize = 1_000;
 
 /// Largest stored entry (record and hash), in bytes.
 pub const MAX_ENTRY_BYTES: usize = 1 << 20;

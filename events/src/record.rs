@@ -187,16 +187,8 @@ pub struct EncodeError {
 
 /// Places `event` at `seq` after `prev`: encodes the record and computes its hash.
 pub fn seal(seq: u64, prev: &Hash, event: &NewEvent) -> Result<(Entry, Hash), EncodeError> {
-    let type_name = event.event.type_name();
-    let fail = |reason: String| EncodeError { type_name, reason };
-    let payload = event
-        .event
-        .encode_payload()
-        .map_err(|e| fail(e.to_string()))?;
-    let mut buf = Vec::with_capacity(96 + event.source.node.len() + payload.len());
-    write_envelope(&mut buf, seq, event, prev, &payload).map_err(|e| fail(e.to_string()))?;
-    let hash = Hash::chain(prev, &buf);
-    buf.extend_from_slice(&hash.0);
+    let mut buf = Vec::with_capacity(160 + event.source.node.len());
+    let hash = seal_into(&mut buf, seq, prev, event)?;
     Ok((
         Entry {
             seq,
@@ -206,12 +198,52 @@ pub fn seal(seq: u64, prev: &Hash, event: &NewEvent) -> Result<(Entry, Hash), En
     ))
 }
 
+/// Like [`seal`], but appends the entry (`record ‖ hash`) to `buf`, so a batch is encoded
+/// into one buffer without a copy per event. Returns the hash.
+pub fn seal_into(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    prev: &Hash,
+    event: &NewEvent,
+) -> Result<Hash, EncodeError> {
+    let start = buf.len();
+    encode_record(buf, seq, prev, event)?;
+    let hash = Hash::chain(prev, &buf[start..]);
+    buf.extend_from_slice(&hash.0);
+    Ok(hash)
+}
+
+/// Appends the record of `event` at `seq` after `prev` to `buf`: the envelope and payload,
+/// without the hash. On error `buf` is left as it was.
+pub fn encode_record(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    prev: &Hash,
+    event: &NewEvent,
+) -> Result<(), EncodeError> {
+    let start = buf.len();
+    let written = write_envelope(buf, seq, event, prev)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            event
+                .event
+                .encode_payload_into(buf)
+                .map_err(|e| e.to_string())
+        });
+    written.map_err(|reason| {
+        buf.truncate(start);
+        EncodeError {
+            type_name: event.event.type_name(),
+            reason,
+        }
+    })
+}
+
 fn write_envelope(
     buf: &mut Vec<u8>,
     seq: u64,
     event: &NewEvent,
     prev: &Hash,
-    payload: &[u8],
 ) -> Result<(), rmp::encode::ValueWriteError> {
     use rmp::encode::{write_array_len, write_bin, write_str, write_uint};
     write_array_len(buf, ENVELOPE_LEN)?;
@@ -224,7 +256,6 @@ fn write_envelope(
     write_bin(buf, &prev.0)?;
     write_str(buf, event.event.type_name())?;
     write_uint(buf, u64::from(event.event.version()))?;
-    buf.extend_from_slice(payload);
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self, ErrorCode};
 use bytes::Bytes;
@@ -61,17 +61,60 @@ pub struct JetStreamLog {
     js: jetstream::Context,
     stream: stream::Stream,
     options: JetStreamOptions,
-    /// Serialises this process's appends and remembers the head after the last one, so an
-    /// uncontended append costs no extra round trip. `None` means "ask the server".
-    head: Mutex<Option<Head>>,
+    /// Serialises this process's sends and remembers the head after the last one, so an
+    /// uncontended append costs no extra round trip.
+    state: Mutex<AppendState>,
 }
 
-/// How one publish attempt ended.
-enum Attempt {
-    /// Someone else appended first: re-read the head and try again.
-    Conflict,
-    /// The outcome is unknown (timeout, disconnect, duplicate id): look at the log to find out.
-    Unknown(Error),
+/// What this process believes the head is.
+#[derive(Debug, Default)]
+struct AppendState {
+    /// The head after the last append sent (acknowledged or not); `None`: ask the server.
+    head: Option<Head>,
+    /// Bumped whenever `head` is forgotten, so a late failure of an append sent before does not
+    /// forget a head fetched after it.
+    epoch: u64,
+}
+
+impl AppendState {
+    fn forget(&mut self) {
+        self.head = None;
+        self.epoch += 1;
+    }
+
+    fn forget_if(&mut self, epoch: u64) {
+        if self.epoch == epoch {
+            self.forget();
+        }
+    }
+}
+
+/// Seals `batch` after `head`.
+fn seal_batch(batch: &[NewEvent], head: Head) -> Result<(Vec<Entry>, Vec<Appended>), Error> {
+    let mut sealed = Vec::with_capacity(batch.len());
+    let mut appended = Vec::with_capacity(batch.len());
+    let mut prev = head;
+    for event in batch {
+        let (entry, hash) = seal(prev.seq + 1, &prev.hash, event)?;
+        if entry.bytes.len() > MAX_ENTRY_BYTES {
+            return Err(Error::EntryTooLarge {
+                type_name: event.event.type_name(),
+                size: entry.bytes.len(),
+                max: MAX_ENTRY_BYTES,
+            });
+        }
+        prev = Head {
+            seq: entry.seq,
+            hash,
+        };
+        appended.push(Appended {
+            seq: entry.seq,
+            id: event.id,
+            hash,
+        });
+        sealed.push(entry);
+    }
+    Ok((sealed, appended))
 }
 
 impl JetStreamLog {
@@ -117,7 +160,7 @@ impl JetStreamLog {
             js,
             stream,
             options,
-            head: Mutex::new(None),
+            state: Mutex::new(AppendState::default()),
         })
     }
 
@@ -194,18 +237,19 @@ impl JetStreamLog {
     fn headers(&self, event: &NewEvent) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
-        headers.insert("Gantry-Type", event.event.type_name());
         headers
     }
 
-    /// Publishes sealed entries that extend `after`; they land whole or not at all.
-    async fn publish(
+    /// Sends sealed entries that extend `after`; they land whole or not at all. Returns the
+    /// acknowledgement still to come, so the next append can be sent before it arrives.
+    async fn send(
         &self,
         batch: &[NewEvent],
         sealed: &[Entry],
         after: u64,
-    ) -> Result<u64, Attempt> {
+    ) -> Result<PublishAckFuture, Error> {
         debug_assert_eq!(batch.len(), sealed.len());
+        debug_assert!(!batch.is_empty());
         let expected = after.to_string();
         let last_index = batch.len() - 1;
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
@@ -223,32 +267,19 @@ impl JetStreamLog {
                 self.client
                     .publish_with_headers(self.subject(event), headers, entry.bytes.clone())
                     .await
-                    .map_err(|e| Attempt::Unknown(Error::backend("publishing an event", e)))?;
+                    .map_err(|e| Error::backend("publishing an event", e))?;
                 continue;
             }
             if batch.len() > 1 {
                 headers.insert("Nats-Batch-Commit", "1");
             }
-            let ack = self
+            return self
                 .js
                 .publish_with_headers(self.subject(event), headers, entry.bytes.clone())
                 .await
-                .map_err(|e| Attempt::Unknown(Error::backend("publishing an event", e)))?
-                .await;
-            return match ack {
-                Ok(ack) if ack.duplicate => Err(Attempt::Unknown(Error::backend(
-                    "publishing an event",
-                    "the server already holds this event id",
-                ))),
-                Ok(ack) => Ok(ack.sequence),
-                Err(e) if is_conflict(&e) => Err(Attempt::Conflict),
-                Err(e) => Err(Attempt::Unknown(Error::backend("publishing an event", e))),
-            };
+                .map_err(|e| Error::backend("publishing an event", e));
         }
-        Err(Attempt::Unknown(Error::backend(
-            "publishing",
-            "empty batch",
-        )))
+        Err(Error::backend("publishing", "empty batch"))
     }
 
     /// After an attempt with an unknown outcome: did the batch land after `after`?
@@ -371,66 +402,68 @@ impl EventLog for JetStreamLog {
                 return Ok(Vec::new());
             }
             check_batch(&batch)?;
-            let mut cached = self.head.lock().await;
             for attempt in 1..=self.options.max_attempts {
-                let head = match *cached {
-                    Some(head) => head,
-                    None => self.fetch_head().await?,
-                };
-                let mut sealed = Vec::with_capacity(batch.len());
-                let mut appended = Vec::with_capacity(batch.len());
-                let mut prev = head;
-                for event in &batch {
-                    let (entry, hash) = seal(prev.seq + 1, &prev.hash, event)?;
-                    if entry.bytes.len() > MAX_ENTRY_BYTES {
-                        return Err(Error::EntryTooLarge {
-                            type_name: event.event.type_name(),
-                            size: entry.bytes.len(),
-                            max: MAX_ENTRY_BYTES,
-                        });
-                    }
-                    prev = Head {
-                        seq: entry.seq,
-                        hash,
+                // Seal and send under the lock, then wait for the acknowledgement without it:
+                // the next append goes out after this one (expecting its end as the last
+                // sequence) before this one is acknowledged. If this one fails, that one fails
+                // too, as it expects a sequence that never came to be, and both retry.
+                let (ack, appended, epoch, after) = {
+                    let mut state = self.state.lock().await;
+                    let head = match state.head {
+                        Some(head) => head,
+                        None => self.fetch_head().await?,
                     };
-                    appended.push(Appended {
-                        seq: entry.seq,
-                        id: event.id,
-                        hash,
-                    });
-                    sealed.push(entry);
-                }
-                match self.publish(&batch, &sealed, head.seq).await {
-                    Ok(seq) if seq == prev.seq => {
-                        *cached = Some(prev);
-                        return Ok(appended);
+                    let (sealed, appended) = seal_batch(&batch, head)?;
+                    match self.send(&batch, &sealed, head.seq).await {
+                        Ok(ack) => {
+                            state.head = appended.last().map(|a| Head {
+                                seq: a.seq,
+                                hash: a.hash,
+                            });
+                            (ack, appended, state.epoch, head.seq)
+                        }
+                        Err(error) => {
+                            state.forget();
+                            drop(state);
+                            if let Some(appended) = self.landed(&batch, head.seq).await? {
+                                return Ok(appended);
+                            }
+                            tracing::warn!(%error, attempt, "append failed; retrying");
+                            continue;
+                        }
                     }
-                    Ok(seq) => {
-                        *cached = None;
+                };
+                let last = appended.last().map_or(0, |a| a.seq);
+                let outcome = ack.await;
+                match outcome {
+                    Ok(ack) if !ack.duplicate && ack.sequence == last => return Ok(appended),
+                    Ok(ack) if !ack.duplicate => {
+                        self.state.lock().await.forget_if(epoch);
                         return Err(Error::Broken {
-                            seq,
+                            seq: ack.sequence,
                             reason: format!(
-                                "server stored the batch at {seq}, expected {}",
-                                prev.seq
+                                "server stored the batch at {}, expected {last}",
+                                ack.sequence
                             ),
                         });
                     }
-                    Err(Attempt::Conflict) => {
-                        *cached = None;
+                    Err(e) if is_conflict(&e) => {
+                        self.state.lock().await.forget_if(epoch);
                         // Spread out the retries of writers that collided.
                         let jitter = u64::from(uuid::Uuid::now_v7().as_u128() as u8 % 8);
                         let pause = (u64::from(attempt.min(20)) + jitter) * 100;
                         tokio::time::sleep(Duration::from_micros(pause)).await;
                     }
-                    Err(Attempt::Unknown(error)) => {
-                        *cached = None;
-                        if let Some(appended) = self.landed(&batch, head.seq).await? {
-                            *cached = appended.last().map(|a| Head {
-                                seq: a.seq,
-                                hash: a.hash,
-                            });
+                    outcome => {
+                        // Timed out, disconnected, or a duplicate id: find out what landed.
+                        self.state.lock().await.forget_if(epoch);
+                        if let Some(appended) = self.landed(&batch, after).await? {
                             return Ok(appended);
                         }
+                        let error = match outcome {
+                            Ok(_) => "duplicate event id".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
                         tracing::warn!(%error, attempt, "append failed; retrying");
                     }
                 }
