@@ -1,0 +1,590 @@
+//! What users send to submit a job, and its validation at the edge.
+//!
+//! [`SubmitRequest`] is the public shape (REST JSON, CLI spec files): unknown fields are
+//! rejected. [`validate`] turns it into the [`JobSpec`] recorded in the log, or names the first
+//! field at fault with a stable error code. A recorded spec is always valid.
+
+use std::collections::BTreeMap;
+
+use gantry_events::event::{GpuRequest, JobSpec, Network, Resources, RetryPolicy};
+use serde::{Deserialize, Serialize};
+
+/// A job submission as users write it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub resources: ResourceRequest,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub retry: Option<RetryRequest>,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub queue: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub network: Option<Network>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Resources as users write them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRequest {
+    /// CPU cores, fractions allowed (`0.5`).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    #[serde(default)]
+    pub gpus: Option<GpuRequest>,
+}
+
+/// Retry policy as users write it; missing fields take the defaults.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub backoff_initial_ms: Option<u64>,
+    #[serde(default)]
+    pub backoff_max_ms: Option<u64>,
+    #[serde(default)]
+    pub retry_user_failures: Option<bool>,
+}
+
+/// A rejected field. `code` is stable; clients may match on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub code: &'static str,
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        code,
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Bounds a submission must stay within.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_cpus: f64,
+    pub max_memory_bytes: u64,
+    pub max_gpus: u32,
+    pub max_timeout_secs: u64,
+    pub max_attempts: u32,
+    pub default_memory_bytes: u64,
+    pub default_cpus: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_cpus: 1024.0,
+            max_memory_bytes: 16 << 40,
+            max_gpus: 64,
+            max_timeout_secs: 30 * 24 * 3600,
+            max_attempts: 100,
+            default_memory_bytes: 512 << 20,
+            default_cpus: 1.0,
+        }
+    }
+}
+
+const MAX_ARGS: usize = 256;
+const MAX_ARG_BYTES: usize = 8192;
+const MAX_ENV: usize = 256;
+const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+const MAX_LABELS: usize = 64;
+const MAX_DAY_MS: u64 = 24 * 3600 * 1000;
+
+/// Checks a submission and produces the spec to record.
+pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid> {
+    check_name("name", &req.name, 128)?;
+    check_image(&req.image)?;
+    check_strings("command", &req.command)?;
+    check_strings("args", &req.args)?;
+    if req.env.len() > MAX_ENV {
+        return Err(invalid(
+            "too_many",
+            "env",
+            format!("at most {MAX_ENV} variables"),
+        ));
+    }
+    for (key, value) in &req.env {
+        let field = format!("env.{key}");
+        let mut chars = key.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || key.len() > 256 {
+            return Err(invalid(
+                "invalid_env_key",
+                field,
+                "keys are a letter or _ followed by letters, digits or _",
+            ));
+        }
+        if value.len() > MAX_ENV_VALUE_BYTES || value.contains('\0') {
+            return Err(invalid(
+                "invalid_env_value",
+                field,
+                "at most 32 KiB, no NUL",
+            ));
+        }
+    }
+    if let Some(dir) = &req.working_dir
+        && (!dir.starts_with('/') || dir.len() > 4096 || dir.contains('\0'))
+    {
+        return Err(invalid(
+            "invalid_path",
+            "working_dir",
+            "must be an absolute path",
+        ));
+    }
+
+    let cpus = req.resources.cpus.unwrap_or(limits.default_cpus);
+    if !cpus.is_finite() || cpus <= 0.0 || cpus > limits.max_cpus {
+        return Err(invalid(
+            "out_of_range",
+            "resources.cpus",
+            format!("between 0.001 and {}", limits.max_cpus),
+        ));
+    }
+    let cpu_millis = (cpus * 1000.0).round() as u32;
+    if cpu_millis == 0 {
+        return Err(invalid("out_of_range", "resources.cpus", "at least 0.001"));
+    }
+    let memory_bytes = req
+        .resources
+        .memory_bytes
+        .unwrap_or(limits.default_memory_bytes);
+    if memory_bytes < (4 << 20) || memory_bytes > limits.max_memory_bytes {
+        return Err(invalid(
+            "out_of_range",
+            "resources.memory_bytes",
+            format!("between 4 MiB and {} bytes", limits.max_memory_bytes),
+        ));
+    }
+    let gpus = req.resources.gpus.clone().unwrap_or_default();
+    if gpus.count > limits.max_gpus {
+        return Err(invalid(
+            "out_of_range",
+            "resources.gpus.count",
+            format!("at most {}", limits.max_gpus),
+        ));
+    }
+    if gpus.count == 0 && (gpus.model.is_some() || gpus.min_memory_bytes.is_some()) {
+        return Err(invalid(
+            "inconsistent",
+            "resources.gpus.count",
+            "a GPU model or memory needs a count of at least 1",
+        ));
+    }
+    if let Some(model) = &gpus.model
+        && (model.is_empty() || model.len() > 128)
+    {
+        return Err(invalid(
+            "invalid_value",
+            "resources.gpus.model",
+            "1 to 128 characters",
+        ));
+    }
+
+    if let Some(t) = req.timeout_secs
+        && (t == 0 || t > limits.max_timeout_secs)
+    {
+        return Err(invalid(
+            "out_of_range",
+            "timeout_secs",
+            format!("between 1 and {}", limits.max_timeout_secs),
+        ));
+    }
+
+    let defaults = RetryPolicy::default();
+    let r = req.retry.clone().unwrap_or_default();
+    let retry = RetryPolicy {
+        max_attempts: r.max_attempts.unwrap_or(defaults.max_attempts),
+        backoff_initial_ms: r.backoff_initial_ms.unwrap_or(defaults.backoff_initial_ms),
+        backoff_max_ms: r.backoff_max_ms.unwrap_or(defaults.backoff_max_ms),
+        retry_user_failures: r.retry_user_failures.unwrap_or(false),
+    };
+    if retry.max_attempts == 0 || retry.max_attempts > limits.max_attempts {
+        return Err(invalid(
+            "out_of_range",
+            "retry.max_attempts",
+            format!("between 1 and {}", limits.max_attempts),
+        ));
+    }
+    if retry.backoff_max_ms > MAX_DAY_MS || retry.backoff_initial_ms > retry.backoff_max_ms {
+        return Err(invalid(
+            "out_of_range",
+            "retry.backoff_initial_ms",
+            "initial ≤ max ≤ one day",
+        ));
+    }
+    if !(-1000..=1000).contains(&req.priority) {
+        return Err(invalid(
+            "out_of_range",
+            "priority",
+            "between -1000 and 1000",
+        ));
+    }
+    let queue = req.queue.clone().unwrap_or_else(|| "default".into());
+    check_name("queue", &queue, 64)?;
+    if req.labels.len() > MAX_LABELS {
+        return Err(invalid(
+            "too_many",
+            "labels",
+            format!("at most {MAX_LABELS}"),
+        ));
+    }
+    for (key, value) in &req.labels {
+        let field = format!("labels.{key}");
+        if key.is_empty()
+            || key.len() > 63
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+        {
+            return Err(invalid(
+                "invalid_label",
+                field,
+                "keys: 1–63 of [A-Za-z0-9._-/]",
+            ));
+        }
+        if value.len() > 256 || value.chars().any(char::is_control) {
+            return Err(invalid(
+                "invalid_label",
+                field,
+                "values: up to 256 printable characters",
+            ));
+        }
+    }
+    if let Some(key) = &req.idempotency_key
+        && (key.is_empty() || key.len() > 256 || key.chars().any(char::is_control))
+    {
+        return Err(invalid(
+            "invalid_value",
+            "idempotency_key",
+            "1 to 256 printable characters",
+        ));
+    }
+
+    Ok(JobSpec {
+        name: req.name.clone(),
+        image: req.image.clone(),
+        command: req.command.clone(),
+        args: req.args.clone(),
+        env: req.env.clone(),
+        working_dir: req.working_dir.clone(),
+        resources: Resources {
+            cpu_millis,
+            memory_bytes,
+            gpus,
+        },
+        timeout_secs: req.timeout_secs,
+        retry,
+        priority: req.priority,
+        queue,
+        labels: req.labels.clone(),
+        network: req.network.unwrap_or_default(),
+        idempotency_key: req.idempotency_key.clone(),
+    })
+}
+
+fn check_name(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
+    if value.is_empty() || value.len() > max {
+        return Err(invalid(
+            "invalid_name",
+            field,
+            format!("1 to {max} characters"),
+        ));
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(invalid(
+            "invalid_name",
+            field,
+            "only letters, digits, '.', '_' and '-'",
+        ));
+    }
+    Ok(())
+}
+
+fn check_strings(field: &str, values: &[String]) -> Result<(), Invalid> {
+    if values.len() > MAX_ARGS {
+        return Err(invalid(
+            "too_many",
+            field,
+            format!("at most {MAX_ARGS} entries"),
+        ));
+    }
+    for (i, v) in values.iter().enumerate() {
+        if v.len() > MAX_ARG_BYTES || v.contains('\0') {
+            return Err(invalid(
+                "invalid_value",
+                format!("{field}[{i}]"),
+                "at most 8 KiB, no NUL",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Docker's image reference grammar: `[host[:port]/]path[:tag][@digest]`, path components
+/// lowercase alphanumerics joined by `.`, `_`, `__` or `-`.
+pub fn check_image(image: &str) -> Result<(), Invalid> {
+    let bad = |why: &str| {
+        Err(invalid(
+            "invalid_image",
+            "image",
+            format!("{why}: {image:?}"),
+        ))
+    };
+    if image.is_empty() || image.len() > 512 {
+        return bad("1 to 512 characters");
+    }
+    let (rest, digest) = match image.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (image, None),
+    };
+    if let Some(digest) = digest {
+        let Some((algo, hex)) = digest.split_once(':') else {
+            return bad("digest must be algorithm:hex");
+        };
+        if algo.is_empty()
+            || !algo
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c))
+            || hex.len() < 32
+            || !hex.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return bad("malformed digest");
+        }
+    }
+    // A tag follows the last ':' after the last '/'.
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let mut chars = tag.chars();
+        let first = chars.next();
+        if tag.len() > 128
+            || !first.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            || !chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return bad("malformed tag");
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    // The first part is a registry host if it has a '.' or ':' or is "localhost".
+    if parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost") {
+        let host = parts.remove(0);
+        let (hostname, port) = match host.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host, None),
+        };
+        if hostname.is_empty()
+            || !hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
+            || port.is_some_and(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_digit()))
+        {
+            return bad("malformed registry host");
+        }
+    }
+    if parts.is_empty() {
+        return bad("missing repository");
+    }
+    for part in parts {
+        if !path_component_ok(part) {
+            return bad(
+                "repository components are lowercase letters and digits joined by . _ __ or -",
+            );
+        }
+    }
+    Ok(())
+}
+
+fn path_component_ok(part: &str) -> bool {
+    let bytes = part.as_bytes();
+    if bytes.is_empty() {
+        return false;
+    }
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if alnum(b) {
+            i += 1;
+            continue;
+        }
+        // Separators: '.', '_', '__', or one or more '-'.
+        let run = bytes[i..].iter().take_while(|&&c| c == b).count();
+        let ok = match b {
+            b'.' => run == 1,
+            b'_' => run <= 2,
+            b'-' => true,
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+        i += run;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> SubmitRequest {
+        SubmitRequest {
+            name: "hello".into(),
+            image: "busybox".into(),
+            command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            ..SubmitRequest::default()
+        }
+    }
+
+    fn rejects(mutate: impl FnOnce(&mut SubmitRequest), code: &str, field: &str) {
+        let mut r = req();
+        mutate(&mut r);
+        let err = validate(&r, &Limits::default()).expect_err("must be rejected");
+        assert_eq!((err.code, err.field.as_str()), (code, field), "{err}");
+    }
+
+    #[test]
+    fn a_plain_request_gets_defaults() {
+        let spec = validate(&req(), &Limits::default()).expect("valid");
+        assert_eq!(spec.queue, "default");
+        assert_eq!(spec.resources.cpu_millis, 1000);
+        assert_eq!(spec.retry, RetryPolicy::default());
+        assert_eq!(spec.network, Network::None);
+    }
+
+    #[test]
+    fn image_references() {
+        for ok in [
+            "busybox",
+            "library/busybox:1.36",
+            "registry.example.com:5000/ml/train:v1.4-rc_1",
+            "localhost/gantry-test/busybox:latest",
+            "ghcr.io/a__b/c-d.e@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(check_image(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Busybox",
+            "bad image",
+            "a//b",
+            "x:",
+            "x:-tag",
+            "-a",
+            "a.",
+            "a..b",
+            "a___b",
+            "host:port/x",
+            "x@sha256:12",
+        ] {
+            assert!(check_image(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_field_is_named() {
+        rejects(|r| r.name = String::new(), "invalid_name", "name");
+        rejects(|r| r.image = "UPPER".into(), "invalid_image", "image");
+        rejects(
+            |r| {
+                r.env.insert("1BAD".into(), "x".into());
+            },
+            "invalid_env_key",
+            "env.1BAD",
+        );
+        rejects(
+            |r| r.resources.cpus = Some(-1.0),
+            "out_of_range",
+            "resources.cpus",
+        );
+        rejects(
+            |r| r.resources.cpus = Some(f64::NAN),
+            "out_of_range",
+            "resources.cpus",
+        );
+        rejects(
+            |r| r.resources.memory_bytes = Some(u64::MAX),
+            "out_of_range",
+            "resources.memory_bytes",
+        );
+        rejects(
+            |r| {
+                r.resources.gpus = Some(GpuRequest {
+                    count: 1000,
+                    ..Default::default()
+                })
+            },
+            "out_of_range",
+            "resources.gpus.count",
+        );
+        rejects(|r| r.timeout_secs = Some(0), "out_of_range", "timeout_secs");
+        rejects(
+            |r| {
+                r.retry = Some(RetryRequest {
+                    max_attempts: Some(0),
+                    ..Default::default()
+                })
+            },
+            "out_of_range",
+            "retry.max_attempts",
+        );
+        rejects(|r| r.priority = 5000, "out_of_range", "priority");
+        rejects(
+            |r| r.queue = Some("no spaces".into()),
+            "invalid_name",
+            "queue",
+        );
+        rejects(
+            |r| r.working_dir = Some("relative".into()),
+            "invalid_path",
+            "working_dir",
+        );
+        rejects(|r| r.args = vec!["a\0b".into()], "invalid_value", "args[0]");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<SubmitRequest>(r#"{"name":"a","image":"b","imagee":"c"}"#)
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("imagee"), "{err}");
+    }
+}
