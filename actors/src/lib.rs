@@ -12,3 +12,4 @@
 pub mod job;
 pub mod placement;
 pub mod spec;
+pub mod world;

@@ -1,0 +1,345 @@
+//! Everything the scheduler knows, folded from the log: jobs, the queues and the fleet.
+//!
+//! `apply` takes events that are already in the log; the `decide_*` methods look at the
+//! current state and return the events a command would append, or a rejection. The scheduler
+//! actor appends what `decide_*` returns and only then applies it.
+
+use std::collections::HashMap;
+
+use gantry_events::event::{FailureCause, JobEvent, JobId, JobSubmitted, NodeEvent};
+use gantry_events::{Event, NewEvent, Source};
+
+use crate::job::{Job, JobState, Rejection};
+use crate::placement::{Cluster, Queues};
+use crate::spec::{Invalid, Limits, SubmitRequest, validate};
+
+/// Jobs offered per queue per scheduling round.
+const LOOKAHEAD: usize = 64;
+
+/// Why a command produced no events.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// The submission is invalid; 400 with the field.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// No such job; 404.
+    #[error("no job {0}")]
+    UnknownJob(JobId),
+    /// The job's state does not allow it; 409.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// A new job; append these events.
+    New { job_id: JobId, events: Vec<Event> },
+    /// The idempotency key was seen before: this is that job, nothing to append.
+    Existing(JobId),
+}
+
+/// Scheduler state.
+#[derive(Debug, Default)]
+pub struct World {
+    jobs: HashMap<JobId, Job>,
+    /// Sequence of each job's submission: FIFO order within a priority.
+    submitted_at: HashMap<JobId, u64>,
+    idempotency: HashMap<String, JobId>,
+    cluster: Cluster,
+    queues: Queues,
+    /// Last sequence applied.
+    seq: u64,
+    limits: Limits,
+}
+
+impl World {
+    pub fn new(limits: Limits) -> World {
+        World {
+            limits,
+            ..World::default()
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn job(&self, id: &JobId) -> Option<&Job> {
+        self.jobs.get(id)
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub fn queues(&self) -> &Queues {
+        &self.queues
+    }
+
+    /// Folds one logged event in. Events at or below the last applied sequence are ignored, so
+    /// replaying is harmless.
+    pub fn apply(&mut self, seq: u64, event: &Event) {
+        if seq != 0 && seq <= self.seq {
+            return;
+        }
+        self.seq = self.seq.max(seq);
+        match event {
+            Event::Job(e) => self.apply_job(seq, e),
+            Event::Node(e) => match e {
+                NodeEvent::Joined(j) => self.cluster.join(
+                    &j.node_id,
+                    &j.executor,
+                    j.cpu_millis,
+                    j.memory_bytes,
+                    j.gpus.clone(),
+                ),
+                NodeEvent::GpusObserved(g) => self.cluster.observe_gpus(&g.node_id, g.gpus.clone()),
+                NodeEvent::Lost(l) => self.cluster.unschedulable(&l.node_id),
+                NodeEvent::Drained(d) => self.cluster.unschedulable(&d.node_id),
+            },
+            Event::Artifact(_) | Event::Audit(_) => {}
+        }
+    }
+
+    fn apply_job(&mut self, seq: u64, event: &JobEvent) {
+        if let JobEvent::Submitted(s) = event {
+            let job = Job::submitted(s);
+            self.queues
+                .push(job.id, &job.spec.queue, job.spec.priority, seq);
+            if let Some(key) = &job.spec.idempotency_key {
+                self.idempotency.insert(key.clone(), job.id);
+            }
+            self.submitted_at.insert(job.id, seq);
+            self.jobs.insert(job.id, job);
+            return;
+        }
+        let Some(id) = Event::Job(event.clone()).job_id() else {
+            return;
+        };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            tracing::warn!(job = %id, seq, "event for a job never submitted");
+            return;
+        };
+        job.apply(event);
+        match event {
+            JobEvent::Placed(p) => {
+                self.queues.remove(id);
+                self.cluster
+                    .reserve(id, &p.node_id, &job.spec.resources, &p.gpu_uuids);
+                self.cluster.saw_image(&p.node_id, &job.spec.image);
+            }
+            JobEvent::RetryScheduled(_) => {
+                let order = self.submitted_at.get(&id).copied().unwrap_or(seq);
+                self.queues.push(id, &job.spec.queue, job.spec.priority, order);
+            }
+            JobEvent::Failed(_) => self.cluster.release(id),
+            JobEvent::Succeeded(_) | JobEvent::Cancelled(_) | JobEvent::DeadLettered(_) => {
+                self.cluster.release(id);
+                self.queues.remove(id);
+            }
+            JobEvent::Submitted(_) | JobEvent::Started(_) | JobEvent::CancelRequested(_) => {}
+        }
+    }
+
+    /// A submission: validated, deduplicated by idempotency key.
+    pub fn decide_submit(&self, request: &SubmitRequest) -> Result<Submitted, Refusal> {
+        let spec = validate(request, &self.limits)?;
+        if let Some(key) = &spec.idempotency_key
+            && let Some(existing) = self.idempotency.get(key)
+        {
+            return Ok(Submitted::Existing(*existing));
+        }
+        let job_id = uuid::Uuid::now_v7();
+        Ok(Submitted::New {
+            job_id,
+            events: vec![
+                JobSubmitted {
+                    job_id,
+                    spec: Box::new(spec),
+                }
+                .into(),
+            ],
+        })
+    }
+
+    fn existing(&self, id: JobId) -> Result<&Job, Refusal> {
+        self.jobs.get(&id).ok_or(Refusal::UnknownJob(id))
+    }
+
+    pub fn decide_cancel(&self, id: JobId, reason: Option<String>) -> Result<Vec<Event>, Refusal> {
+        Ok(self.existing(id)?.cancel(reason)?)
+    }
+
+    pub fn decide_started(&self, id: JobId, attempt: u32, handle: Option<String>) -> Result<Vec<Event>, Refusal> {
+        Ok(self.existing(id)?.started(attempt, handle)?)
+    }
+
+    pub fn decide_succeeded(&self, id: JobId, attempt: u32, duration_ms: u64) -> Result<Vec<Event>, Refusal> {
+        Ok(self.existing(id)?.succeeded(attempt, duration_ms)?)
+    }
+
+    pub fn decide_failed(
+        &self,
+        id: JobId,
+        attempt: u32,
+        cause: FailureCause,
+        duration_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Vec<Event>, Refusal> {
+        Ok(self.existing(id)?.failed(attempt, cause, duration_ms, now_ms)?)
+    }
+
+    /// One scheduling round: places every waiting job that fits somewhere, in queue order.
+    /// Returns the placements to append. Reservations are made on a scratch copy of the
+    /// cluster so one round never double-books a node; the real cluster only changes when the
+    /// events are applied.
+    pub fn decide_placements(&mut self, now_ms: u64, max: usize) -> Vec<Event> {
+        let order = self.queues.round(LOOKAHEAD);
+        let mut events = Vec::new();
+        let mut scratch: Vec<(JobId, String, Vec<String>)> = Vec::new();
+        for id in order {
+            if events.len() >= max {
+                break;
+            }
+            let Some(job) = self.jobs.get(&id) else { continue };
+            if !job.placeable(now_ms) {
+                continue;
+            }
+            let Some((node, gpus)) = self.cluster.place(&job.spec.image, &job.spec.resources) else {
+                continue;
+            };
+            if let Ok(mut placed) = job.place(&node, gpus.clone(), now_ms) {
+                // Hold the capacity for the rest of this round.
+                self.cluster.reserve(id, &node, &job.spec.resources, &gpus);
+                scratch.push((id, node, gpus));
+                events.append(&mut placed);
+            }
+        }
+        // Undo the scratch reservations; applying the appended events makes them for real.
+        for (id, _, _) in scratch {
+            self.cluster.release(id);
+        }
+        events
+    }
+
+    /// Jobs with a live attempt on `node`, with that attempt.
+    pub fn live_on(&self, node: &str) -> Vec<(JobId, u32, JobState)> {
+        self.jobs
+            .values()
+            .filter(|j| j.node.as_deref() == Some(node))
+            .filter(|j| matches!(j.state, JobState::Placed | JobState::Running))
+            .map(|j| (j.id, j.attempt, j.state))
+            .collect()
+    }
+}
+
+/// Wraps decided events for appending.
+pub fn stamp(events: Vec<Event>, source: &Source) -> Vec<NewEvent> {
+    events
+        .into_iter()
+        .map(|e| NewEvent::new(source.clone(), e))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use gantry_events::event::NodeJoined;
+
+    use super::*;
+
+    fn request(name: &str) -> SubmitRequest {
+        SubmitRequest {
+            name: name.into(),
+            image: "busybox".into(),
+            command: vec!["true".into()],
+            ..SubmitRequest::default()
+        }
+    }
+
+    /// Appends (in memory) and applies, as the scheduler does.
+    fn commit(world: &mut World, log: &mut Vec<Event>, events: Vec<Event>) {
+        for e in events {
+            log.push(e.clone());
+            let seq = log.len() as u64;
+            world.apply(seq, &e);
+        }
+    }
+
+    fn joined(id: &str, cpu: u32) -> Event {
+        NodeJoined {
+            node_id: id.into(),
+            hostname: id.into(),
+            cpu_millis: cpu,
+            memory_bytes: 8 << 30,
+            gpus: vec![],
+            executor: "process".into(),
+            labels: Default::default(),
+        }
+        .into()
+    }
+
+    #[test]
+    fn submissions_are_placed_within_capacity_and_replay_gives_the_same_world() {
+        let mut world = World::default();
+        let mut log = Vec::new();
+        commit(&mut world, &mut log, vec![joined("n1", 2000)]);
+        for i in 0..3 {
+            let Submitted::New { events, .. } = world.decide_submit(&request(&format!("j{i}"))).expect("valid") else {
+                panic!("new job")
+            };
+            commit(&mut world, &mut log, events);
+        }
+        let placed = world.decide_placements(0, 100);
+        // Two one-CPU jobs fit on a two-CPU node; the third waits.
+        assert_eq!(placed.len(), 2);
+        commit(&mut world, &mut log, placed);
+        assert!(world.decide_placements(0, 100).is_empty());
+        assert_eq!(world.queues().len(), 1);
+
+        // Finishing one frees room for the last.
+        let (id, attempt, _) = world.live_on("n1")[0];
+        let done = world.decide_succeeded(id, attempt, 5).expect("accepted");
+        commit(&mut world, &mut log, done);
+        assert_eq!(world.decide_placements(0, 100).len(), 1);
+
+        // A world rebuilt from the log agrees, and replaying twice changes nothing.
+        let mut rebuilt = World::default();
+        for (i, e) in log.iter().enumerate() {
+            rebuilt.apply(i as u64 + 1, e);
+            rebuilt.apply(i as u64 + 1, e);
+        }
+        assert_eq!(rebuilt.queues().len(), world.queues().len());
+        let mut a: Vec<_> = world.jobs().map(|j| (j.id, j.state)).collect();
+        let mut b: Vec<_> = rebuilt.jobs().map(|j| (j.id, j.state)).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn idempotency_key_returns_the_same_job() {
+        let mut world = World::default();
+        let mut log = Vec::new();
+        let mut req = request("once");
+        req.idempotency_key = Some("k1".into());
+        let Submitted::New { job_id, events } = world.decide_submit(&req).expect("valid") else {
+            panic!("new")
+        };
+        commit(&mut world, &mut log, events);
+        assert_eq!(world.decide_submit(&req), Ok(Submitted::Existing(job_id)));
+    }
+
+    #[test]
+    fn unknown_jobs_and_bad_requests_are_refused() {
+        let world = World::default();
+        assert!(matches!(world.decide_cancel(JobId::from_u128(9), None), Err(Refusal::UnknownJob(_))));
+        let mut bad = request("x");
+        bad.image = "NOT VALID".into();
+        assert!(matches!(world.decide_submit(&bad), Err(Refusal::Invalid(_))));
+    }
+}
