@@ -13,3 +13,5 @@ pub mod job;
 pub mod placement;
 pub mod spec;
 pub mod world;
+pub mod actor;
+pub mod executor;

@@ -1,0 +1,315 @@
+//! The Scheduler: the one decider for jobs and nodes. Commands (submit, cancel, worker
+//! reports, node changes) arrive as messages; each is decided by [`World`], appended to the log,
+//! and applied only once appended. A timer runs placement rounds. Handling is atomic: the next
+//! message is not looked at until the previous one's events are in the log and applied.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use gantry_events::event::{FailureCause, JobId};
+use gantry_events::{Event, EventLog, Source, record::now_ns};
+use serde::Serialize;
+
+use crate::job::{Job, JobState};
+use crate::placement::Node;
+use crate::spec::{Limits, SubmitRequest};
+use crate::world::{Refusal, Submitted, World, stamp};
+
+/// How often placement runs when nothing else wakes it.
+const TICK: Duration = Duration::from_millis(50);
+/// Most placements appended per round.
+const ROUND_MAX: usize = 1000;
+
+/// A command that could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Decided against: invalid, unknown job, wrong state (400/404/409).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The log did not take the events (503). Nothing was applied.
+    #[error(transparent)]
+    Log(#[from] gantry_events::Error),
+}
+
+/// Counters tests and `/readyz` look at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SchedulerStats {
+    pub applied_seq: u64,
+    pub placements: u64,
+    pub commands: u64,
+    pub refused: u64,
+    pub queued: usize,
+}
+
+pub struct Scheduler {
+    log: Arc<dyn EventLog>,
+    world: World,
+    source: Source,
+    stats: SchedulerStats,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").field("stats", &self.stats).finish()
+    }
+}
+
+impl Scheduler {
+    /// Rebuilds the scheduler's state from the whole log.
+    pub async fn rebuild(
+        log: Arc<dyn EventLog>,
+        limits: Limits,
+        source: Source,
+    ) -> Result<Scheduler, gantry_events::Error> {
+        let mut world = World::new(limits);
+        let mut next = 1;
+        loop {
+            let entries = log.read(next, 4096).await?;
+            let Some(last) = entries.last().map(|e| e.seq) else { break };
+            for entry in &entries {
+                let envelope = entry.open().map_err(|e| gantry_events::Error::Broken {
+                    seq: entry.seq,
+                    reason: e.to_string(),
+                })?;
+                world.apply(envelope.seq, &envelope.event);
+            }
+            next = last + 1;
+        }
+        tracing::info!(seq = world.seq(), jobs = world.jobs().count(), "scheduler rebuilt from the log");
+        Ok(Scheduler {
+            log,
+            world,
+            source,
+            stats: SchedulerStats::default(),
+        })
+    }
+
+    fn apply_appended(&mut self, events: &[Event], seqs: &[u64]) {
+        for (event, seq) in events.iter().zip(seqs) {
+            self.world.apply(*seq, event);
+        }
+        self.stats.applied_seq = self.world.seq();
+        self.stats.queued = self.world.queues().len();
+    }
+
+    /// Appends `events`, applies them, then answers with `reply(self)`.
+    fn commit<R: 'static>(
+        &mut self,
+        events: Vec<Event>,
+        reply: impl FnOnce(&mut Scheduler) -> R + 'static,
+    ) -> AtomicResponse<Self, Result<R, CommandError>> {
+        self.stats.commands += 1;
+        let log = self.log.clone();
+        let batch = stamp(events.clone(), &self.source);
+        AtomicResponse::new(Box::pin(
+            async move {
+                if batch.is_empty() {
+                    return Ok(Vec::new());
+                }
+                log.append(batch).await
+            }
+            .into_actor(self)
+            .map(move |appended, act, _ctx| {
+                let appended = appended?;
+                let seqs: Vec<u64> = appended.iter().map(|a| a.seq).collect();
+                act.apply_appended(&events, &seqs);
+                Ok(reply(act))
+            }),
+        ))
+    }
+
+    fn refuse<R: 'static>(&mut self, refusal: Refusal) -> AtomicResponse<Self, Result<R, CommandError>> {
+        self.stats.refused += 1;
+        AtomicResponse::new(Box::pin(fut::ready(Err(CommandError::Refused(refusal)))))
+    }
+
+    fn place(&mut self, ctx: &mut Context<Self>) {
+        let events = self.world.decide_placements(now_ms(), ROUND_MAX);
+        if events.is_empty() {
+            return;
+        }
+        let count = events.len() as u64;
+        let log = self.log.clone();
+        let batch = stamp(events.clone(), &self.source);
+        // `wait`: no other message is handled until these placements are appended and applied.
+        ctx.wait(
+            async move { log.append(batch).await }
+                .into_actor(self)
+                .map(move |appended, act, _| match appended {
+                    Ok(appended) => {
+                        let seqs: Vec<u64> = appended.iter().map(|a| a.seq).collect();
+                        act.apply_appended(&events, &seqs);
+                        act.stats.placements += count;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "placements not recorded; will retry");
+                    }
+                }),
+        );
+    }
+}
+
+fn now_ms() -> u64 {
+    now_ns() / 1_000_000
+}
+
+impl Actor for Scheduler {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(TICK, |act, ctx| act.place(ctx));
+    }
+}
+
+/// Submit a job.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<SubmitReply, CommandError>")]
+pub struct Submit(pub SubmitRequest);
+
+/// The job a submission created or found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SubmitReply {
+    pub job_id: JobId,
+    /// True when the idempotency key matched an earlier submission.
+    pub existing: bool,
+}
+
+impl Handler<Submit> for Scheduler {
+    type Result = AtomicResponse<Self, Result<SubmitReply, CommandError>>;
+
+    fn handle(&mut self, msg: Submit, _: &mut Context<Self>) -> Self::Result {
+        match self.world.decide_submit(&msg.0) {
+            Ok(Submitted::New { job_id, events }) => self.commit(events, move |_| SubmitReply {
+                job_id,
+                existing: false,
+            }),
+            Ok(Submitted::Existing(job_id)) => self.commit(Vec::new(), move |_| SubmitReply {
+                job_id,
+                existing: true,
+            }),
+            Err(refusal) => self.refuse(refusal),
+        }
+    }
+}
+
+/// Cancel a job.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<JobState, CommandError>")]
+pub struct Cancel {
+    pub job_id: JobId,
+    pub reason: Option<String>,
+}
+
+impl Handler<Cancel> for Scheduler {
+    type Result = AtomicResponse<Self, Result<JobState, CommandError>>;
+
+    fn handle(&mut self, msg: Cancel, _: &mut Context<Self>) -> Self::Result {
+        let id = msg.job_id;
+        match self.world.decide_cancel(id, msg.reason) {
+            Ok(events) => self.commit(events, move |act| {
+                act.world.job(&id).map_or(JobState::Cancelled, |j| j.state)
+            }),
+            Err(refusal) => self.refuse(refusal),
+        }
+    }
+}
+
+/// What a worker reports about an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    Started { handle: Option<String> },
+    Succeeded { duration_ms: u64 },
+    Failed { cause: FailureCause, duration_ms: Option<u64> },
+}
+
+/// A worker's report. Reports for attempts that are no longer current are refused.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), CommandError>")]
+pub struct AttemptReport {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub report: Report,
+}
+
+impl Handler<AttemptReport> for Scheduler {
+    type Result = AtomicResponse<Self, Result<(), CommandError>>;
+
+    fn handle(&mut self, msg: AttemptReport, _: &mut Context<Self>) -> Self::Result {
+        let (id, attempt) = (msg.job_id, msg.attempt);
+        let decided = match msg.report {
+            Report::Started { handle } => self.world.decide_started(id, attempt, handle),
+            Report::Succeeded { duration_ms } => self.world.decide_succeeded(id, attempt, duration_ms),
+            Report::Failed { cause, duration_ms } => {
+                self.world.decide_failed(id, attempt, cause, duration_ms, now_ms())
+            }
+        };
+        match decided {
+            Ok(events) => self.commit(events, |_| ()),
+            Err(refusal) => {
+                tracing::warn!(job = %id, attempt, %refusal, "worker report refused");
+                self.refuse(refusal)
+            }
+        }
+    }
+}
+
+/// Record a fact another actor observed: a node joined, its GPUs changed, it drained; an
+/// audit checkpoint. The scheduler is the one appender, so its state never lags the log.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), CommandError>")]
+pub struct Record(pub Event);
+
+impl Handler<Record> for Scheduler {
+    type Result = AtomicResponse<Self, Result<(), CommandError>>;
+
+    fn handle(&mut self, msg: Record, _: &mut Context<Self>) -> Self::Result {
+        self.commit(vec![msg.0], |_| ())
+    }
+}
+
+/// The attempts live on a node, with what a worker needs to pick them up again.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<Job>")]
+pub struct LiveOn(pub String);
+
+impl Handler<LiveOn> for Scheduler {
+    type Result = MessageResult<LiveOn>;
+
+    fn handle(&mut self, msg: LiveOn, _: &mut Context<Self>) -> Self::Result {
+        let jobs = self
+            .world
+            .live_on(&msg.0)
+            .into_iter()
+            .filter_map(|(id, _, _)| self.world.job(&id).cloned())
+            .collect();
+        MessageResult(jobs)
+    }
+}
+
+/// A job's current state.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Job>")]
+pub struct GetJob(pub JobId);
+
+impl Handler<GetJob> for Scheduler {
+    type Result = MessageResult<GetJob>;
+
+    fn handle(&mut self, msg: GetJob, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.world.job(&msg.0).cloned())
+    }
+}
+
+/// Counters and the fleet as the scheduler sees it.
+#[derive(Debug, Message)]
+#[rtype(result = "(SchedulerStats, Vec<Node>)")]
+pub struct Stats;
+
+impl Handler<Stats> for Scheduler {
+    type Result = MessageResult<Stats>;
+
+    fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult((self.stats, self.world.cluster().nodes().cloned().collect()))
+    }
+}

@@ -1,0 +1,270 @@
+//! The Supervisor: starts the other actors in order, lets actix restart the ones that stop
+//! (Worker, Auditor, GpuProbe are `Supervised`), records this node joining, and answers health:
+//! degraded when the log, the container engine or the audit is not right.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use gantry_events::event::{NodeDrained, NodeJoined};
+use gantry_events::{EventLog, Source};
+use serde::Serialize;
+
+use crate::actor::auditor::{AuditStatus, Auditor, GetAudit};
+use crate::actor::gpu_probe::GpuProbe;
+use crate::actor::scheduler::{Record, Scheduler};
+use crate::actor::worker::Worker;
+use crate::executor::{Executor, GpuInventory};
+use crate::spec::Limits;
+
+/// What a node is started with.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub node_id: String,
+    pub hostname: String,
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub labels: BTreeMap<String, String>,
+    /// Where attempts' output is kept.
+    pub logs_dir: PathBuf,
+    pub limits: Limits,
+    pub gpu_probe_every: Duration,
+    pub checkpoint_every: Duration,
+}
+
+/// Addresses of the running actors.
+#[derive(Debug, Clone)]
+pub struct Actors {
+    pub scheduler: Addr<Scheduler>,
+    pub worker: Addr<Worker>,
+    pub auditor: Addr<Auditor>,
+    pub gpu_probe: Addr<GpuProbe>,
+    pub supervisor: Addr<Supervisor>,
+}
+
+/// One check of `/readyz` and `gantry nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The node's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// `ok` or `degraded`.
+    pub status: &'static str,
+    pub log: Check,
+    pub executor: Check,
+    pub gpus: Check,
+    pub audit: Check,
+}
+
+pub struct Supervisor {
+    options: NodeOptions,
+    log: Arc<dyn EventLog>,
+    executor: Arc<dyn Executor>,
+    inventory: Arc<dyn GpuInventory>,
+    scheduler: Addr<Scheduler>,
+    auditor: Option<Addr<Auditor>>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("node", &self.options.node_id)
+            .finish()
+    }
+}
+
+impl Supervisor {
+    /// Rebuilds state from the log and starts every actor. Must run inside an actix System.
+    pub async fn start(
+        log: Arc<dyn EventLog>,
+        executor: Arc<dyn Executor>,
+        inventory: Arc<dyn GpuInventory>,
+        options: NodeOptions,
+    ) -> Result<Actors, gantry_events::Error> {
+        let source = Source::new(&options.node_id, "scheduler");
+        let scheduler = Scheduler::rebuild(log.clone(), options.limits.clone(), source)
+            .await?
+            .start();
+
+        let gpus = match inventory.gpus() {
+            Ok(gpus) => gpus,
+            Err(error) => {
+                tracing::warn!(%error, "GPU inventory failed; joining as a CPU-only node");
+                Vec::new()
+            }
+        };
+        if !executor.sandboxed() {
+            tracing::warn!(
+                executor = executor.kind(),
+                "no container engine: jobs run as local processes, NOT in a sandbox"
+            );
+        }
+        let joined = NodeJoined {
+            node_id: options.node_id.clone(),
+            hostname: options.hostname.clone(),
+            cpu_millis: options.cpu_millis,
+            memory_bytes: options.memory_bytes,
+            gpus: gpus.clone(),
+            executor: executor.kind().to_owned(),
+            labels: options.labels.clone(),
+        };
+        scheduler
+            .send(Record(joined.into()))
+            .await
+            .map_err(|e| gantry_events::Error::backend("scheduler", e.to_string()))?
+            .map_err(|e| gantry_events::Error::backend("recording the node", e.to_string()))?;
+
+        let worker = {
+            let (node, executor, scheduler, log, dir) = (
+                options.node_id.clone(),
+                executor.clone(),
+                scheduler.clone(),
+                log.clone(),
+                options.logs_dir.clone(),
+            );
+            actix::Supervisor::start(move |_| Worker::new(node, executor, scheduler, log, dir))
+        };
+        let auditor = {
+            let (log, scheduler, every) = (log.clone(), scheduler.clone(), options.checkpoint_every);
+            actix::Supervisor::start(move |_| Auditor::new(log, scheduler, every))
+        };
+        let gpu_probe = {
+            let (node, inventory, scheduler, every) = (
+                options.node_id.clone(),
+                inventory.clone(),
+                scheduler.clone(),
+                options.gpu_probe_every,
+            );
+            actix::Supervisor::start(move |_| GpuProbe::new(node, inventory, scheduler, every, gpus))
+        };
+        let supervisor = Supervisor {
+            options,
+            log,
+            executor,
+            inventory,
+            scheduler: scheduler.clone(),
+            auditor: Some(auditor.clone()),
+        }
+        .start();
+        Ok(Actors {
+            scheduler,
+            worker,
+            auditor,
+            gpu_probe,
+            supervisor,
+        })
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+}
+
+/// The node's health now.
+#[derive(Debug, Message)]
+#[rtype(result = "Health")]
+pub struct GetHealth;
+
+impl Handler<GetHealth> for Supervisor {
+    type Result = ResponseFuture<Health>;
+
+    fn handle(&mut self, _: GetHealth, _: &mut Context<Self>) -> Self::Result {
+        let log = self.log.clone();
+        let executor = self.executor.clone();
+        let inventory = self.inventory.clone();
+        let auditor = self.auditor.clone();
+        Box::pin(async move {
+            let log = match log.head().await {
+                Ok(head) => Check {
+                    ok: true,
+                    detail: format!("head {}", head.seq),
+                },
+                Err(e) => Check {
+                    ok: false,
+                    detail: e.to_string(),
+                },
+            };
+            let executor = match executor.ping().await {
+                Ok(()) if executor.sandboxed() => Check {
+                    ok: true,
+                    detail: format!("{} (sandboxed)", executor.kind()),
+                },
+                Ok(()) => Check {
+                    ok: true,
+                    detail: format!("{} (not a sandbox)", executor.kind()),
+                },
+                Err(e) => Check {
+                    ok: false,
+                    detail: format!("{}: {e}", executor.kind()),
+                },
+            };
+            let gpus = match (inventory.source(), inventory.gpus()) {
+                (source, Ok(gpus)) => Check {
+                    ok: true,
+                    detail: format!("{source}: {} GPUs", gpus.len()),
+                },
+                (source, Err(e)) => Check {
+                    ok: false,
+                    detail: format!("{source}: {e}"),
+                },
+            };
+            let audit = match auditor {
+                Some(a) => match a.send(GetAudit).await {
+                    Ok(AuditStatus { broken: Some(b), .. }) => Check {
+                        ok: false,
+                        detail: b.to_string(),
+                    },
+                    Ok(status) => Check {
+                        ok: true,
+                        detail: format!("verified through {}", status.verified_seq),
+                    },
+                    Err(e) => Check {
+                        ok: false,
+                        detail: e.to_string(),
+                    },
+                },
+                None => Check {
+                    ok: false,
+                    detail: "not running".into(),
+                },
+            };
+            let all_ok = log.ok && executor.ok && gpus.ok && audit.ok;
+            Health {
+                status: if all_ok { "ok" } else { "degraded" },
+                log,
+                executor,
+                gpus,
+                audit,
+            }
+        })
+    }
+}
+
+/// Records the node leaving before shutdown.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Drain(pub String);
+
+impl Handler<Drain> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Drain, _: &mut Context<Self>) -> Self::Result {
+        let scheduler = self.scheduler.clone();
+        let node_id = self.options.node_id.clone();
+        Box::pin(async move {
+            let drained = NodeDrained {
+                node_id,
+                reason: msg.0,
+            };
+            if let Ok(Err(e)) = scheduler.send(Record(drained.into())).await {
+                tracing::warn!(error = %e, "could not record the node draining");
+            }
+        })
+    }
+}

@@ -1,0 +1,66 @@
+//! How a worker runs an attempt: the `Executor` trait. Implementations live in `gantry-nodes`
+//! (Docker through bollard, and a local process executor for machines without an engine).
+
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+use gantry_events::event::{JobId, JobSpec};
+
+/// One attempt to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub spec: JobSpec,
+    /// GPUs reserved for this attempt (UUIDs).
+    pub gpu_uuids: Vec<String>,
+    /// Where the attempt's stdout and stderr go, one timestamped line each, in order.
+    pub log_path: PathBuf,
+}
+
+/// How an attempt ended, as the executor saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The process exited (0 is success).
+    Exited { code: i64, oom_killed: bool },
+    /// The image is not there and could not be pulled.
+    ImageUnavailable { reason: String },
+    /// The executor failed to run it at all.
+    Failed { message: String },
+}
+
+/// Runs attempts somewhere. Every method is safe to call concurrently for different attempts.
+pub trait Executor: Send + Sync + 'static {
+    /// `docker` or `process`.
+    fn kind(&self) -> &'static str;
+
+    /// Whether attempts are isolated (containers) or run as plain local processes.
+    fn sandboxed(&self) -> bool;
+
+    /// Creates and starts the attempt; returns its handle (container or process id), or the
+    /// outcome if it could not start.
+    fn start<'a>(&'a self, run: &'a RunSpec) -> BoxFuture<'a, Result<String, Outcome>>;
+
+    /// Waits for the attempt to end, writing its output to `run.log_path`, then cleans up
+    /// (containers are always removed).
+    fn wait<'a>(&'a self, handle: &'a str, run: &'a RunSpec) -> BoxFuture<'a, Outcome>;
+
+    /// Stops the attempt now (SIGKILL to the container or the whole process group).
+    fn kill<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, ()>;
+
+    /// Whether the engine answers (`/readyz`, health).
+    fn ping(&self) -> BoxFuture<'_, Result<(), String>>;
+
+    /// After a restart: the handle of the attempt if it is still running.
+    fn find<'a>(&'a self, job_id: JobId, attempt: u32) -> BoxFuture<'a, Option<String>>;
+}
+
+/// A node's GPUs: NVML on real nodes, a fixed list in tests.
+pub trait GpuInventory: Send + Sync + 'static {
+    /// Where the list comes from: `nvml`, `none` (no NVIDIA library: a CPU-only node) or
+    /// `fake`.
+    fn source(&self) -> &'static str;
+
+    /// The GPUs now, with utilisation. An error means the library is there but failed.
+    fn gpus(&self) -> Result<Vec<gantry_events::event::Gpu>, String>;
+}
