@@ -9,9 +9,9 @@
 //! Must not depend on: `gantry-nodes`, `gantry-gateway`, or any client of Docker, NVML, S3 or
 //! NATS. The actors arrive with the job lifecycle issue; this crate holds their home.
 
+pub mod actor;
+pub mod executor;
 pub mod job;
 pub mod placement;
 pub mod spec;
 pub mod world;
-pub mod actor;
-pub mod executor;

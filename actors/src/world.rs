@@ -135,7 +135,8 @@ impl World {
             }
             JobEvent::RetryScheduled(_) => {
                 let order = self.submitted_at.get(&id).copied().unwrap_or(seq);
-                self.queues.push(id, &job.spec.queue, job.spec.priority, order);
+                self.queues
+                    .push(id, &job.spec.queue, job.spec.priority, order);
             }
             JobEvent::Failed(_) => self.cluster.release(id),
             JobEvent::Succeeded(_) | JobEvent::Cancelled(_) | JobEvent::DeadLettered(_) => {
@@ -175,11 +176,21 @@ impl World {
         Ok(self.existing(id)?.cancel(reason)?)
     }
 
-    pub fn decide_started(&self, id: JobId, attempt: u32, handle: Option<String>) -> Result<Vec<Event>, Refusal> {
+    pub fn decide_started(
+        &self,
+        id: JobId,
+        attempt: u32,
+        handle: Option<String>,
+    ) -> Result<Vec<Event>, Refusal> {
         Ok(self.existing(id)?.started(attempt, handle)?)
     }
 
-    pub fn decide_succeeded(&self, id: JobId, attempt: u32, duration_ms: u64) -> Result<Vec<Event>, Refusal> {
+    pub fn decide_succeeded(
+        &self,
+        id: JobId,
+        attempt: u32,
+        duration_ms: u64,
+    ) -> Result<Vec<Event>, Refusal> {
         Ok(self.existing(id)?.succeeded(attempt, duration_ms)?)
     }
 
@@ -191,7 +202,9 @@ impl World {
         duration_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<Vec<Event>, Refusal> {
-        Ok(self.existing(id)?.failed(attempt, cause, duration_ms, now_ms)?)
+        Ok(self
+            .existing(id)?
+            .failed(attempt, cause, duration_ms, now_ms)?)
     }
 
     /// One scheduling round: places every waiting job that fits somewhere, in queue order.
@@ -206,11 +219,14 @@ impl World {
             if events.len() >= max {
                 break;
             }
-            let Some(job) = self.jobs.get(&id) else { continue };
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
             if !job.placeable(now_ms) {
                 continue;
             }
-            let Some((node, gpus)) = self.cluster.place(&job.spec.image, &job.spec.resources) else {
+            let Some((node, gpus)) = self.cluster.place(&job.spec.image, &job.spec.resources)
+            else {
                 continue;
             };
             if let Ok(mut placed) = job.place(&node, gpus.clone(), now_ms) {
@@ -289,7 +305,10 @@ mod tests {
         let mut log = Vec::new();
         commit(&mut world, &mut log, vec![joined("n1", 2000)]);
         for i in 0..3 {
-            let Submitted::New { events, .. } = world.decide_submit(&request(&format!("j{i}"))).expect("valid") else {
+            let Submitted::New { events, .. } = world
+                .decide_submit(&request(&format!("j{i}")))
+                .expect("valid")
+            else {
                 panic!("new job")
             };
             commit(&mut world, &mut log, events);
@@ -337,9 +356,15 @@ mod tests {
     #[test]
     fn unknown_jobs_and_bad_requests_are_refused() {
         let world = World::default();
-        assert!(matches!(world.decide_cancel(JobId::from_u128(9), None), Err(Refusal::UnknownJob(_))));
+        assert!(matches!(
+            world.decide_cancel(JobId::from_u128(9), None),
+            Err(Refusal::UnknownJob(_))
+        ));
         let mut bad = request("x");
         bad.image = "NOT VALID".into();
-        assert!(matches!(world.decide_submit(&bad), Err(Refusal::Invalid(_))));
+        assert!(matches!(
+            world.decide_submit(&bad),
+            Err(Refusal::Invalid(_))
+        ));
     }
 }

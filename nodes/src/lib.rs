@@ -9,5 +9,7 @@
 //! integration tests.
 
 pub mod cli;
+pub mod executor;
+pub mod gpu;
 pub mod jetstream;
 pub mod node;

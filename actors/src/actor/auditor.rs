@@ -33,12 +33,18 @@ pub struct Auditor {
 
 impl std::fmt::Debug for Auditor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auditor").field("status", &self.status).finish()
+        f.debug_struct("Auditor")
+            .field("status", &self.status)
+            .finish()
     }
 }
 
 impl Auditor {
-    pub fn new(log: Arc<dyn EventLog>, scheduler: Addr<Scheduler>, checkpoint_every: Duration) -> Auditor {
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        scheduler: Addr<Scheduler>,
+        checkpoint_every: Duration,
+    ) -> Auditor {
         Auditor {
             log,
             scheduler,

@@ -20,14 +20,23 @@ pub struct GpuProbe {
 
 impl std::fmt::Debug for GpuProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuProbe").field("node", &self.node).finish()
+        f.debug_struct("GpuProbe")
+            .field("node", &self.node)
+            .finish()
     }
 }
 
 /// The part of a GPU that, when it changes, is worth an event.
 fn identity(gpus: &[Gpu]) -> Vec<(String, String, u64, Option<String>)> {
     gpus.iter()
-        .map(|g| (g.uuid.clone(), g.name.clone(), g.memory_bytes, g.driver_version.clone()))
+        .map(|g| {
+            (
+                g.uuid.clone(),
+                g.name.clone(),
+                g.memory_bytes,
+                g.driver_version.clone(),
+            )
+        })
         .collect()
 }
 

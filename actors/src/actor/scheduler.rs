@@ -51,7 +51,9 @@ pub struct Scheduler {
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scheduler").field("stats", &self.stats).finish()
+        f.debug_struct("Scheduler")
+            .field("stats", &self.stats)
+            .finish()
     }
 }
 
@@ -66,7 +68,9 @@ impl Scheduler {
         let mut next = 1;
         loop {
             let entries = log.read(next, 4096).await?;
-            let Some(last) = entries.last().map(|e| e.seq) else { break };
+            let Some(last) = entries.last().map(|e| e.seq) else {
+                break;
+            };
             for entry in &entries {
                 let envelope = entry.open().map_err(|e| gantry_events::Error::Broken {
                     seq: entry.seq,
@@ -76,7 +80,11 @@ impl Scheduler {
             }
             next = last + 1;
         }
-        tracing::info!(seq = world.seq(), jobs = world.jobs().count(), "scheduler rebuilt from the log");
+        tracing::info!(
+            seq = world.seq(),
+            jobs = world.jobs().count(),
+            "scheduler rebuilt from the log"
+        );
         Ok(Scheduler {
             log,
             world,
@@ -119,7 +127,10 @@ impl Scheduler {
         ))
     }
 
-    fn refuse<R: 'static>(&mut self, refusal: Refusal) -> AtomicResponse<Self, Result<R, CommandError>> {
+    fn refuse<R: 'static>(
+        &mut self,
+        refusal: Refusal,
+    ) -> AtomicResponse<Self, Result<R, CommandError>> {
         self.stats.refused += 1;
         AtomicResponse::new(Box::pin(fut::ready(Err(CommandError::Refused(refusal)))))
     }
@@ -133,20 +144,18 @@ impl Scheduler {
         let log = self.log.clone();
         let batch = stamp(events.clone(), &self.source);
         // `wait`: no other message is handled until these placements are appended and applied.
-        ctx.wait(
-            async move { log.append(batch).await }
-                .into_actor(self)
-                .map(move |appended, act, _| match appended {
-                    Ok(appended) => {
-                        let seqs: Vec<u64> = appended.iter().map(|a| a.seq).collect();
-                        act.apply_appended(&events, &seqs);
-                        act.stats.placements += count;
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "placements not recorded; will retry");
-                    }
-                }),
-        );
+        ctx.wait(async move { log.append(batch).await }.into_actor(self).map(
+            move |appended, act, _| match appended {
+                Ok(appended) => {
+                    let seqs: Vec<u64> = appended.iter().map(|a| a.seq).collect();
+                    act.apply_appended(&events, &seqs);
+                    act.stats.placements += count;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "placements not recorded; will retry");
+                }
+            },
+        ));
     }
 }
 
@@ -219,9 +228,16 @@ impl Handler<Cancel> for Scheduler {
 /// What a worker reports about an attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
-    Started { handle: Option<String> },
-    Succeeded { duration_ms: u64 },
-    Failed { cause: FailureCause, duration_ms: Option<u64> },
+    Started {
+        handle: Option<String>,
+    },
+    Succeeded {
+        duration_ms: u64,
+    },
+    Failed {
+        cause: FailureCause,
+        duration_ms: Option<u64>,
+    },
 }
 
 /// A worker's report. Reports for attempts that are no longer current are refused.
@@ -240,9 +256,12 @@ impl Handler<AttemptReport> for Scheduler {
         let (id, attempt) = (msg.job_id, msg.attempt);
         let decided = match msg.report {
             Report::Started { handle } => self.world.decide_started(id, attempt, handle),
-            Report::Succeeded { duration_ms } => self.world.decide_succeeded(id, attempt, duration_ms),
+            Report::Succeeded { duration_ms } => {
+                self.world.decide_succeeded(id, attempt, duration_ms)
+            }
             Report::Failed { cause, duration_ms } => {
-                self.world.decide_failed(id, attempt, cause, duration_ms, now_ms())
+                self.world
+                    .decide_failed(id, attempt, cause, duration_ms, now_ms())
             }
         };
         match decided {

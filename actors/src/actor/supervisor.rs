@@ -131,7 +131,8 @@ impl Supervisor {
             actix::Supervisor::start(move |_| Worker::new(node, executor, scheduler, log, dir))
         };
         let auditor = {
-            let (log, scheduler, every) = (log.clone(), scheduler.clone(), options.checkpoint_every);
+            let (log, scheduler, every) =
+                (log.clone(), scheduler.clone(), options.checkpoint_every);
             actix::Supervisor::start(move |_| Auditor::new(log, scheduler, every))
         };
         let gpu_probe = {
@@ -141,7 +142,9 @@ impl Supervisor {
                 scheduler.clone(),
                 options.gpu_probe_every,
             );
-            actix::Supervisor::start(move |_| GpuProbe::new(node, inventory, scheduler, every, gpus))
+            actix::Supervisor::start(move |_| {
+                GpuProbe::new(node, inventory, scheduler, every, gpus)
+            })
         };
         let supervisor = Supervisor {
             options,
@@ -216,7 +219,9 @@ impl Handler<GetHealth> for Supervisor {
             };
             let audit = match auditor {
                 Some(a) => match a.send(GetAudit).await {
-                    Ok(AuditStatus { broken: Some(b), .. }) => Check {
+                    Ok(AuditStatus {
+                        broken: Some(b), ..
+                    }) => Check {
                         ok: false,
                         detail: b.to_string(),
                     },

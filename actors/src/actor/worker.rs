@@ -74,7 +74,9 @@ impl Worker {
 
     /// Where an attempt's output is kept.
     pub fn log_path(logs_dir: &std::path::Path, job: JobId, attempt: u32) -> PathBuf {
-        logs_dir.join(job.to_string()).join(format!("attempt-{attempt}.log"))
+        logs_dir
+            .join(job.to_string())
+            .join(format!("attempt-{attempt}.log"))
     }
 
     fn launch(&mut self, job: &Job, attempt: u32, handle: Option<String>, ctx: &mut Context<Self>) {
@@ -121,7 +123,9 @@ impl Worker {
                         Ok(Some(job)) if job.attempt == attempt && !job.state.is_terminal() => {
                             act.launch(&job, attempt, None, ctx);
                         }
-                        Ok(_) => tracing::debug!(job = %id, attempt, "placement already superseded"),
+                        Ok(_) => {
+                            tracing::debug!(job = %id, attempt, "placement already superseded")
+                        }
                         Err(error) => tracing::error!(job = %id, %error, "scheduler unreachable"),
                     },
                 ));
@@ -141,7 +145,9 @@ impl Actor for Worker {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if self.restarts > 0 {
-            ctx.wait(actix::fut::wrap_future(tokio::time::sleep(restart_backoff(self.restarts))));
+            ctx.wait(actix::fut::wrap_future(tokio::time::sleep(
+                restart_backoff(self.restarts),
+            )));
         }
         let scheduler = self.scheduler.clone();
         let log = self.log.clone();
@@ -294,10 +300,15 @@ async fn run_attempt(
 /// Turns an executor outcome into a report.
 fn failure(outcome: Outcome, duration_ms: Option<u64>) -> Report {
     match outcome {
-        Outcome::Exited { code: 0, oom_killed: false } => Report::Succeeded {
+        Outcome::Exited {
+            code: 0,
+            oom_killed: false,
+        } => Report::Succeeded {
             duration_ms: duration_ms.unwrap_or(0),
         },
-        Outcome::Exited { oom_killed: true, .. } => Report::Failed {
+        Outcome::Exited {
+            oom_killed: true, ..
+        } => Report::Failed {
             cause: FailureCause::OomKilled,
             duration_ms,
         },

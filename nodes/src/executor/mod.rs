@@ -1,0 +1,3 @@
+//! Executors: Docker (the default when an engine answers) and local processes.
+
+pub mod process;
