@@ -1,8 +1,327 @@
-//! gantry's HTTP gateway: REST and websocket endpoints that read projections and send
-//! commands to the actors.
+//! gantry's HTTP gateway: REST endpoints that read the projections and send commands to the
+//! Scheduler.
 //!
-//! The gateway validates input at the edge and never mutates a view directly: every change
-//! goes through a command, which an actor turns into events.
+//! The gateway validates input at the edge and never mutates a view: every change is a command
+//! the Scheduler turns into events. Errors are JSON `{"error": {"code", "message", "field"}}`
+//! with a stable `code`. A write answers once the views show it (read-your-writes), or after a
+//! short bound.
 //!
-//! Must not depend on: `gantry-nodes` (no Docker, NVML, S3 or NATS clients here). The endpoints
-//! arrive with the job lifecycle issue; this crate holds their home.
+//! Must not depend on: `gantry-nodes` (no Docker, NVML, S3 or NATS clients here).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError, web};
+use gantry_actors::actor::scheduler::{Cancel, CommandError, Scheduler, Submit};
+use gantry_actors::actor::supervisor::{GetHealth, Supervisor};
+use gantry_actors::actor::worker::Worker;
+use gantry_actors::spec::SubmitRequest;
+use gantry_actors::world::Refusal;
+use gantry_events::EventLog;
+use gantry_events::event::JobId;
+use gantry_projections::{JobFilter, Projections};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct Gateway {
+    pub scheduler: Addr<Scheduler>,
+    pub supervisor: Addr<Supervisor>,
+    pub views: Projections,
+    pub log: Arc<dyn EventLog>,
+    pub logs_dir: PathBuf,
+    /// The projections' checkpoint sequence, as the projector advances it.
+    pub views_seq: watch::Receiver<u64>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: u16, code: &str, message: impl Into<String>, field: Option<String>) -> ApiError {
+        ApiError {
+            status,
+            code: code.into(),
+            message: message.into(),
+            field,
+        }
+    }
+
+    fn unavailable(message: impl std::fmt::Display) -> ApiError {
+        ApiError::new(503, "unavailable", message.to_string(), None)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(serde_json::json!({ "error": self }))
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> ApiError {
+        match e {
+            CommandError::Refused(Refusal::Invalid(i)) => {
+                ApiError::new(400, i.code, i.message, Some(i.field))
+            }
+            CommandError::Refused(Refusal::UnknownJob(id)) => {
+                ApiError::new(404, "not_found", format!("no job {id}"), None)
+            }
+            CommandError::Refused(Refusal::Rejected(r)) => {
+                ApiError::new(409, "conflict", r.to_string(), None)
+            }
+            CommandError::Log(e) => match e {
+                gantry_events::Error::EntryTooLarge { .. } | gantry_events::Error::BatchTooLarge { .. } => {
+                    ApiError::new(413, "too_large", e.to_string(), None)
+                }
+                e => ApiError::unavailable(e),
+            },
+        }
+    }
+}
+
+impl From<gantry_projections::Error> for ApiError {
+    fn from(e: gantry_projections::Error) -> ApiError {
+        ApiError::unavailable(e)
+    }
+}
+
+fn mailbox(e: actix::MailboxError) -> ApiError {
+    ApiError::unavailable(format!("scheduler: {e}"))
+}
+
+/// Registers the routes.
+pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
+    let limit = gateway.max_body_bytes;
+    cfg.app_data(web::Data::new(gateway))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(limit)
+                .error_handler(|err, _| json_error(err).into()),
+        )
+        .app_data(web::QueryConfig::default().error_handler(|err, _| {
+            ApiError::new(400, "invalid_query", err.to_string(), None).into()
+        }))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/v1/jobs", web::post().to(submit))
+        .route("/v1/jobs", web::get().to(list_jobs))
+        .route("/v1/jobs/{id}", web::get().to(get_job))
+        .route("/v1/jobs/{id}/cancel", web::post().to(cancel))
+        .route("/v1/jobs/{id}/logs", web::get().to(logs))
+        .route("/v1/nodes", web::get().to(nodes))
+        .route("/v1/queues", web::get().to(queues))
+        .route("/v1/events", web::get().to(events));
+}
+
+fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
+    use actix_web::error::JsonPayloadError as E;
+    match &err {
+        E::OverflowKnownLength { .. } | E::Overflow { .. } => {
+            ApiError::new(413, "too_large", err.to_string(), None)
+        }
+        E::ContentType => ApiError::new(415, "unsupported_media_type", "send application/json", None),
+        E::Deserialize(e) => {
+            // serde names the unknown or mistyped field in its message.
+            let message = e.to_string();
+            let field = message
+                .split('`')
+                .nth(1)
+                .map(str::to_owned);
+            ApiError::new(400, "invalid_json", message, field)
+        }
+        _ => ApiError::new(400, "invalid_json", err.to_string(), None),
+    }
+}
+
+/// Waits (briefly) until the views include sequence `seq`.
+async fn views_reach(gateway: &Gateway, seq: u64) {
+    let mut rx = gateway.views_seq.clone();
+    let _ = tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|s| *s >= seq)).await;
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
+}
+
+async fn readyz(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    let head = gateway.log.head().await.map_err(ApiError::unavailable)?;
+    let views = *gateway.views_seq.borrow();
+    let health = gateway.supervisor.send(GetHealth).await.map_err(mailbox)?;
+    let caught_up = views >= head.seq;
+    let body = serde_json::json!({
+        "ready": caught_up,
+        "log_head": head.seq,
+        "views_seq": views,
+        "health": health,
+    });
+    Ok(if caught_up {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    })
+}
+
+async fn submit(gateway: web::Data<Gateway>, body: web::Json<SubmitRequest>) -> Result<HttpResponse, ApiError> {
+    let reply = gateway
+        .scheduler
+        .send(Submit(body.into_inner()))
+        .await
+        .map_err(mailbox)??;
+    views_reach(&gateway, reply.seq).await;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({
+        "id": reply.job_id,
+        "existing": reply.existing,
+    })))
+}
+
+fn parse_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::new(400, "invalid_id", format!("{raw:?} is not a job id"), Some("id".into())))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    queue: Option<String>,
+    label: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_jobs(gateway: web::Data<Gateway>, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(400, "out_of_range", "limit is 1 to 1000", Some("limit".into())));
+    }
+    let after = q.after.as_deref().map(parse_id).transpose()?;
+    let filter = JobFilter {
+        state: q.state,
+        queue: q.queue,
+        label: q.label,
+    };
+    let jobs = gateway.views.jobs(&filter, after, limit)?;
+    let next = (jobs.len() == limit).then(|| jobs.last().map(|j| j.id)).flatten();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs, "next": next })))
+}
+
+async fn get_job(gateway: web::Data<Gateway>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    match gateway.views.job(&id)? {
+        Some(view) => Ok(HttpResponse::Ok().json(view)),
+        None => Err(ApiError::new(404, "not_found", format!("no job {id}"), None)),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+async fn cancel(
+    gateway: web::Data<Gateway>,
+    id: web::Path<String>,
+    body: Option<web::Json<CancelBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let reason = body.and_then(|b| b.into_inner().reason);
+    let (state, seq) = gateway
+        .scheduler
+        .send(Cancel { job_id: id, reason })
+        .await
+        .map_err(mailbox)??;
+    views_reach(&gateway, seq).await;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "state": state })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    attempt: Option<u32>,
+}
+
+async fn logs(
+    gateway: web::Data<Gateway>,
+    id: web::Path<String>,
+    query: web::Query<LogsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let Some(view) = gateway.views.job(&id)? else {
+        return Err(ApiError::new(404, "not_found", format!("no job {id}"), None));
+    };
+    let attempt = query.attempt.unwrap_or(view.attempt);
+    let path = Worker::log_path(&gateway.logs_dir, id, attempt);
+    let text = match tokio::fs::read(&path).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(ApiError::unavailable(e)),
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .insert_header(("Gantry-Attempt", attempt.to_string()))
+        .body(text))
+}
+
+async fn nodes(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "nodes": gateway.views.nodes()? })))
+}
+
+async fn queues(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "queues": gateway.views.queues()? })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn events(gateway: web::Data<Gateway>, query: web::Query<EventsQuery>) -> Result<HttpResponse, ApiError> {
+    let after = query.after.unwrap_or(0);
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(400, "out_of_range", "limit is 1 to 1000", Some("limit".into())));
+    }
+    let entries = gateway
+        .log
+        .read(after + 1, limit)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let events: Vec<_> = entries
+        .iter()
+        .map(|e| match e.open() {
+            Ok(env) => serde_json::to_value(env).unwrap_or_default(),
+            Err(err) => serde_json::json!({ "seq": e.seq, "undecodable": err.to_string() }),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "events": events })))
+}

@@ -276,6 +276,21 @@ impl Projections {
         Ok(checkpoint)
     }
 
+    /// Catches up, then applies new entries as the log gets them, publishing the checkpoint
+    /// sequence after each batch. Returns only when the log's subscription ends or fails.
+    pub async fn follow(&self, log: &dyn EventLog, progress: &tokio::sync::watch::Sender<u64>) -> Result<(), Error> {
+        use futures::StreamExt;
+        let checkpoint = self.catch_up(log, |_, _| {}).await?;
+        progress.send_replace(checkpoint.seq);
+        let mut batches = log.subscribe(checkpoint.seq + 1).await?.ready_chunks(1024);
+        while let Some(batch) = batches.next().await {
+            let entries = batch.into_iter().collect::<Result<Vec<Entry>, _>>()?;
+            let checkpoint = self.apply(&entries)?;
+            progress.send_replace(checkpoint.seq);
+        }
+        Ok(())
+    }
+
     /// Makes everything applied so far durable.
     pub async fn flush(&self) -> Result<(), Error> {
         self.db.flush_async().await?;

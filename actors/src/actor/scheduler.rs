@@ -181,6 +181,8 @@ pub struct Submit(pub SubmitRequest);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SubmitReply {
     pub job_id: JobId,
+    /// Sequence of the `job.submitted` event (of the earlier one, for an existing job: 0).
+    pub seq: u64,
     /// True when the idempotency key matched an earlier submission.
     pub existing: bool,
 }
@@ -190,12 +192,14 @@ impl Handler<Submit> for Scheduler {
 
     fn handle(&mut self, msg: Submit, _: &mut Context<Self>) -> Self::Result {
         match self.world.decide_submit(&msg.0) {
-            Ok(Submitted::New { job_id, events }) => self.commit(events, move |_| SubmitReply {
+            Ok(Submitted::New { job_id, events }) => self.commit(events, move |act| SubmitReply {
                 job_id,
+                seq: act.world.seq(),
                 existing: false,
             }),
             Ok(Submitted::Existing(job_id)) => self.commit(Vec::new(), move |_| SubmitReply {
                 job_id,
+                seq: 0,
                 existing: true,
             }),
             Err(refusal) => self.refuse(refusal),
@@ -205,20 +209,21 @@ impl Handler<Submit> for Scheduler {
 
 /// Cancel a job.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<JobState, CommandError>")]
+#[rtype(result = "Result<(JobState, u64), CommandError>")]
 pub struct Cancel {
     pub job_id: JobId,
     pub reason: Option<String>,
 }
 
 impl Handler<Cancel> for Scheduler {
-    type Result = AtomicResponse<Self, Result<JobState, CommandError>>;
+    type Result = AtomicResponse<Self, Result<(JobState, u64), CommandError>>;
 
     fn handle(&mut self, msg: Cancel, _: &mut Context<Self>) -> Self::Result {
         let id = msg.job_id;
         match self.world.decide_cancel(id, msg.reason) {
             Ok(events) => self.commit(events, move |act| {
-                act.world.job(&id).map_or(JobState::Cancelled, |j| j.state)
+                let state = act.world.job(&id).map_or(JobState::Cancelled, |j| j.state);
+                (state, act.world.seq())
             }),
             Err(refusal) => self.refuse(refusal),
         }
