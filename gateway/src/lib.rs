@@ -96,7 +96,8 @@ impl From<CommandError> for ApiError {
                 ApiError::new(409, "conflict", r.to_string(), None)
             }
             CommandError::Log(e) => match e {
-                gantry_events::Error::EntryTooLarge { .. } | gantry_events::Error::BatchTooLarge { .. } => {
+                gantry_events::Error::EntryTooLarge { .. }
+                | gantry_events::Error::BatchTooLarge { .. } => {
                     ApiError::new(413, "too_large", e.to_string(), None)
                 }
                 e => ApiError::unavailable(e),
@@ -145,14 +146,13 @@ fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
         E::OverflowKnownLength { .. } | E::Overflow { .. } => {
             ApiError::new(413, "too_large", err.to_string(), None)
         }
-        E::ContentType => ApiError::new(415, "unsupported_media_type", "send application/json", None),
+        E::ContentType => {
+            ApiError::new(415, "unsupported_media_type", "send application/json", None)
+        }
         E::Deserialize(e) => {
             // serde names the unknown or mistyped field in its message.
             let message = e.to_string();
-            let field = message
-                .split('`')
-                .nth(1)
-                .map(str::to_owned);
+            let field = message.split('`').nth(1).map(str::to_owned);
             ApiError::new(400, "invalid_json", message, field)
         }
         _ => ApiError::new(400, "invalid_json", err.to_string(), None),
@@ -187,7 +187,10 @@ async fn readyz(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     })
 }
 
-async fn submit(gateway: web::Data<Gateway>, body: web::Json<SubmitRequest>) -> Result<HttpResponse, ApiError> {
+async fn submit(
+    gateway: web::Data<Gateway>,
+    body: web::Json<SubmitRequest>,
+) -> Result<HttpResponse, ApiError> {
     let reply = gateway
         .scheduler
         .send(Submit(body.into_inner()))
@@ -201,8 +204,14 @@ async fn submit(gateway: web::Data<Gateway>, body: web::Json<SubmitRequest>) -> 
 }
 
 fn parse_id(raw: &str) -> Result<JobId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::new(400, "invalid_id", format!("{raw:?} is not a job id"), Some("id".into())))
+    raw.parse().map_err(|_| {
+        ApiError::new(
+            400,
+            "invalid_id",
+            format!("{raw:?} is not a job id"),
+            Some("id".into()),
+        )
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,11 +224,19 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_jobs(gateway: web::Data<Gateway>, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+async fn list_jobs(
+    gateway: web::Data<Gateway>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(400, "out_of_range", "limit is 1 to 1000", Some("limit".into())));
+        return Err(ApiError::new(
+            400,
+            "out_of_range",
+            "limit is 1 to 1000",
+            Some("limit".into()),
+        ));
     }
     let after = q.after.as_deref().map(parse_id).transpose()?;
     let filter = JobFilter {
@@ -228,15 +245,25 @@ async fn list_jobs(gateway: web::Data<Gateway>, query: web::Query<ListQuery>) ->
         label: q.label,
     };
     let jobs = gateway.views.jobs(&filter, after, limit)?;
-    let next = (jobs.len() == limit).then(|| jobs.last().map(|j| j.id)).flatten();
+    let next = (jobs.len() == limit)
+        .then(|| jobs.last().map(|j| j.id))
+        .flatten();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs, "next": next })))
 }
 
-async fn get_job(gateway: web::Data<Gateway>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn get_job(
+    gateway: web::Data<Gateway>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     match gateway.views.job(&id)? {
         Some(view) => Ok(HttpResponse::Ok().json(view)),
-        None => Err(ApiError::new(404, "not_found", format!("no job {id}"), None)),
+        None => Err(ApiError::new(
+            404,
+            "not_found",
+            format!("no job {id}"),
+            None,
+        )),
     }
 }
 
@@ -275,7 +302,12 @@ async fn logs(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let Some(view) = gateway.views.job(&id)? else {
-        return Err(ApiError::new(404, "not_found", format!("no job {id}"), None));
+        return Err(ApiError::new(
+            404,
+            "not_found",
+            format!("no job {id}"),
+            None,
+        ));
     };
     let attempt = query.attempt.unwrap_or(view.attempt);
     let path = Worker::log_path(&gateway.logs_dir, id, attempt);
@@ -305,11 +337,19 @@ struct EventsQuery {
     limit: Option<usize>,
 }
 
-async fn events(gateway: web::Data<Gateway>, query: web::Query<EventsQuery>) -> Result<HttpResponse, ApiError> {
+async fn events(
+    gateway: web::Data<Gateway>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
     let after = query.after.unwrap_or(0);
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(400, "out_of_range", "limit is 1 to 1000", Some("limit".into())));
+        return Err(ApiError::new(
+            400,
+            "out_of_range",
+            "limit is 1 to 1000",
+            Some("limit".into()),
+        ));
     }
     let entries = gateway
         .log

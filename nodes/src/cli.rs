@@ -15,8 +15,9 @@ use gantry_events::{
     Break, EmbeddedLog, Entry, EventLog, Fault, Hash, Verified, Verifier, verify_log,
 };
 
+use crate::commands::{self, ServerArgs, SubmitArgs};
 use crate::jetstream::{JetStreamLog, JetStreamOptions};
-use crate::node;
+use crate::up::{ExecutorChoice, UpOptions};
 
 /// Exit status when the chain is broken.
 pub const EXIT_BROKEN: u8 = 1;
@@ -36,20 +37,108 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start gantry on this machine (embedded log on local disk) and show its status.
+    /// Run the whole system on this machine: log, projections, actors, a worker and the
+    /// gateway (embedded: everything on local disk).
     Up(UpArgs),
+    /// Start gantry, run three example jobs to their end, verify the log, and stop.
+    Demo {
+        #[arg(long, env = "GANTRY_DATA", default_value = "gantry-data")]
+        data: PathBuf,
+        #[arg(long, value_enum, default_value_t = ExecutorChoice::Process)]
+        executor: ExecutorChoice,
+    },
+    /// Submit a job (flags or a spec file).
+    Submit {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        args: Box<SubmitArgs>,
+    },
+    /// List jobs.
+    Jobs {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        /// KEY=VALUE
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one job.
+    Job {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+    /// Print a job's output.
+    Logs {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Keep printing until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long)]
+        attempt: Option<u32>,
+        id: String,
+    },
+    /// Cancel a job.
+    Cancel {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        reason: Option<String>,
+        id: String,
+    },
+    /// List nodes.
+    Nodes {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Print events from the gateway.
+    Events {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Manage the read-side views.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
     /// Inspect, verify and export the event log.
     #[command(subcommand)]
     Log(LogCommand),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Delete the views and rebuild them from the log (with `gantry up` stopped).
+    Rebuild {
+        #[arg(long, env = "GANTRY_DATA", default_value = "gantry-data")]
+        data: PathBuf,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// Record the node, print the status and exit instead of running until Ctrl-C.
-    #[arg(long)]
-    pub once: bool,
+    #[arg(long, env = "GANTRY_DATA", default_value = "gantry-data")]
+    pub data: PathBuf,
+    /// Address of the gateway.
+    #[arg(long, env = "GANTRY_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: std::net::SocketAddr,
+    #[arg(long, value_enum, env = "GANTRY_EXECUTOR", default_value_t = ExecutorChoice::Auto)]
+    pub executor: ExecutorChoice,
+    /// Report these GPUs (JSON list) instead of asking NVML.
+    #[arg(long, env = "GANTRY_FAKE_GPUS")]
+    pub fake_gpus: Option<String>,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,7 +239,31 @@ fn io_context(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Erro
 /// Runs a parsed command.
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Error> {
     match cli.command {
-        Command::Up(args) => up(args, out).await,
+        Command::Up(args) => up(args).await,
+        Command::Demo { data, executor } => crate::demo::demo(data, executor, out).await,
+        Command::Submit { server, args } => commands::submit(&server, *args, out).await,
+        Command::Jobs {
+            server,
+            state,
+            queue,
+            label,
+            limit,
+        } => commands::jobs(&server, state, queue, label, limit, out).await,
+        Command::Job { server, id } => commands::job(&server, id, out).await,
+        Command::Logs {
+            server,
+            follow,
+            attempt,
+            id,
+        } => commands::logs(&server, id, follow, attempt, out).await,
+        Command::Cancel { server, reason, id } => commands::cancel(&server, id, reason, out).await,
+        Command::Nodes { server } => commands::nodes(&server, out).await,
+        Command::Events {
+            server,
+            after,
+            follow,
+        } => commands::events(&server, after, follow, out).await,
+        Command::Projections(ProjectionsCommand::Rebuild { data }) => rebuild(data, out).await,
         Command::Log(LogCommand::Status { store }) => status(&store, out).await,
         Command::Log(LogCommand::Verify(args)) => verify(args, out).await,
         Command::Log(LogCommand::Tail(args)) => tail(args, out).await,
@@ -196,46 +309,56 @@ fn write_out(out: &mut (dyn Write + Send), text: std::fmt::Arguments<'_>) -> Res
     out.write_fmt(text).map_err(io_context("writing output"))
 }
 
-async fn up(args: UpArgs, out: &mut (dyn Write + Send)) -> Result<ExitCode, Error> {
-    if args.store.nats.is_some() {
-        return Err(Error::Usage(
-            "`gantry up` runs the embedded system; fleet mode comes with the worker nodes".into(),
-        ));
-    }
-    let log = EmbeddedLog::open(&args.store.data).await?;
-    let node = node::this_node(&args.store.data).map_err(io_context("reading node identity"))?;
-    let joined = node::joined_event(&node);
-    let appended = log.append(vec![joined]).await?;
-    tracing::info!(node = %node.id, seq = appended[0].seq, "node joined");
-    let verified = verify_log(&log, 1, None).await?;
-    write_out(out, format_args!("gantry is up\n"))?;
+async fn up(args: UpArgs) -> Result<ExitCode, Error> {
+    let fake_gpus =
+        match &args.fake_gpus {
+            Some(json) => Some(serde_json::from_str(json).map_err(|e| {
+                Error::Usage(format!("--fake-gpus is not a JSON list of GPUs: {e}"))
+            })?),
+            None => None,
+        };
+    let options = UpOptions {
+        data: args.data,
+        listen: args.listen,
+        executor: args.executor,
+        fake_gpus,
+        max_body_bytes: args.max_body_bytes,
+    };
+    crate::up::up(options, None, crate::up::shutdown_signal())
+        .await
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rebuild(data: PathBuf, out: &mut (dyn Write + Send)) -> Result<ExitCode, Error> {
+    // The writable open takes the lock: refuses while `gantry up` runs on this data.
+    let log = EmbeddedLog::open(&data).await?;
+    let views = gantry_projections::Projections::open(data.join("views"))
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    views.clear().map_err(|e| Error::Usage(e.to_string()))?;
+    let head = log.head().await?.seq;
+    let bar = indicatif::ProgressBar::new(head);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events ({per_sec}, {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let checkpoint = views
+        .catch_up(&log, |seq, _| bar.set_position(seq))
+        .await
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    bar.finish_and_clear();
+    log.close().await?;
     write_out(
         out,
         format_args!(
-            "  node      {} ({} CPUs, {} MiB memory, {} GPUs, executor {})\n",
-            node.id,
-            node.cpu_millis / 1000,
-            node.memory_bytes >> 20,
-            node.gpus.len(),
-            node.executor
+            "rebuilt the views from {} events in {:.2?}, checkpoint {} = {}\n",
+            checkpoint.seq,
+            started.elapsed(),
+            checkpoint.seq,
+            checkpoint.hash
         ),
     )?;
-    write_out(out, format_args!("  log       {}\n", log.path().display()))?;
-    print_verified(out, &verified)?;
-    out.flush().map_err(io_context("writing output"))?;
-    if args.once {
-        log.close().await?;
-        return Ok(exit_for(&verified));
-    }
-    write_out(out, format_args!("running; press Ctrl-C to stop\n"))?;
-    out.flush().map_err(io_context("writing output"))?;
-    tokio::signal::ctrl_c()
-        .await
-        .map_err(io_context("waiting for Ctrl-C"))?;
-    log.append(vec![node::drained_event(&node, "shutdown")])
-        .await?;
-    log.close().await?;
-    write_out(out, format_args!("stopped\n"))?;
     Ok(ExitCode::SUCCESS)
 }
 

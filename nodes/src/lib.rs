@@ -9,7 +9,11 @@
 //! integration tests.
 
 pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod demo;
 pub mod executor;
 pub mod gpu;
 pub mod jetstream;
 pub mod node;
+pub mod up;

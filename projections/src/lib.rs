@@ -278,7 +278,11 @@ impl Projections {
 
     /// Catches up, then applies new entries as the log gets them, publishing the checkpoint
     /// sequence after each batch. Returns only when the log's subscription ends or fails.
-    pub async fn follow(&self, log: &dyn EventLog, progress: &tokio::sync::watch::Sender<u64>) -> Result<(), Error> {
+    pub async fn follow(
+        &self,
+        log: &dyn EventLog,
+        progress: &tokio::sync::watch::Sender<u64>,
+    ) -> Result<(), Error> {
         use futures::StreamExt;
         let checkpoint = self.catch_up(log, |_, _| {}).await?;
         progress.send_replace(checkpoint.seq);

@@ -1,0 +1,111 @@
+//! A small client of gantry's REST gateway, for the CLI (`submit`, `jobs`, `logs`, …).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A gateway that answered with an error, or could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The gateway refused: its error code, message and field.
+    #[error("{status} {code}: {message}{}", field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        field: Option<String>,
+    },
+    /// No answer (is `gantry up` running?).
+    #[error("gateway at {url} unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+}
+
+/// Talks to one gateway.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .new_agent();
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            agent,
+        }
+    }
+
+    fn unreachable(&self, e: impl std::fmt::Display) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn finish(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let mut response = response.map_err(|e| self.unreachable(e))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_vec()
+            .map_err(|e| self.unreachable(e))?;
+        if status >= 400 {
+            let error: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let e = &error["error"];
+            return Err(ClientError::Api {
+                status,
+                code: e["code"].as_str().unwrap_or("error").to_owned(),
+                message: e["message"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).to_string()),
+                field: e["field"].as_str().map(str::to_owned),
+            });
+        }
+        Ok(body)
+    }
+
+    /// GET, returning the raw body.
+    pub fn get_raw(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let response = self.agent.get(format!("{}{path}", self.base)).call();
+        self.finish(response)
+    }
+
+    /// GET, returning JSON.
+    pub fn get(&self, path: &str) -> Result<Value, ClientError> {
+        let body = self.get_raw(path)?;
+        serde_json::from_slice(&body).map_err(|e| self.unreachable(e))
+    }
+
+    /// POST a JSON body, returning JSON.
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        let response = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .send_json(body);
+        let body = self.finish(response)?;
+        serde_json::from_slice(&body).map_err(|e| self.unreachable(e))
+    }
+}
+
+/// Runs a blocking client call off the async runtime.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ClientError> + Send + 'static,
+) -> Result<T, ClientError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ClientError::Unreachable {
+            url: String::new(),
+            reason: e.to_string(),
+        })?
+}

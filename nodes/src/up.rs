@@ -1,0 +1,181 @@
+//! `gantry up`: the whole system in one process on the embedded default — the log on local
+//! disk, the projections, the five actors, a local worker and the gateway.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer};
+use gantry_actors::actor::supervisor::{Drain, NodeOptions, Supervisor};
+use gantry_actors::executor::{Executor, GpuInventory};
+use gantry_actors::spec::Limits;
+use gantry_events::event::Gpu;
+use gantry_events::{EmbeddedLog, EventLog};
+use gantry_gateway::Gateway;
+use gantry_projections::Projections;
+use tokio::sync::watch;
+
+use crate::executor::process::ProcessExecutor;
+use crate::gpu::{FakeInventory, NvmlInventory};
+use crate::node;
+
+/// Which executor runs jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorChoice {
+    /// Docker when an engine answers, else local processes.
+    Auto,
+    /// Docker only: fail to start without an engine.
+    Docker,
+    /// Local processes (no sandbox).
+    Process,
+}
+
+/// Settings of `gantry up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub executor: ExecutorChoice,
+    /// GPUs to report instead of asking NVML (tests, or GPUs NVML cannot see).
+    pub fake_gpus: Option<Vec<Gpu>>,
+    pub max_body_bytes: usize,
+}
+
+/// Why `gantry up` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Log(#[from] gantry_events::Error),
+    #[error(transparent)]
+    Views(#[from] gantry_projections::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Picks the executor: Docker when asked or when one answers, else local processes.
+pub async fn choose_executor(
+    choice: ExecutorChoice,
+    data: &std::path::Path,
+) -> Result<Arc<dyn Executor>, Error> {
+    let process = || Arc::new(ProcessExecutor::new(data.join("work"))) as Arc<dyn Executor>;
+    match choice {
+        ExecutorChoice::Process => Ok(process()),
+        ExecutorChoice::Docker => crate::executor::docker::DockerExecutor::connect()
+            .await
+            .map(|d| Arc::new(d) as Arc<dyn Executor>)
+            .map_err(|e| Error::Setup(format!("no Docker engine: {e}"))),
+        ExecutorChoice::Auto => match crate::executor::docker::DockerExecutor::connect().await {
+            Ok(d) => Ok(Arc::new(d)),
+            Err(e) => {
+                tracing::info!(error = %e, "no Docker engine answered; using the local process executor");
+                Ok(process())
+            }
+        },
+    }
+}
+
+/// Runs until `shutdown` resolves (the CLI passes Ctrl-C or SIGTERM). `started` receives the
+/// bound address once serving.
+pub async fn up(
+    options: UpOptions,
+    started: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let data = options.data.clone();
+    std::fs::create_dir_all(&data)?;
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&data).await?);
+    let views = Projections::open(data.join("views"))?;
+
+    // The projector follows the log into the views.
+    let (views_tx, views_seq) = watch::channel(0u64);
+    {
+        let (log, views) = (log.clone(), views.clone());
+        actix_rt::spawn(async move {
+            if let Err(error) = views.follow(&*log, &views_tx).await {
+                tracing::error!(%error, "projections stopped following the log");
+            }
+        });
+    }
+
+    let executor = choose_executor(options.executor, &data).await?;
+    let inventory: Arc<dyn GpuInventory> = match options.fake_gpus.clone() {
+        Some(gpus) => Arc::new(FakeInventory(gpus)),
+        None => Arc::new(NvmlInventory::detect()),
+    };
+    let this = node::this_node(&data)?;
+    let actors = Supervisor::start(
+        log.clone(),
+        executor.clone(),
+        inventory,
+        NodeOptions {
+            node_id: this.id.clone(),
+            hostname: this.hostname.clone(),
+            cpu_millis: this.cpu_millis,
+            memory_bytes: this.memory_bytes,
+            labels: Default::default(),
+            logs_dir: data.join("logs"),
+            limits: Limits::default(),
+            gpu_probe_every: Duration::from_secs(30),
+            checkpoint_every: Duration::from_secs(60),
+        },
+    )
+    .await?;
+
+    let gateway = Gateway {
+        scheduler: actors.scheduler.clone(),
+        supervisor: actors.supervisor.clone(),
+        views,
+        log: log.clone(),
+        logs_dir: data.join("logs"),
+        views_seq,
+        max_body_bytes: options.max_body_bytes,
+    };
+    let server = HttpServer::new(move || {
+        let gateway = gateway.clone();
+        App::new().configure(move |cfg| gantry_gateway::routes(cfg, gateway))
+    })
+    .workers(2)
+    .disable_signals()
+    .bind(options.listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Setup("the gateway bound no address".into()))?;
+    let server = server.run();
+    let handle = server.handle();
+    tracing::info!(%addr, node = %this.id, executor = executor.kind(), sandboxed = executor.sandboxed(), "gantry is up");
+    eprintln!(
+        "gantry is up: gateway on http://{addr}, node {} (executor {}{}), data in {}",
+        this.id,
+        executor.kind(),
+        if executor.sandboxed() {
+            ""
+        } else {
+            ", NOT a sandbox"
+        },
+        data.display()
+    );
+    if let Some(started) = started {
+        let _ = started.send(addr);
+    }
+    let server_task = actix_rt::spawn(server);
+    shutdown.await;
+    tracing::info!("gantry: stopping");
+    let _ = actors.supervisor.send(Drain("shutdown".into())).await;
+    handle.stop(true).await;
+    let _ = server_task.await;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
