@@ -1,10 +1,9 @@
 //! This machine as a gantry node: a stable id and the capacity it offers.
+//!
+//! Its GPUs come from the GPU inventory (`crate::gpu`), its executor from `crate::up`.
 
 use std::io;
 use std::path::Path;
-
-use gantry_events::event::{Gpu, NodeDrained, NodeJoined};
-use gantry_events::{NewEvent, Source};
 
 /// File in the data directory holding the node id, so it survives restarts.
 const NODE_ID_FILE: &str = "node-id";
@@ -16,9 +15,6 @@ pub struct ThisNode {
     pub hostname: String,
     pub cpu_millis: u32,
     pub memory_bytes: u64,
-    pub gpus: Vec<Gpu>,
-    /// How jobs run here; the local process executor until a container engine is wired in.
-    pub executor: String,
 }
 
 /// Reads (or creates) the node id in `data_dir` and measures this machine.
@@ -41,36 +37,7 @@ pub fn this_node(data_dir: &Path) -> io::Result<ThisNode> {
         hostname,
         cpu_millis: u32::try_from(cpus * 1000).unwrap_or(u32::MAX),
         memory_bytes: total_memory().unwrap_or(0),
-        gpus: Vec::new(),
-        executor: "process".into(),
     })
-}
-
-/// The `node.joined` event for this node.
-pub fn joined_event(node: &ThisNode) -> NewEvent {
-    NewEvent::new(
-        Source::new(&node.id, "supervisor"),
-        NodeJoined {
-            node_id: node.id.clone(),
-            hostname: node.hostname.clone(),
-            cpu_millis: node.cpu_millis,
-            memory_bytes: node.memory_bytes,
-            gpus: node.gpus.clone(),
-            executor: node.executor.clone(),
-            labels: Default::default(),
-        },
-    )
-}
-
-/// The `node.drained` event for this node.
-pub fn drained_event(node: &ThisNode, reason: &str) -> NewEvent {
-    NewEvent::new(
-        Source::new(&node.id, "supervisor"),
-        NodeDrained {
-            node_id: node.id.clone(),
-            reason: reason.into(),
-        },
-    )
 }
 
 fn hostname() -> String {

@@ -103,6 +103,9 @@ pub struct ArtifactView {
     pub size_bytes: u64,
 }
 
+/// One stored row: tree, key, value.
+pub type DumpRow = (String, Vec<u8>, Vec<u8>);
+
 /// Filters for listing jobs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobFilter {
@@ -422,7 +425,7 @@ impl Projections {
     }
 
     /// Every view, serialised, for comparing two builds.
-    pub fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, Error> {
+    pub fn dump(&self) -> Result<Vec<DumpRow>, Error> {
         let mut out = Vec::new();
         for (name, tree) in [
             ("jobs", &self.jobs),

@@ -20,11 +20,14 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// A started process and the tasks copying its output.
+type Live = (Child, Vec<tokio::task::JoinHandle<()>>);
+
 /// Runs attempts as local processes under `root/<job>/<attempt>/`.
 #[derive(Debug, Clone)]
 pub struct ProcessExecutor {
     root: PathBuf,
-    children: Arc<Mutex<HashMap<String, (Child, Vec<tokio::task::JoinHandle<()>>)>>>,
+    children: Arc<Mutex<HashMap<String, Live>>>,
     prlimit: Option<PathBuf>,
 }
 
@@ -45,10 +48,7 @@ impl ProcessExecutor {
         self.root.join(job.to_string()).join(attempt.to_string())
     }
 
-    #[allow(clippy::type_complexity)]
-    fn children(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (Child, Vec<tokio::task::JoinHandle<()>>)>> {
+    fn children(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
         self.children.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

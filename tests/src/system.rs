@@ -1,0 +1,160 @@
+//! A whole gantry (`gantry up`) started in-process on a free port with its data in a temp dir,
+//! stopped on drop, and a blocking REST client for it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use gantry_nodes::client::{Client, ClientError};
+use gantry_nodes::up::{ExecutorChoice, UpOptions, up};
+use serde_json::Value;
+
+/// A running gantry.
+#[derive(Debug)]
+pub struct Gantry {
+    pub addr: SocketAddr,
+    pub client: Client,
+    data: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Gantry {
+    /// Starts gantry on a fresh data directory.
+    pub fn start(executor: ExecutorChoice) -> Gantry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().to_owned();
+        let mut gantry = Gantry::start_on(&data, executor, 64 << 10);
+        gantry._dir = Some(dir);
+        gantry
+    }
+
+    /// Starts gantry on `data` (kept after drop), with a request body limit.
+    pub fn start_on(data: &Path, executor: ExecutorChoice, max_body_bytes: usize) -> Gantry {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let options = UpOptions {
+            data: data.to_owned(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            executor,
+            fake_gpus: None,
+            max_body_bytes,
+        };
+        let thread = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+                actix_rt::spawn(async move {
+                    if let Ok(addr) = started_rx.await {
+                        let _ = addr_tx.send(addr);
+                    }
+                });
+                if let Err(e) = up(options, Some(started_tx), async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                {
+                    eprintln!("gantry up failed: {e}");
+                }
+            });
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("gantry started");
+        Gantry {
+            addr,
+            client: Client::new(&format!("http://{addr}")),
+            data: data.to_owned(),
+            _dir: None,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn data(&self) -> &Path {
+        &self.data
+    }
+
+    /// Submits a job spec; returns its id.
+    pub fn submit(&self, spec: Value) -> String {
+        let reply = self
+            .client
+            .post("/v1/jobs", &spec)
+            .expect("submit accepted");
+        reply["id"].as_str().expect("id").to_owned()
+    }
+
+    pub fn try_submit(&self, spec: &Value) -> Result<Value, ClientError> {
+        self.client.post("/v1/jobs", spec)
+    }
+
+    pub fn job(&self, id: &str) -> Value {
+        self.client.get(&format!("/v1/jobs/{id}")).expect("job")
+    }
+
+    /// Waits until the job is in one of `states`; panics after `within`.
+    pub fn wait_for(&self, id: &str, states: &[&str], within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let job = self.job(id);
+            if states.iter().any(|s| job["state"] == *s) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never reached {states:?}: {job}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self, id: &str, attempt: u32) -> String {
+        let raw = self
+            .client
+            .get_raw(&format!("/v1/jobs/{id}/logs?attempt={attempt}"))
+            .expect("logs");
+        String::from_utf8_lossy(&raw).to_string()
+    }
+
+    /// Every event in the log, as JSON.
+    pub fn events(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let reply = self
+                .client
+                .get(&format!("/v1/events?after={after}&limit=1000"))
+                .expect("events");
+            let batch = reply["events"].as_array().cloned().unwrap_or_default();
+            let Some(last) = batch.last() else { break };
+            after = last["seq"].as_u64().expect("seq");
+            out.extend(batch);
+        }
+        out
+    }
+
+    /// Stops gantry (as Ctrl-C would) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Gantry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Job events of one job, by type, from a list of events.
+pub fn job_event_types(events: &[Value], id: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["event"]["job_id"] == id)
+        .map(|e| e["type"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
