@@ -619,3 +619,26 @@ async fn export(args: ExportArgs, out: &mut (dyn Write + Send)) -> Result<ExitCo
     )?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// The `gantry` process: logging, arguments, one actix System, the command.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    // One actix System: the actors, the gateway and every command run inside it.
+    actix_rt::System::new().block_on(async move {
+        let mut stdout = std::io::stdout();
+        match run(cli, &mut stdout).await {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("gantry: {error}");
+                ExitCode::from(EXIT_ERROR)
+            }
+        }
+    })
+}
