@@ -16,3 +16,44 @@ ensure_nats_server() {
   export GANTRY_NATS_SERVER
   "$GANTRY_NATS_SERVER" --version >&2
 }
+
+# A Docker engine and the local test image `gantry-test/busybox:latest` (nothing can be
+# pulled here: the image is busybox-static imported from a tarball). Installs docker.io and
+# busybox-static from Debian when missing and this is root on Debian; starts dockerd when no
+# engine answers.
+ensure_docker() {
+  if ! command -v dockerd >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing docker.io and busybox-static from Debian" >&2
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get install -y -q docker.io busybox-static >&2 \
+        || { apt-get update -q >&2 && apt-get install -y -q docker.io busybox-static >&2; } \
+        || return 1
+    else
+      echo "no Docker engine here: Docker tests will be skipped (or fail in CI)" >&2
+      return 1
+    fi
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+      echo "starting dockerd" >&2
+      (dockerd >/tmp/gantry-dockerd.log 2>&1 &)
+      for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    fi
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    echo "the Docker engine does not answer" >&2
+    tail -n 20 /tmp/gantry-dockerd.log >&2 2>/dev/null || true
+    return 1
+  fi
+  if ! docker image inspect gantry-test/busybox:latest >/dev/null 2>&1; then
+    echo "building the test image gantry-test/busybox:latest" >&2
+    local root
+    root=$(mktemp -d)
+    mkdir -p "$root/bin"
+    cp "$(command -v busybox)" "$root/bin/busybox"
+    for applet in sh echo cat sleep id ls touch true date; do ln -sf busybox "$root/bin/$applet"; done
+    tar -C "$root" -c . | docker import - gantry-test/busybox:latest >&2
+    rm -rf "$root"
+  fi
+}
