@@ -6,8 +6,12 @@
 //! world (containers, GPUs, artifact storage, the message bus) is reached through small traits
 //! defined here and implemented in `gantry-nodes`.
 //!
+//! - [`job`], [`spec`], [`placement`], [`world`]: the decisions, as plain functions and data;
+//! - [`executor`]: the traits workers run attempts and read GPUs through;
+//! - [`actor`]: the five actix actors, one file each, thin wrappers around the above.
+//!
 //! Must not depend on: `gantry-nodes`, `gantry-gateway`, or any client of Docker, NVML, S3 or
-//! NATS. The actors arrive with the job lifecycle issue; this crate holds their home.
+//! NATS.
 
 pub mod actor;
 pub mod executor;

@@ -13,9 +13,6 @@ use crate::job::{Job, JobState, Rejection};
 use crate::placement::{Cluster, Queues};
 use crate::spec::{Invalid, Limits, SubmitRequest, validate};
 
-/// Jobs offered per queue per scheduling round.
-const LOOKAHEAD: usize = 64;
-
 /// Why a command produced no events.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Refusal {
@@ -212,7 +209,9 @@ impl World {
     /// cluster so one round never double-books a node; the real cluster only changes when the
     /// events are applied.
     pub fn decide_placements(&mut self, now_ms: u64, max: usize) -> Vec<Event> {
-        let order = self.queues.round(LOOKAHEAD);
+        // Look as far into each queue as one round may place, so a deep queue is not throttled
+        // to a handful per tick; queues still alternate within the round.
+        let order = self.queues.round(max);
         let mut events = Vec::new();
         let mut scratch: Vec<(JobId, String, Vec<String>)> = Vec::new();
         for id in order {

@@ -118,10 +118,14 @@ impl Scheduler {
                 log.append(batch).await
             }
             .into_actor(self)
-            .map(move |appended, act, _ctx| {
+            .map(move |appended, act, ctx| {
                 let appended = appended?;
                 let seqs: Vec<u64> = appended.iter().map(|a| a.seq).collect();
                 act.apply_appended(&events, &seqs);
+                // A new job or freed capacity: place now rather than at the next tick.
+                if !seqs.is_empty() {
+                    ctx.notify(PlaceNow);
+                }
                 Ok(reply(act))
             }),
         ))
@@ -169,6 +173,19 @@ impl Actor for Scheduler {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
         ctx.run_interval(TICK, |act, ctx| act.place(ctx));
+    }
+}
+
+/// Runs a placement round now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct PlaceNow;
+
+impl Handler<PlaceNow> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, _: PlaceNow, ctx: &mut Context<Self>) {
+        self.place(ctx);
     }
 }
 
