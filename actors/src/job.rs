@@ -14,10 +14,10 @@ use gantry_events::event::{
     FailureCause, JobCancelRequested, JobCancelled, JobDeadLettered, JobEvent, JobFailed, JobId,
     JobPlaced, JobRetryScheduled, JobSpec, JobStarted, JobSubmitted, JobSucceeded, RetryPolicy,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting for a node (also after a retry's backoff has been scheduled).
@@ -54,7 +54,7 @@ impl JobState {
 }
 
 /// A job as the log tells it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: JobId,
     pub spec: JobSpec,

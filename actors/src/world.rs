@@ -115,9 +115,7 @@ impl World {
             self.jobs.insert(job.id, job);
             return;
         }
-        let Some(id) = Event::Job(event.clone()).job_id() else {
-            return;
-        };
+        let id = event.job_id();
         let Some(job) = self.jobs.get_mut(&id) else {
             tracing::warn!(job = %id, seq, "event for a job never submitted");
             return;

@@ -453,19 +453,26 @@ impl Event {
     /// The job this event is about, for job events and artifacts.
     pub fn job_id(&self) -> Option<JobId> {
         match self {
-            Event::Job(e) => Some(match e {
-                JobEvent::Submitted(p) => p.job_id,
-                JobEvent::Placed(p) => p.job_id,
-                JobEvent::Started(p) => p.job_id,
-                JobEvent::Succeeded(p) => p.job_id,
-                JobEvent::Failed(p) => p.job_id,
-                JobEvent::RetryScheduled(p) => p.job_id,
-                JobEvent::CancelRequested(p) => p.job_id,
-                JobEvent::Cancelled(p) => p.job_id,
-                JobEvent::DeadLettered(p) => p.job_id,
-            }),
+            Event::Job(e) => Some(e.job_id()),
             Event::Artifact(ArtifactEvent::Stored(p)) => Some(p.job_id),
             Event::Node(_) | Event::Audit(_) => None,
+        }
+    }
+}
+
+impl JobEvent {
+    /// The job this event is about.
+    pub fn job_id(&self) -> JobId {
+        match self {
+            JobEvent::Submitted(p) => p.job_id,
+            JobEvent::Placed(p) => p.job_id,
+            JobEvent::Started(p) => p.job_id,
+            JobEvent::Succeeded(p) => p.job_id,
+            JobEvent::Failed(p) => p.job_id,
+            JobEvent::RetryScheduled(p) => p.job_id,
+            JobEvent::CancelRequested(p) => p.job_id,
+            JobEvent::Cancelled(p) => p.job_id,
+            JobEvent::DeadLettered(p) => p.job_id,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! gantry's read side: views of jobs, queues, nodes and artifacts, rebuilt from the event log
 //! into sled.
 //!
-//! Every batch of events is applied in one sled transaction together with the checkpoint (the
-//! sequence and hash of the last event applied), so a view and its checkpoint never disagree.
+//! Every batch of events is gathered in memory and written with one atomic sled batch together
+//! with the checkpoint (the sequence and hash of the last event applied), so a view and its
+//! checkpoint never disagree. Views are stored as MessagePack maps.
 //! Events at or below the checkpoint are skipped, so applying an event twice changes nothing;
 //! an event that does not follow the checkpoint is refused. Projections only read the log:
 //! they never append, and everything here can be deleted and rebuilt (`gantry projections
@@ -17,9 +18,9 @@ use std::path::Path;
 use gantry_actors::job::Job;
 use gantry_events::event::{ArtifactEvent, Gpu, JobEvent, JobId, NodeEvent};
 use gantry_events::{Entry, Envelope, Event, EventLog, Hash};
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 /// What can go wrong with the views.
 #[derive(Debug, thiserror::Error)]
@@ -64,17 +65,8 @@ pub struct JobView {
     pub updated_ns: u64,
     /// Sequence of the last event about this job.
     pub updated_seq: u64,
-    /// The domain state, for folding the next event.
-    pub job: JobState,
-}
-
-/// The folded domain job, stored beside the view.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobState {
-    pub spec: gantry_events::event::JobSpec,
-    pub gpu_uuids: Vec<String>,
-    pub handle: Option<String>,
-    pub not_before_ms: u64,
+    /// The domain job (spec included), folded with the domain's own `apply`.
+    pub job: Job,
 }
 
 /// A node as the gateway shows it.
@@ -103,7 +95,7 @@ pub struct ArtifactView {
     pub size_bytes: u64,
 }
 
-/// One stored row: tree, key, value.
+/// One stored row: key kind, key, value.
 pub type DumpRow = (String, Vec<u8>, Vec<u8>);
 
 /// Filters for listing jobs.
@@ -115,55 +107,74 @@ pub struct JobFilter {
     pub label: Option<String>,
 }
 
-/// The sled-backed views.
+/// The sled-backed views: one tree, keys prefixed by kind, so one batch of events is written
+/// with one atomic `apply_batch` together with its checkpoint.
 #[derive(Debug, Clone)]
 pub struct Projections {
     db: sled::Db,
-    jobs: sled::Tree,
-    by_state: sled::Tree,
-    by_queue: sled::Tree,
-    by_label: sled::Tree,
-    nodes: sled::Tree,
-    artifacts: sled::Tree,
-    counts: sled::Tree,
-    meta: sled::Tree,
+    tree: sled::Tree,
 }
 
-const CHECKPOINT: &[u8] = b"checkpoint";
+/// Key kinds (first byte of every key).
+mod kind {
+    pub const JOB: u8 = b'j';
+    pub const BY_STATE: u8 = b's';
+    pub const BY_QUEUE: u8 = b'q';
+    pub const BY_LABEL: u8 = b'l';
+    pub const NODE: u8 = b'n';
+    pub const ARTIFACT: u8 = b'a';
+    pub const COUNT: u8 = b'c';
+}
 
-fn key(prefix: &str, id: &JobId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + 17);
-    k.extend_from_slice(prefix.as_bytes());
+/// The checkpoint's key (kind `m`, metadata).
+const CHECKPOINT: &[u8] = b"mcheckpoint";
+
+fn job_key(id: &JobId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(kind::JOB);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// `kind ‖ text ‖ 0 ‖ id`: an index entry.
+fn index_key(kind: u8, text: &str, id: &JobId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(text.len() + 18);
+    k.push(kind);
+    k.extend_from_slice(text.as_bytes());
     k.push(0);
     k.extend_from_slice(id.as_bytes());
     k
 }
 
-fn count_key(queue: &str, state: &str) -> Vec<u8> {
-    let mut k = queue.as_bytes().to_vec();
+fn index_prefix(kind: u8, text: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(text.len() + 2);
+    k.push(kind);
+    k.extend_from_slice(text.as_bytes());
     k.push(0);
+    k
+}
+
+fn count_key(queue: &str, state: &str) -> Vec<u8> {
+    let mut k = index_prefix(kind::COUNT, queue);
     k.extend_from_slice(state.as_bytes());
     k
 }
 
-type Tx = ConflictableTransactionError<Error>;
-
-fn abort(e: Error) -> Tx {
-    ConflictableTransactionError::Abort(e)
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    rmp_serde::to_vec_named(value).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
-fn bump(counts: &TransactionalTree, key: &[u8], delta: i64) -> Result<(), Tx> {
-    let current = counts
-        .get(key)?
-        .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
-        .unwrap_or(0);
-    let next = current.saturating_add_signed(delta);
-    if next == 0 {
-        counts.remove(key)?;
-    } else {
-        counts.insert(key, &next.to_be_bytes())?;
-    }
-    Ok(())
+fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, Error> {
+    rmp_serde::from_slice(raw).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+/// What one batch changes, gathered in memory and written at once.
+#[derive(Default)]
+struct Overlay {
+    jobs: HashMap<JobId, JobView>,
+    nodes: HashMap<String, NodeView>,
+    counts: HashMap<Vec<u8>, i64>,
+    batch: sled::Batch,
 }
 
 impl Projections {
@@ -171,92 +182,224 @@ impl Projections {
     pub fn open(dir: impl AsRef<Path>) -> Result<Projections, Error> {
         let db = sled::Config::new().path(dir.as_ref()).open()?;
         Ok(Projections {
-            jobs: db.open_tree("jobs")?,
-            by_state: db.open_tree("jobs_by_state")?,
-            by_queue: db.open_tree("jobs_by_queue")?,
-            by_label: db.open_tree("jobs_by_label")?,
-            nodes: db.open_tree("nodes")?,
-            artifacts: db.open_tree("artifacts")?,
-            counts: db.open_tree("queue_counts")?,
-            meta: db.open_tree("meta")?,
+            tree: db.open_tree("views")?,
             db,
         })
     }
 
     /// Where the views stand.
     pub fn checkpoint(&self) -> Result<Checkpoint, Error> {
-        Ok(decode_checkpoint(self.meta.get(CHECKPOINT)?.as_deref()))
+        Ok(decode_checkpoint(self.tree.get(CHECKPOINT)?.as_deref()))
     }
 
     /// Applies a batch of consecutive entries atomically with the checkpoint. Entries already
-    /// applied are skipped.
+    /// applied are skipped; one that does not follow the checkpoint is refused and nothing of
+    /// the batch is written.
     pub fn apply(&self, entries: &[Entry]) -> Result<Checkpoint, Error> {
-        let envelopes = entries
-            .iter()
-            .map(|e| {
-                e.open()
-                    .map_err(|err| Error::Corrupt(format!("seq {}: {err}", e.seq)))
-            })
-            .collect::<Result<Vec<Envelope>, Error>>()?;
-        let trees = (
-            &self.jobs,
-            &self.by_state,
-            &self.by_queue,
-            &self.by_label,
-            &self.nodes,
-            &self.artifacts,
-            &self.counts,
-            &self.meta,
-        );
-        let result = trees.transaction(
-            |(jobs, by_state, by_queue, by_label, nodes, artifacts, counts, meta)| {
-                let mut checkpoint = decode_checkpoint(meta.get(CHECKPOINT)?.as_deref());
-                for env in &envelopes {
-                    if env.seq <= checkpoint.seq {
-                        continue;
-                    }
-                    if env.seq != checkpoint.seq + 1 {
-                        return Err(abort(Error::OutOfOrder {
-                            checkpoint: checkpoint.seq,
-                            got: env.seq,
-                        }));
-                    }
-                    match &env.event {
-                        Event::Job(e) => {
-                            apply_job(env, e, jobs, by_state, by_queue, by_label, counts)?
-                        }
-                        Event::Node(e) => apply_node(env, e, nodes)?,
-                        Event::Artifact(ArtifactEvent::Stored(a)) => {
-                            let view = ArtifactView {
-                                job_id: a.job_id,
-                                attempt: a.attempt,
-                                name: a.name.clone(),
-                                location: a.location.clone(),
-                                sha256: a.sha256,
-                                size_bytes: a.size_bytes,
-                            };
-                            let json = serde_json::to_vec(&view)
-                                .map_err(|e| abort(Error::Corrupt(e.to_string())))?;
-                            artifacts.insert(key(&a.name, &a.job_id), json)?;
-                        }
-                        Event::Audit(_) => {}
-                    }
-                    checkpoint = Checkpoint {
-                        seq: env.seq,
-                        hash: env.hash,
+        let mut checkpoint = self.checkpoint()?;
+        let mut overlay = Overlay::default();
+        for entry in entries {
+            if entry.seq <= checkpoint.seq {
+                continue;
+            }
+            if entry.seq != checkpoint.seq + 1 {
+                return Err(Error::OutOfOrder {
+                    checkpoint: checkpoint.seq,
+                    got: entry.seq,
+                });
+            }
+            let env = entry
+                .open()
+                .map_err(|err| Error::Corrupt(format!("seq {}: {err}", entry.seq)))?;
+            match &env.event {
+                Event::Job(e) => self.apply_job(&env, e, &mut overlay)?,
+                Event::Node(e) => self.apply_node(&env, e, &mut overlay)?,
+                Event::Artifact(ArtifactEvent::Stored(a)) => {
+                    let view = ArtifactView {
+                        job_id: a.job_id,
+                        attempt: a.attempt,
+                        name: a.name.clone(),
+                        location: a.location.clone(),
+                        sha256: a.sha256,
+                        size_bytes: a.size_bytes,
                     };
+                    let mut key = vec![kind::ARTIFACT];
+                    key.extend_from_slice(a.job_id.as_bytes());
+                    key.extend_from_slice(a.name.as_bytes());
+                    overlay.batch.insert(key, encode(&view)?);
                 }
-                let mut raw = checkpoint.seq.to_be_bytes().to_vec();
-                raw.extend_from_slice(&checkpoint.hash.0);
-                meta.insert(CHECKPOINT, raw)?;
-                Ok(checkpoint)
-            },
-        );
-        match result {
-            Ok(c) => Ok(c),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(Error::Store(e)),
+                Event::Audit(_) => {}
+            }
+            checkpoint = Checkpoint {
+                seq: env.seq,
+                hash: env.hash,
+            };
         }
+        let Overlay {
+            jobs,
+            nodes,
+            counts,
+            mut batch,
+        } = overlay;
+        for (id, view) in &jobs {
+            batch.insert(job_key(id), encode(view)?);
+        }
+        for (id, view) in &nodes {
+            let mut key = vec![kind::NODE];
+            key.extend_from_slice(id.as_bytes());
+            batch.insert(key, encode(view)?);
+        }
+        for (key, delta) in counts {
+            let current = self
+                .tree
+                .get(&key)?
+                .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
+                .unwrap_or(0);
+            match current.saturating_add_signed(delta) {
+                0 => batch.remove(key),
+                n => batch.insert(key, &n.to_be_bytes()),
+            }
+        }
+        let mut raw = checkpoint.seq.to_be_bytes().to_vec();
+        raw.extend_from_slice(&checkpoint.hash.0);
+        batch.insert(CHECKPOINT, raw);
+        self.tree.apply_batch(batch)?;
+        Ok(checkpoint)
+    }
+
+    /// Takes a job's view out of the batch in progress, or reads it from the store.
+    fn take_job(&self, id: &JobId, overlay: &mut Overlay) -> Result<Option<JobView>, Error> {
+        match overlay.jobs.remove(id) {
+            Some(view) => Ok(Some(view)),
+            None => self.job(id),
+        }
+    }
+
+    fn apply_job(
+        &self,
+        env: &Envelope,
+        event: &JobEvent,
+        overlay: &mut Overlay,
+    ) -> Result<(), Error> {
+        let mut view = match event {
+            JobEvent::Submitted(s) => {
+                let job = Job::submitted(s);
+                for (k, v) in &job.spec.labels {
+                    overlay
+                        .batch
+                        .insert(index_key(kind::BY_LABEL, &format!("{k}={v}"), &job.id), &[]);
+                }
+                overlay
+                    .batch
+                    .insert(index_key(kind::BY_QUEUE, &job.spec.queue, &job.id), &[]);
+                JobView {
+                    id: job.id,
+                    name: job.spec.name.clone(),
+                    state: String::new(),
+                    attempt: 0,
+                    node: None,
+                    queue: job.spec.queue.clone(),
+                    priority: job.spec.priority,
+                    image: job.spec.image.clone(),
+                    labels: job.spec.labels.clone(),
+                    cancel_requested: false,
+                    last_cause: None,
+                    submitted_ns: env.time_ns,
+                    updated_ns: env.time_ns,
+                    updated_seq: env.seq,
+                    job,
+                }
+            }
+            other => {
+                let id = other.job_id();
+                let Some(view) = self.take_job(&id, overlay)? else {
+                    tracing::warn!(job = %id, seq = env.seq, "projection: event for an unknown job");
+                    return Ok(());
+                };
+                view
+            }
+        };
+        let old_state = std::mem::take(&mut view.state);
+        view.job.apply(event);
+        let job = &view.job;
+        let new_state = job.state.as_str();
+        if old_state != new_state {
+            if !old_state.is_empty() {
+                overlay
+                    .batch
+                    .remove(index_key(kind::BY_STATE, &old_state, &job.id));
+                *overlay
+                    .counts
+                    .entry(count_key(&view.queue, &old_state))
+                    .or_default() -= 1;
+            }
+            overlay
+                .batch
+                .insert(index_key(kind::BY_STATE, new_state, &job.id), &[]);
+            *overlay
+                .counts
+                .entry(count_key(&view.queue, new_state))
+                .or_default() += 1;
+        }
+        view.state = new_state.to_owned();
+        view.attempt = job.attempt;
+        view.node.clone_from(&job.node);
+        view.cancel_requested = job.cancel_requested;
+        view.last_cause.clone_from(&job.last_cause);
+        view.updated_ns = env.time_ns;
+        view.updated_seq = env.seq;
+        overlay.jobs.insert(view.id, view);
+        Ok(())
+    }
+
+    fn apply_node(
+        &self,
+        env: &Envelope,
+        event: &NodeEvent,
+        overlay: &mut Overlay,
+    ) -> Result<(), Error> {
+        let existing = |id: &str, overlay: &Overlay| -> Result<Option<NodeView>, Error> {
+            if let Some(view) = overlay.nodes.get(id) {
+                return Ok(Some(view.clone()));
+            }
+            let mut key = vec![kind::NODE];
+            key.extend_from_slice(id.as_bytes());
+            self.tree.get(key)?.map(|raw| decode(&raw)).transpose()
+        };
+        let view = match event {
+            NodeEvent::Joined(j) => Some(NodeView {
+                id: j.node_id.clone(),
+                hostname: j.hostname.clone(),
+                executor: j.executor.clone(),
+                cpu_millis: j.cpu_millis,
+                memory_bytes: j.memory_bytes,
+                gpus: j.gpus.clone(),
+                status: "ready".into(),
+                reason: None,
+                updated_ns: env.time_ns,
+            }),
+            NodeEvent::GpusObserved(g) => existing(&g.node_id, overlay)?.map(|mut v| {
+                v.gpus = g.gpus.clone();
+                v.updated_ns = env.time_ns;
+                v
+            }),
+            NodeEvent::Lost(l) => existing(&l.node_id, overlay)?.map(|mut v| {
+                v.status = "lost".into();
+                v.reason = Some(l.reason.clone());
+                v.updated_ns = env.time_ns;
+                v
+            }),
+            NodeEvent::Drained(d) => existing(&d.node_id, overlay)?.map(|mut v| {
+                v.status = "drained".into();
+                v.reason = Some(d.reason.clone());
+                v.updated_ns = env.time_ns;
+                v
+            }),
+        };
+        if let Some(view) = view {
+            overlay.nodes.insert(view.id.clone(), view);
+        }
+        Ok(())
     }
 
     /// Reads the log from the checkpoint to its head and applies it.
@@ -268,7 +411,7 @@ impl Projections {
         let head = log.head().await?.seq;
         let mut checkpoint = self.checkpoint()?;
         while checkpoint.seq < head {
-            let entries = log.read(checkpoint.seq + 1, 2048).await?;
+            let entries = log.read(checkpoint.seq + 1, 4096).await?;
             if entries.is_empty() {
                 break;
             }
@@ -306,26 +449,12 @@ impl Projections {
 
     /// Deletes every view (the log is untouched).
     pub fn clear(&self) -> Result<(), Error> {
-        for tree in [
-            &self.jobs,
-            &self.by_state,
-            &self.by_queue,
-            &self.by_label,
-            &self.nodes,
-            &self.artifacts,
-            &self.counts,
-            &self.meta,
-        ] {
-            tree.clear()?;
-        }
+        self.tree.clear()?;
         Ok(())
     }
 
     pub fn job(&self, id: &JobId) -> Result<Option<JobView>, Error> {
-        self.jobs
-            .get(id.as_bytes())?
-            .map(|v| serde_json::from_slice(&v).map_err(|e| Error::Corrupt(e.to_string())))
-            .transpose()
+        self.tree.get(job_key(id))?.map(|v| decode(&v)).transpose()
     }
 
     /// Jobs in submission order after `after` (a cursor: the last id of the previous page).
@@ -335,13 +464,6 @@ impl Projections {
         after: Option<JobId>,
         limit: usize,
     ) -> Result<Vec<JobView>, Error> {
-        let index = match (&filter.state, &filter.queue, &filter.label) {
-            (Some(s), _, _) => Some((&self.by_state, s.clone())),
-            (None, Some(q), _) => Some((&self.by_queue, q.clone())),
-            (None, None, Some(l)) => Some((&self.by_label, l.clone())),
-            (None, None, None) => None,
-        };
-        let mut out = Vec::new();
         let keep = |view: &JobView| {
             filter.state.as_ref().is_none_or(|s| &view.state == s)
                 && filter.queue.as_ref().is_none_or(|q| &view.queue == q)
@@ -350,49 +472,38 @@ impl Projections {
                         .is_some_and(|(k, v)| view.labels.get(k).is_some_and(|x| x == v))
                 })
         };
-        match index {
-            Some((tree, prefix)) => {
-                let start = match after {
-                    Some(id) => {
-                        let mut k = key(&prefix, &id);
-                        k.push(0);
-                        k
-                    }
-                    None => key(&prefix, &JobId::nil()),
-                };
-                let mut end = prefix.as_bytes().to_vec();
-                end.push(1);
-                for item in tree.range(start..end.clone()) {
-                    let (k, _) = item?;
-                    let id = JobId::from_slice(&k[k.len() - 16..])
-                        .map_err(|e| Error::Corrupt(e.to_string()))?;
-                    if let Some(view) = self.job(&id)?
-                        && keep(&view)
-                    {
-                        out.push(view);
-                        if out.len() >= limit {
-                            break;
-                        }
-                    }
-                }
+        // The most selective index available, then the other filters on the views.
+        let prefix = match (&filter.state, &filter.queue, &filter.label) {
+            (Some(s), _, _) => index_prefix(kind::BY_STATE, s),
+            (None, Some(q), _) => index_prefix(kind::BY_QUEUE, q),
+            (None, None, Some(l)) => index_prefix(kind::BY_LABEL, l),
+            (None, None, None) => vec![kind::JOB],
+        };
+        let mut start = prefix.clone();
+        if let Some(id) = after {
+            start.extend_from_slice(id.as_bytes());
+            start.push(0);
+        }
+        let mut out = Vec::new();
+        for item in self.tree.range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
             }
-            None => {
-                let range = match after {
-                    Some(id) => {
-                        let mut k = id.as_bytes().to_vec();
-                        k.push(0);
-                        self.jobs.range(k..)
-                    }
-                    None => self.jobs.iter(),
-                };
-                for item in range {
-                    let (_, v) = item?;
-                    out.push(
-                        serde_json::from_slice(&v).map_err(|e| Error::Corrupt(e.to_string()))?,
-                    );
-                    if out.len() >= limit {
-                        break;
-                    }
+            let view = if prefix[0] == kind::JOB {
+                decode::<JobView>(&v)?
+            } else {
+                let id = JobId::from_slice(&k[k.len() - 16..])
+                    .map_err(|e| Error::Corrupt(e.to_string()))?;
+                match self.job(&id)? {
+                    Some(view) => view,
+                    None => continue,
+                }
+            };
+            if keep(&view) {
+                out.push(view);
+                if out.len() >= limit {
+                    break;
                 }
             }
         }
@@ -400,19 +511,19 @@ impl Projections {
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeView>, Error> {
-        self.nodes
-            .iter()
+        self.tree
+            .scan_prefix([kind::NODE])
             .values()
-            .map(|v| serde_json::from_slice(&v?).map_err(|e| Error::Corrupt(e.to_string())))
+            .map(|v| decode(&v?))
             .collect()
     }
 
     /// Per queue: how many jobs in each state.
     pub fn queues(&self) -> Result<BTreeMap<String, BTreeMap<String, u64>>, Error> {
         let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-        for item in self.counts.iter() {
+        for item in self.tree.scan_prefix([kind::COUNT]) {
             let (k, v) = item?;
-            let text = String::from_utf8_lossy(&k).to_string();
+            let text = String::from_utf8_lossy(&k[1..]).to_string();
             let Some((queue, state)) = text.split_once('\0') else {
                 continue;
             };
@@ -424,25 +535,15 @@ impl Projections {
         Ok(out)
     }
 
-    /// Every view, serialised, for comparing two builds.
+    /// Every stored row, for comparing two builds.
     pub fn dump(&self) -> Result<Vec<DumpRow>, Error> {
-        let mut out = Vec::new();
-        for (name, tree) in [
-            ("jobs", &self.jobs),
-            ("by_state", &self.by_state),
-            ("by_queue", &self.by_queue),
-            ("by_label", &self.by_label),
-            ("nodes", &self.nodes),
-            ("artifacts", &self.artifacts),
-            ("counts", &self.counts),
-            ("meta", &self.meta),
-        ] {
-            for item in tree.iter() {
+        self.tree
+            .iter()
+            .map(|item| {
                 let (k, v) = item?;
-                out.push((name.to_owned(), k.to_vec(), v.to_vec()));
-            }
-        }
-        Ok(out)
+                Ok((char::from(k[0]).to_string(), k.to_vec(), v.to_vec()))
+            })
+            .collect()
     }
 }
 
@@ -463,159 +564,6 @@ fn decode_checkpoint(raw: Option<&[u8]>) -> Checkpoint {
             hash: Hash::GENESIS,
         },
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn apply_job(
-    env: &Envelope,
-    event: &JobEvent,
-    jobs: &TransactionalTree,
-    by_state: &TransactionalTree,
-    by_queue: &TransactionalTree,
-    by_label: &TransactionalTree,
-    counts: &TransactionalTree,
-) -> Result<(), Tx> {
-    let corrupt = |e: serde_json::Error| abort(Error::Corrupt(e.to_string()));
-    let (mut job, mut view) = match event {
-        JobEvent::Submitted(s) => {
-            let job = Job::submitted(s);
-            let view = JobView {
-                id: job.id,
-                name: job.spec.name.clone(),
-                state: String::new(),
-                attempt: 0,
-                node: None,
-                queue: job.spec.queue.clone(),
-                priority: job.spec.priority,
-                image: job.spec.image.clone(),
-                labels: job.spec.labels.clone(),
-                cancel_requested: false,
-                last_cause: None,
-                submitted_ns: env.time_ns,
-                updated_ns: env.time_ns,
-                updated_seq: env.seq,
-                job: JobState {
-                    spec: job.spec.clone(),
-                    gpu_uuids: Vec::new(),
-                    handle: None,
-                    not_before_ms: 0,
-                },
-            };
-            for (k, v) in &job.spec.labels {
-                by_label.insert(key(&format!("{k}={v}"), &job.id), &[])?;
-            }
-            by_queue.insert(key(&job.spec.queue, &job.id), &[])?;
-            (job, view)
-        }
-        other => {
-            let Some(id) = Event::Job(other.clone()).job_id() else {
-                return Ok(());
-            };
-            let Some(raw) = jobs.get(id.as_bytes())? else {
-                tracing::warn!(job = %id, seq = env.seq, "projection: event for an unknown job");
-                return Ok(());
-            };
-            let view: JobView = serde_json::from_slice(&raw).map_err(corrupt)?;
-            let job = Job {
-                id: view.id,
-                spec: view.job.spec.clone(),
-                state: parse_state(&view.state),
-                attempt: view.attempt,
-                node: view.node.clone(),
-                gpu_uuids: view.job.gpu_uuids.clone(),
-                handle: view.job.handle.clone(),
-                not_before_ms: view.job.not_before_ms,
-                cancel_requested: view.cancel_requested,
-                last_cause: view.last_cause.clone(),
-            };
-            (job, view)
-        }
-    };
-    let old_state = view.state.clone();
-    job.apply(event);
-    let new_state = job.state.as_str().to_owned();
-    if old_state != new_state {
-        if !old_state.is_empty() {
-            by_state.remove(key(&old_state, &job.id))?;
-            bump(counts, &count_key(&view.queue, &old_state), -1)?;
-        }
-        by_state.insert(key(&new_state, &job.id), &[])?;
-        bump(counts, &count_key(&view.queue, &new_state), 1)?;
-    }
-    view.state = new_state;
-    view.attempt = job.attempt;
-    view.node = job.node.clone();
-    view.cancel_requested = job.cancel_requested;
-    view.last_cause = job.last_cause.clone();
-    view.updated_ns = env.time_ns;
-    view.updated_seq = env.seq;
-    view.job.gpu_uuids = job.gpu_uuids.clone();
-    view.job.handle = job.handle.clone();
-    view.job.not_before_ms = job.not_before_ms;
-    jobs.insert(
-        job.id.as_bytes(),
-        serde_json::to_vec(&view).map_err(corrupt)?,
-    )?;
-    Ok(())
-}
-
-fn parse_state(s: &str) -> gantry_actors::job::JobState {
-    use gantry_actors::job::JobState::*;
-    match s {
-        "placed" => Placed,
-        "running" => Running,
-        "succeeded" => Succeeded,
-        "cancelled" => Cancelled,
-        "dead_lettered" => DeadLettered,
-        _ => Queued,
-    }
-}
-
-fn apply_node(env: &Envelope, event: &NodeEvent, nodes: &TransactionalTree) -> Result<(), Tx> {
-    let corrupt = |e: serde_json::Error| abort(Error::Corrupt(e.to_string()));
-    let get = |id: &str| -> Result<Option<NodeView>, Tx> {
-        nodes
-            .get(id.as_bytes())?
-            .map(|raw| serde_json::from_slice(&raw).map_err(corrupt))
-            .transpose()
-    };
-    let view = match event {
-        NodeEvent::Joined(j) => Some(NodeView {
-            id: j.node_id.clone(),
-            hostname: j.hostname.clone(),
-            executor: j.executor.clone(),
-            cpu_millis: j.cpu_millis,
-            memory_bytes: j.memory_bytes,
-            gpus: j.gpus.clone(),
-            status: "ready".into(),
-            reason: None,
-            updated_ns: env.time_ns,
-        }),
-        NodeEvent::GpusObserved(g) => get(&g.node_id)?.map(|mut v| {
-            v.gpus = g.gpus.clone();
-            v.updated_ns = env.time_ns;
-            v
-        }),
-        NodeEvent::Lost(l) => get(&l.node_id)?.map(|mut v| {
-            v.status = "lost".into();
-            v.reason = Some(l.reason.clone());
-            v.updated_ns = env.time_ns;
-            v
-        }),
-        NodeEvent::Drained(d) => get(&d.node_id)?.map(|mut v| {
-            v.status = "drained".into();
-            v.reason = Some(d.reason.clone());
-            v.updated_ns = env.time_ns;
-            v
-        }),
-    };
-    if let Some(view) = view {
-        nodes.insert(
-            view.id.as_bytes(),
-            serde_json::to_vec(&view).map_err(corrupt)?,
-        )?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -164,21 +164,31 @@ fn bench_end_to_end() {
     for _ in 0..runs {
         let start = Instant::now();
         runtime.block_on(async {
-            use bollard::models::{ContainerCreateBody, HostConfig};
             use futures::StreamExt;
-            let body = ContainerCreateBody {
-                image: Some(image.clone()),
-                cmd: Some(vec!["sh".into(), "-c".into(), "true".into()]),
-                user: Some("1000:1000".into()),
-                network_disabled: Some(true),
-                host_config: Some(HostConfig {
-                    network_mode: Some("none".into()),
-                    cap_drop: Some(vec!["ALL".into()]),
-                    readonly_rootfs: Some(true),
-                    ..Default::default()
-                }),
-                ..Default::default()
+            // Exactly the container gantry creates for the same job, sandbox included.
+            let spec = gantry_actors::spec::validate(
+                &SubmitRequest {
+                    name: "raw".into(),
+                    image: image.clone(),
+                    command: vec!["sh".into(), "-c".into(), "true".into()],
+                    resources: gantry_actors::spec::ResourceRequest {
+                        cpus: Some(0.1),
+                        memory_bytes: Some(32 << 20),
+                        gpus: None,
+                    },
+                    ..SubmitRequest::default()
+                },
+                &Limits::default(),
+            )
+            .expect("valid");
+            let run = gantry_actors::executor::RunSpec {
+                job_id: uuid::Uuid::now_v7(),
+                attempt: 1,
+                spec,
+                gpu_uuids: vec![],
+                log_path: std::env::temp_dir().join("unused.log"),
             };
+            let body = gantry_nodes::executor::docker::DockerExecutor::config(&run);
             let created = docker.create_container(None, body).await.expect("create");
             docker
                 .start_container(&created.id, None)
@@ -220,7 +230,7 @@ fn bench_end_to_end() {
     ours.sort();
     let (r, o) = (raw[runs / 2], ours[runs / 2]);
     println!(
-        "  raw bollard create/start/wait/remove (baseline)              median {:>8.1} ms",
+        "  raw bollard create/start/wait/remove, same container (baseline) median {:>8.1} ms",
         r.as_secs_f64() * 1e3
     );
     println!(

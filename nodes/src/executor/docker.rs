@@ -63,7 +63,8 @@ impl DockerExecutor {
             .map_err(|e| format!("{image} still missing after the pull: {e}"))
     }
 
-    fn config(run: &RunSpec) -> ContainerCreateBody {
+    /// The container an attempt runs in: image, command, environment and the sandbox.
+    pub fn config(run: &RunSpec) -> ContainerCreateBody {
         let spec = &run.spec;
         let resources = &spec.resources;
         let memory = i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX);
