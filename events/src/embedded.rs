@@ -168,19 +168,7 @@ fn open_blocking(dir: &Path) -> Result<EmbeddedLog, Error> {
         File::open(dir)?.sync_all()?;
     }
 
-    let mut header = [0u8; HEADER_LEN];
-    file.read_exact_at(&mut header, 0)?;
-    let header = Header::decode(&header).map_err(|reason| Error::NotALog {
-        path: path.clone(),
-        reason,
-    })?;
-    if header != Header::GENESIS {
-        return Err(Error::NotALog {
-            path,
-            reason: "a store must start at sequence 1 (is this an export?)".into(),
-        });
-    }
-
+    check_header(&file, &path)?;
     let recovered = recover(&file, &path, true)?;
     let (head_tx, heads) = watch::channel(recovered.index.head);
     let inner = Arc::new(Inner {
@@ -205,25 +193,28 @@ fn open_blocking(dir: &Path) -> Result<EmbeddedLog, Error> {
     })
 }
 
+/// The file must start with a store's header (first sequence 1).
+fn check_header(file: &File, path: &Path) -> Result<(), Error> {
+    let not_a_log = |reason: String| Error::NotALog {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut header = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut header, 0)
+        .map_err(|_| not_a_log("too short for a header".into()))?;
+    let header = Header::decode(&header).map_err(not_a_log)?;
+    if header != Header::GENESIS {
+        return Err(not_a_log(
+            "a store must start at sequence 1 (is this an export?)".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn open_read_only_blocking(dir: &Path) -> Result<EmbeddedLog, Error> {
     let path = dir.join(LOG_FILE);
     let file = File::open(&path)?;
-    let mut header = [0u8; HEADER_LEN];
-    file.read_exact_at(&mut header, 0)
-        .map_err(|_| Error::NotALog {
-            path: path.clone(),
-            reason: "too short for a header".into(),
-        })?;
-    let header = Header::decode(&header).map_err(|reason| Error::NotALog {
-        path: path.clone(),
-        reason,
-    })?;
-    if header != Header::GENESIS {
-        return Err(Error::NotALog {
-            path,
-            reason: "a store must start at sequence 1 (is this an export?)".into(),
-        });
-    }
+    check_header(&file, &path)?;
     let recovered = recover(&file, &path, false)?;
     let (_, heads) = watch::channel(recovered.index.head);
     Ok(EmbeddedLog {

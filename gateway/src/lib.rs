@@ -203,6 +203,20 @@ async fn submit(
     })))
 }
 
+/// A page size: 100 by default, 1 to 1000.
+fn page_limit(asked: Option<usize>) -> Result<usize, ApiError> {
+    let limit = asked.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(
+            400,
+            "out_of_range",
+            "limit is 1 to 1000",
+            Some("limit".into()),
+        ));
+    }
+    Ok(limit)
+}
+
 fn parse_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse().map_err(|_| {
         ApiError::new(
@@ -229,15 +243,7 @@ async fn list_jobs(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(
-            400,
-            "out_of_range",
-            "limit is 1 to 1000",
-            Some("limit".into()),
-        ));
-    }
+    let limit = page_limit(q.limit)?;
     let after = q.after.as_deref().map(parse_id).transpose()?;
     let filter = JobFilter {
         state: q.state,
@@ -342,15 +348,7 @@ async fn events(
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let after = query.after.unwrap_or(0);
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(
-            400,
-            "out_of_range",
-            "limit is 1 to 1000",
-            Some("limit".into()),
-        ));
-    }
+    let limit = page_limit(query.limit)?;
     let entries = gateway
         .log
         .read(after + 1, limit)

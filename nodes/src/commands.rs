@@ -201,7 +201,11 @@ pub fn submit_request(args: &SubmitArgs) -> Result<SubmitRequest, Error> {
     Ok(req)
 }
 
-fn out_line(out: &mut (dyn Write + Send), text: impl std::fmt::Display) -> Result<(), Error> {
+/// Writes one line and flushes it.
+pub(crate) fn out_line(
+    out: &mut (dyn Write + Send),
+    text: impl std::fmt::Display,
+) -> Result<(), Error> {
     writeln!(out, "{text}")
         .and_then(|()| out.flush())
         .map_err(|source| Error::Io {
@@ -210,7 +214,8 @@ fn out_line(out: &mut (dyn Write + Send), text: impl std::fmt::Display) -> Resul
         })
 }
 
-fn api(e: crate::client::ClientError) -> Error {
+/// A gateway error, as the CLI reports it.
+pub(crate) fn api(e: crate::client::ClientError) -> Error {
     Error::Usage(e.to_string())
 }
 

@@ -12,21 +12,8 @@ use serde_json::{Value, json};
 
 use crate::cli::Error;
 use crate::client::{Client, blocking};
-use crate::commands::follow_job;
+use crate::commands::{api, follow_job, out_line as say};
 use crate::up::{ExecutorChoice, UpOptions, up};
-
-fn say(out: &mut (dyn Write + Send), text: impl std::fmt::Display) -> Result<(), Error> {
-    writeln!(out, "{text}")
-        .and_then(|()| out.flush())
-        .map_err(|source| Error::Io {
-            context: "writing output".into(),
-            source,
-        })
-}
-
-fn api(e: crate::client::ClientError) -> Error {
-    Error::Usage(e.to_string())
-}
 
 async fn submit(client: &Client, spec: Value) -> Result<String, Error> {
     let c = client.clone();

@@ -118,19 +118,7 @@ impl Gantry {
 
     /// Every event in the log, as JSON.
     pub fn events(&self) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut after = 0;
-        loop {
-            let reply = self
-                .client
-                .get(&format!("/v1/events?after={after}&limit=1000"))
-                .expect("events");
-            let batch = reply["events"].as_array().cloned().unwrap_or_default();
-            let Some(last) = batch.last() else { break };
-            after = last["seq"].as_u64().expect("seq");
-            out.extend(batch);
-        }
-        out
+        all_events(&self.client)
     }
 
     /// Stops gantry (as Ctrl-C would) and waits for it.
@@ -148,6 +136,22 @@ impl Drop for Gantry {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Every event a gateway serves, as JSON, page by page.
+pub fn all_events(client: &Client) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let reply = client
+            .get(&format!("/v1/events?after={after}&limit=1000"))
+            .expect("events");
+        let batch = reply["events"].as_array().cloned().unwrap_or_default();
+        let Some(last) = batch.last() else { break };
+        after = last["seq"].as_u64().expect("seq");
+        out.extend(batch);
+    }
+    out
 }
 
 /// Job events of one job, by type, from a list of events.

@@ -11,7 +11,7 @@ use gantry_events::{EmbeddedLog, verify_log};
 use gantry_nodes::client::Client;
 use gantry_projections::Projections;
 use gantry_tests::services::unavailable;
-use gantry_tests::system::job_event_types;
+use gantry_tests::system::{all_events, job_event_types};
 use serde_json::{Value, json};
 
 fn free_port() -> u16 {
@@ -58,21 +58,6 @@ fn wait_all(client: &Client, ids: &[String], states: &[&str]) -> Vec<Value> {
     }
 }
 
-fn events(client: &Client) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let reply = client
-            .get(&format!("/v1/events?after={after}&limit=1000"))
-            .expect("events");
-        let batch = reply["events"].as_array().cloned().unwrap_or_default();
-        let Some(last) = batch.last() else { break };
-        after = last["seq"].as_u64().expect("seq");
-        out.extend(batch);
-    }
-    out
-}
-
 fn crash_and_recover(executor: &str, image: &str) -> Vec<Value> {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
@@ -97,7 +82,7 @@ fn crash_and_recover(executor: &str, image: &str) -> Vec<Value> {
 
     let (mut second, client) = start(dir.path(), port, executor);
     let jobs = wait_all(&client, &ids, &["succeeded", "dead_lettered", "cancelled"]);
-    let all = events(&client);
+    let all = all_events(&client);
     for id in &ids {
         let types = job_event_types(&all, id);
         let terminal = types
