@@ -3,8 +3,9 @@
 //! Scheduler. It learns of placements and cancellations by following the log.
 //!
 //! On start it first picks up what the log says is live on its node: an attempt whose
-//! container still runs is re-attached; anything else failed with the node (`node_lost`) and is
-//! retried by the usual rules.
+//! container still runs is re-attached; one placed but never started is started; a running
+//! one whose process is gone failed with the node (`node_lost`) and is retried by the usual
+//! rules.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::actor::scheduler::{AttemptReport, GetJob, LiveOn, Report, Scheduler};
 use crate::executor::{Executor, Outcome, RunSpec};
-use crate::job::Job;
+use crate::job::{Job, JobState};
 
 /// Counters tests look at.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -174,6 +175,11 @@ impl Actor for Worker {
                         Some(handle) => {
                             tracing::info!(job = %job.id, attempt = job.attempt, %handle, "re-attached to a running attempt");
                             act.launch(&job, job.attempt, Some(handle), ctx);
+                        }
+                        // Placed but never started (or placed just now, before the
+                        // subscription below begins): start it.
+                        None if job.state == JobState::Placed => {
+                            act.launch(&job, job.attempt, None, ctx);
                         }
                         None => {
                             tracing::warn!(job = %job.id, attempt = job.attempt, "attempt did not survive the restart");
