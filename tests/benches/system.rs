@@ -390,8 +390,19 @@ fn main() {
             "release"
         }
     );
-    bench_scheduling();
-    bench_rebuild();
-    bench_reads();
-    bench_end_to_end();
+    // `GANTRY_BENCH_ONLY=rebuild` (or scheduling, reads, end-to-end) runs one part, for profiling.
+    let only = std::env::var("GANTRY_BENCH_ONLY").ok();
+    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if run("scheduling") {
+        bench_scheduling();
+    }
+    if run("rebuild") {
+        bench_rebuild();
+    }
+    if run("reads") {
+        bench_reads();
+    }
+    if run("end-to-end") {
+        bench_end_to_end();
+    }
 }
