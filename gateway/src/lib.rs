@@ -6,6 +6,9 @@
 //! with a stable `code`. A write answers once the views show it (read-your-writes), or after a
 //! short bound.
 //!
+//! `GET /v1/events/ws?after=SEQ` is a websocket that sends every event after `SEQ` as one JSON
+//! text message each, history first and then live, for dashboards.
+//!
 //! Must not depend on: `gantry-nodes` (no Docker, NVML, S3 or NATS clients here).
 
 use std::path::PathBuf;
@@ -137,7 +140,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
         .route("/v1/jobs/{id}/logs", web::get().to(logs))
         .route("/v1/nodes", web::get().to(nodes))
         .route("/v1/queues", web::get().to(queues))
-        .route("/v1/events", web::get().to(events));
+        .route("/v1/events", web::get().to(events))
+        .route("/v1/events/ws", web::get().to(events_ws));
 }
 
 fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
@@ -354,12 +358,65 @@ async fn events(
         .read(after + 1, limit)
         .await
         .map_err(ApiError::unavailable)?;
-    let events: Vec<_> = entries
-        .iter()
-        .map(|e| match e.open() {
-            Ok(env) => serde_json::to_value(env).unwrap_or_default(),
-            Err(err) => serde_json::json!({ "seq": e.seq, "undecodable": err.to_string() }),
-        })
-        .collect();
+    let events: Vec<serde_json::Value> = entries.iter().map(event_value).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "events": events })))
+}
+
+/// One event as clients see it; an entry that does not decode says so instead.
+fn event_value(entry: &gantry_events::Entry) -> serde_json::Value {
+    match entry.open() {
+        Ok(env) => serde_json::to_value(env).unwrap_or_default(),
+        Err(err) => serde_json::json!({ "seq": entry.seq, "undecodable": err.to_string() }),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WsQuery {
+    after: Option<u64>,
+}
+
+/// Streams events over a websocket: history after `after`, then live.
+async fn events_ws(
+    gateway: web::Data<Gateway>,
+    req: actix_web::HttpRequest,
+    body: web::Payload,
+    query: web::Query<WsQuery>,
+) -> Result<HttpResponse, actix_web::Error> {
+    use futures::StreamExt;
+    let mut events = gateway
+        .log
+        .subscribe(query.after.unwrap_or(0) + 1)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let (response, mut session, mut incoming) = actix_ws::handle(&req, body)?;
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::select! {
+                entry = events.next() => match entry {
+                    Some(Ok(entry)) => {
+                        if session.text(event_value(&entry).to_string()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "websocket event stream failed");
+                        break;
+                    }
+                    None => break,
+                },
+                message = incoming.next() => match message {
+                    Some(Ok(actix_ws::Message::Ping(bytes))) => {
+                        if session.pong(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(actix_ws::Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+        let _ = session.close(None).await;
+    });
+    Ok(response)
 }

@@ -231,3 +231,49 @@ fn bad_input_is_refused_with_the_field_and_appends_nothing() {
 
     assert_eq!(head(), before, "nothing was appended");
 }
+
+#[test]
+fn events_stream_over_a_websocket_history_then_live() {
+    let gantry = Gantry::start(ExecutorChoice::Process);
+    let first = gantry.submit(sh("first", "true"));
+    gantry.wait_for(&first, &["succeeded"], WITHIN);
+    let (mut socket, _) =
+        tungstenite::connect(format!("ws://{}/v1/events/ws?after=0", gantry.addr))
+            .expect("websocket");
+    if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = socket.get_ref() {
+        tcp.set_read_timeout(Some(WITHIN)).expect("timeout");
+    }
+    let mut next_event = || -> serde_json::Value {
+        loop {
+            match socket.read().expect("message") {
+                tungstenite::Message::Text(text) => {
+                    return serde_json::from_str(&text).expect("json");
+                }
+                _ => continue,
+            }
+        }
+    };
+    // History: from sequence 1, in order.
+    let mut seq = 0;
+    let mut seen_first = false;
+    while !seen_first {
+        let event = next_event();
+        assert_eq!(
+            event["seq"].as_u64(),
+            Some(seq + 1),
+            "in order, no gap: {event}"
+        );
+        seq += 1;
+        seen_first = event["type"] == "job.succeeded" && event["event"]["job_id"] == first.as_str();
+    }
+    // Live: a job submitted now shows up on the open socket.
+    let second = gantry.submit(sh("second", "true"));
+    loop {
+        let event = next_event();
+        assert_eq!(event["seq"].as_u64(), Some(seq + 1));
+        seq += 1;
+        if event["type"] == "job.succeeded" && event["event"]["job_id"] == second.as_str() {
+            break;
+        }
+    }
+}
