@@ -207,9 +207,15 @@ impl Executor for ProcessExecutor {
         async move {
             // A process from before a restart is not our child: it cannot be waited for, so it
             // is stopped and the attempt counts as lost with the node.
-            let pid_file = self.dir(job_id, attempt).join("pid");
-            if let Some(pid) = read_pid(&pid_file).await {
-                kill_group(pid);
+            let dir = self.dir(job_id, attempt);
+            if let Some(pid) = read_pid(&dir.join("pid")).await {
+                // Only if that pid is still the attempt's process (it runs in the attempt's
+                // directory): after a long downtime the number may belong to something else.
+                let cwd = tokio::fs::read_link(format!("/proc/{pid}/cwd")).await.ok();
+                let ours = tokio::fs::canonicalize(&dir).await.ok();
+                if cwd.is_some() && cwd == ours {
+                    kill_group(pid);
+                }
             }
             None
         }
