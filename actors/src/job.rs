@@ -8,6 +8,15 @@
 //!                                                          ↘ dead-lettered
 //! cancel: from any non-terminal state → cancelled (via the worker when an attempt is live)
 //! ```
+//!
+//! Two retry budgets: the job's own `retry.max_attempts` counts attempts that failed for a
+//! reason of the job (its exit, its image, its executor); attempts lost to infrastructure — the
+//! node vanished, gantry restarted under a local process, a placement was never started within
+//! its lease — count against [`RetryBudget::max_infra_losses`], a limit of the scheduler, so a
+//! crash of gantry never uses up a user's retries.
+//!
+//! Reports are idempotent by (job, attempt): the same start or end reported again records
+//! nothing and is answered as accepted, so a worker can retry a report until it is in the log.
 
 use gantry_events::Event;
 use gantry_events::event::{
@@ -70,6 +79,33 @@ pub struct Job {
     pub not_before_ms: u64,
     pub cancel_requested: bool,
     pub last_cause: Option<FailureCause>,
+    /// When the log recorded the current attempt's placement (Unix ms; 0 if unknown).
+    #[serde(default)]
+    pub placed_at_ms: u64,
+    /// When the log recorded the current attempt's start (Unix ms).
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
+    /// The last attempt whose end (success, failure, cancel) is in the log.
+    #[serde(default)]
+    pub ended_attempt: u32,
+    /// Attempts lost to infrastructure so far (see the module docs).
+    #[serde(default)]
+    pub infra_losses: u32,
+}
+
+/// The scheduler-wide retry settings a decision needs beside the job's own policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryBudget {
+    /// Attempts a job may lose to infrastructure before it is dead-lettered.
+    pub max_infra_losses: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            max_infra_losses: 20,
+        }
+    }
 }
 
 /// Why a command was refused. Nothing is appended for a refused command.
@@ -88,6 +124,10 @@ pub enum Rejection {
         state: &'static str,
         action: &'static str,
     },
+    /// The attempt's end is already in the log (its placement lease expired, or it was
+    /// cancelled before it started); 409. The worker stops whatever it started for it.
+    #[error("attempt {attempt} has already ended")]
+    AttemptEnded { attempt: u32 },
     /// A retry's backoff has not passed yet; 409.
     #[error("job is backing off until {not_before_ms}")]
     BackingOff { not_before_ms: u64 },
@@ -107,6 +147,20 @@ impl Job {
             not_before_ms: 0,
             cancel_requested: false,
             last_cause: None,
+            placed_at_ms: 0,
+            started_at_ms: None,
+            ended_attempt: 0,
+            infra_losses: 0,
+        }
+    }
+
+    /// Folds one event in, with the time the log recorded it (Unix ms).
+    pub fn apply_at(&mut self, event: &JobEvent, time_ms: u64) {
+        self.apply(event);
+        match event {
+            JobEvent::Placed(_) => self.placed_at_ms = time_ms,
+            JobEvent::Started(_) => self.started_at_ms = Some(time_ms),
+            _ => {}
         }
     }
 
@@ -120,17 +174,23 @@ impl Job {
                 self.node = Some(e.node_id.clone());
                 self.gpu_uuids = e.gpu_uuids.clone();
                 self.handle = None;
+                self.started_at_ms = None;
             }
             JobEvent::Started(e) => {
                 self.state = JobState::Running;
                 self.handle = e.handle.clone();
             }
-            JobEvent::Succeeded(_) => {
+            JobEvent::Succeeded(e) => {
                 self.state = JobState::Succeeded;
+                self.ended_attempt = self.ended_attempt.max(e.attempt);
                 self.release();
             }
             JobEvent::Failed(e) => {
                 self.last_cause = Some(e.cause.clone());
+                self.ended_attempt = self.ended_attempt.max(e.attempt);
+                if is_infrastructure(&e.cause) {
+                    self.infra_losses += 1;
+                }
                 self.release();
             }
             JobEvent::RetryScheduled(e) => {
@@ -138,8 +198,11 @@ impl Job {
                 self.not_before_ms = e.not_before_ms;
             }
             JobEvent::CancelRequested(_) => self.cancel_requested = true,
-            JobEvent::Cancelled(_) => {
+            JobEvent::Cancelled(e) => {
                 self.state = JobState::Cancelled;
+                if let Some(attempt) = e.attempt {
+                    self.ended_attempt = self.ended_attempt.max(attempt);
+                }
                 self.release();
             }
             JobEvent::DeadLettered(_) => {
@@ -208,6 +271,18 @@ impl Job {
 
     /// The worker started the attempt.
     pub fn started(&self, attempt: u32, handle: Option<String>) -> Result<Vec<Event>, Rejection> {
+        if attempt == self.attempt
+            && attempt > self.ended_attempt
+            && self.state == JobState::Running
+        {
+            // Reported again (a retried report): already in the log.
+            return Ok(Vec::new());
+        }
+        if attempt == self.attempt && attempt <= self.ended_attempt {
+            // Taken back (its lease expired) or cancelled before it started: the worker must
+            // stop what it started.
+            return Err(Rejection::AttemptEnded { attempt });
+        }
         self.check_live()?;
         self.check_attempt(attempt)?;
         if self.state != JobState::Placed {
@@ -229,6 +304,10 @@ impl Job {
 
     /// The attempt exited with status 0.
     pub fn succeeded(&self, attempt: u32, duration_ms: u64) -> Result<Vec<Event>, Rejection> {
+        if attempt == self.attempt && self.state == JobState::Succeeded {
+            // Reported again: already in the log.
+            return Ok(Vec::new());
+        }
         self.check_live()?;
         self.check_attempt(attempt)?;
         self.check_attempt_live("succeed")?;
@@ -260,7 +339,13 @@ impl Job {
         cause: FailureCause,
         duration_ms: Option<u64>,
         now_ms: u64,
+        budget: RetryBudget,
     ) -> Result<Vec<Event>, Rejection> {
+        if attempt == self.attempt && attempt <= self.ended_attempt {
+            // This attempt's end is already in the log (a retried report, or a report racing
+            // a lease expiry): nothing more to record.
+            return Ok(Vec::new());
+        }
         self.check_live()?;
         self.check_attempt(attempt)?;
         self.check_attempt_live("fail")?;
@@ -281,7 +366,7 @@ impl Job {
                 }
                 .into(),
             );
-        } else if retryable(&cause, &self.spec.retry) && attempt < self.spec.retry.max_attempts {
+        } else if self.retries_after(attempt, &cause, budget) {
             events.push(
                 JobRetryScheduled {
                     job_id: self.id,
@@ -301,6 +386,41 @@ impl Job {
             );
         }
         Ok(events)
+    }
+
+    /// Whether attempt `attempt`, failing with `cause`, gets another one: an infrastructure
+    /// loss draws on the scheduler's budget, anything else on the job's `max_attempts`.
+    fn retries_after(&self, attempt: u32, cause: &FailureCause, budget: RetryBudget) -> bool {
+        if is_infrastructure(cause) {
+            return self.infra_losses < budget.max_infra_losses;
+        }
+        // Attempts so far that were not lost to infrastructure, this one included.
+        let own = attempt.saturating_sub(self.infra_losses);
+        retryable(cause, &self.spec.retry) && own < self.spec.retry.max_attempts
+    }
+
+    /// The placed attempt was not started within `lease_ms`: it is taken back, and the job
+    /// queued again (an infrastructure loss) unless its budget is spent.
+    pub fn placement_expired(
+        &self,
+        attempt: u32,
+        now_ms: u64,
+        lease_ms: u64,
+        budget: RetryBudget,
+    ) -> Result<Vec<Event>, Rejection> {
+        self.check_live()?;
+        self.check_attempt(attempt)?;
+        if self.state != JobState::Placed || now_ms < self.placed_at_ms.saturating_add(lease_ms) {
+            return Err(Rejection::WrongState {
+                state: self.state.as_str(),
+                action: "expire the placement of",
+            });
+        }
+        let cause = FailureCause::PlacementExpired {
+            node_id: self.node.clone().unwrap_or_default(),
+            after_secs: lease_ms / 1000,
+        };
+        self.failed(attempt, cause, None, now_ms, budget)
     }
 
     /// Someone asked to cancel. Without a live attempt the job is cancelled at once; with one,
@@ -331,12 +451,23 @@ impl Job {
     }
 }
 
+/// Whether an attempt was lost to infrastructure rather than failed for a reason of its own:
+/// these draw on the scheduler's [`RetryBudget`], never on the job's `max_attempts`.
+pub fn is_infrastructure(cause: &FailureCause) -> bool {
+    matches!(
+        cause,
+        FailureCause::NodeLost { .. } | FailureCause::PlacementExpired { .. }
+    )
+}
+
 /// Whether a failure is worth another attempt: infrastructure failures always; failures of the
 /// job itself only when its spec asks; a cancellation never.
 pub fn retryable(cause: &FailureCause, policy: &RetryPolicy) -> bool {
     match cause {
         FailureCause::NodeLost { .. }
+        | FailureCause::PlacementExpired { .. }
         | FailureCause::ExecutorError { .. }
+        | FailureCause::ImagePullTimedOut { .. }
         | FailureCause::ImageUnavailable { .. } => true,
         FailureCause::NonZeroExit { .. }
         | FailureCause::OomKilled
@@ -383,6 +514,10 @@ mod tests {
             idempotency_key: None,
         }
     }
+
+    const BUDGET: RetryBudget = RetryBudget {
+        max_infra_losses: 20,
+    };
 
     /// Given these events, the job they build.
     fn given(spec: JobSpec, events: &[Event]) -> Job {
@@ -433,15 +568,17 @@ mod tests {
     }
 
     #[test]
-    fn infrastructure_failures_retry_with_backoff_then_dead_letter() {
+    fn executor_failures_retry_with_backoff_then_dead_letter() {
         let mut job = given(spec(3, false), &[]);
-        let lost = FailureCause::NodeLost {
-            node_id: "n1".into(),
+        let lost = FailureCause::ExecutorError {
+            message: "engine hiccup".into(),
         };
         for attempt in 1..=2 {
             let now = u64::from(attempt) * 1_000_000;
             step(&mut job, |j| j.place("n1", vec![], now));
-            let events = step(&mut job, |j| j.failed(attempt, lost.clone(), None, now));
+            let events = step(&mut job, |j| {
+                j.failed(attempt, lost.clone(), None, now, BUDGET)
+            });
             assert_eq!(types(&events), ["job.failed", "job.retry_scheduled"]);
             let Event::Job(JobEvent::RetryScheduled(r)) = &events[1] else {
                 panic!()
@@ -457,7 +594,7 @@ mod tests {
             ));
         }
         step(&mut job, |j| j.place("n1", vec![], 3_000_000));
-        let events = step(&mut job, |j| j.failed(3, lost, None, 3_000_000));
+        let events = step(&mut job, |j| j.failed(3, lost, None, 3_000_000, BUDGET));
         assert_eq!(types(&events), ["job.failed", "job.dead_lettered"]);
         assert_eq!(job.state, JobState::DeadLettered);
     }
@@ -467,12 +604,14 @@ mod tests {
         let exit = FailureCause::NonZeroExit { code: 1 };
         let mut strict = given(spec(3, false), &[]);
         step(&mut strict, |j| j.place("n", vec![], 0));
-        let events = step(&mut strict, |j| j.failed(1, exit.clone(), Some(5), 0));
+        let events = step(&mut strict, |j| {
+            j.failed(1, exit.clone(), Some(5), 0, BUDGET)
+        });
         assert_eq!(types(&events), ["job.failed", "job.dead_lettered"]);
 
         let mut lenient = given(spec(3, true), &[]);
         step(&mut lenient, |j| j.place("n", vec![], 0));
-        let events = step(&mut lenient, |j| j.failed(1, exit, Some(5), 0));
+        let events = step(&mut lenient, |j| j.failed(1, exit, Some(5), 0, BUDGET));
         assert_eq!(types(&events), ["job.failed", "job.retry_scheduled"]);
         assert!(!retryable(
             &FailureCause::Cancelled,
@@ -495,6 +634,7 @@ mod tests {
                 },
                 None,
                 0,
+                BUDGET,
             )
         });
         step(&mut job, |j| j.place("n2", vec![], 10_000));
@@ -505,8 +645,131 @@ mod tests {
         };
         assert_eq!(job.started(1, None), Err(stale.clone()));
         assert_eq!(job.succeeded(1, 5), Err(stale.clone()));
-        assert_eq!(job.failed(1, FailureCause::OomKilled, None, 0), Err(stale));
+        assert_eq!(
+            job.failed(1, FailureCause::OomKilled, None, 0, BUDGET),
+            Err(stale)
+        );
         assert!(job.started(2, None).is_ok());
+    }
+
+    #[test]
+    fn infrastructure_losses_never_use_up_the_users_attempts() {
+        let budget = RetryBudget {
+            max_infra_losses: 3,
+        };
+        let lost = FailureCause::NodeLost {
+            node_id: "n1".into(),
+        };
+        // One attempt of its own, three lost to infrastructure: all three are retried.
+        let mut job = given(spec(1, false), &[]);
+        for attempt in 1..=3 {
+            let now = u64::from(attempt) * 1_000_000;
+            step(&mut job, |j| j.place("n1", vec![], now));
+            let events = step(&mut job, |j| {
+                j.failed(attempt, lost.clone(), None, now, budget)
+            });
+            assert_eq!(types(&events), ["job.failed", "job.retry_scheduled"]);
+        }
+        assert_eq!(job.infra_losses, 3);
+        // The job's own failure still gets its one attempt's worth: dead-lettered, not retried.
+        step(&mut job, |j| j.place("n1", vec![], 9_000_000));
+        let exit = FailureCause::NonZeroExit { code: 2 };
+        let events = step(&mut job, |j| {
+            j.failed(4, exit.clone(), None, 9_000_000, budget)
+        });
+        assert_eq!(types(&events), ["job.failed", "job.dead_lettered"]);
+
+        // With max_attempts 2 and user retries on, losses in between do not count.
+        let mut job = given(spec(2, true), &[]);
+        step(&mut job, |j| j.place("n1", vec![], 0));
+        step(&mut job, |j| j.failed(1, lost.clone(), None, 0, budget));
+        step(&mut job, |j| j.place("n1", vec![], 10_000_000));
+        let events = step(&mut job, |j| {
+            j.failed(2, exit.clone(), None, 10_000_000, budget)
+        });
+        assert_eq!(
+            types(&events),
+            ["job.failed", "job.retry_scheduled"],
+            "first own failure"
+        );
+        step(&mut job, |j| j.place("n1", vec![], 20_000_000));
+        let events = step(&mut job, |j| {
+            j.failed(3, exit.clone(), None, 20_000_000, budget)
+        });
+        assert_eq!(
+            types(&events),
+            ["job.failed", "job.dead_lettered"],
+            "second own failure"
+        );
+
+        // The infrastructure budget has its own end.
+        let mut job = given(spec(5, false), &[]);
+        for attempt in 1..=4 {
+            let now = u64::from(attempt) * 1_000_000;
+            step(&mut job, |j| j.place("n1", vec![], now));
+            let events = step(&mut job, |j| {
+                j.failed(attempt, lost.clone(), None, now, budget)
+            });
+            let want: &[&str] = if attempt < 4 {
+                &["job.failed", "job.retry_scheduled"]
+            } else {
+                &["job.failed", "job.dead_lettered"]
+            };
+            assert_eq!(types(&events), want, "loss {attempt}");
+        }
+    }
+
+    #[test]
+    fn a_report_sent_twice_records_once() {
+        let mut job = given(spec(3, true), &[]);
+        step(&mut job, |j| j.place("n1", vec![], 0));
+        assert_eq!(step(&mut job, |j| j.started(1, Some("h".into()))).len(), 1);
+        assert!(job.started(1, Some("h".into())).expect("again").is_empty());
+        let exit = FailureCause::NonZeroExit { code: 1 };
+        let events = step(&mut job, |j| j.failed(1, exit.clone(), None, 0, BUDGET));
+        assert_eq!(types(&events), ["job.failed", "job.retry_scheduled"]);
+        // The same end again (its acknowledgement was lost): accepted, nothing recorded.
+        assert_eq!(job.failed(1, exit.clone(), None, 0, BUDGET), Ok(Vec::new()));
+
+        step(&mut job, |j| j.place("n1", vec![], 1_000_000));
+        step(&mut job, |j| j.succeeded(2, 5));
+        assert_eq!(job.succeeded(2, 5), Ok(Vec::new()));
+        assert_eq!(job.failed(2, exit, None, 0, BUDGET), Ok(Vec::new()));
+        assert_eq!(job.state, JobState::Succeeded);
+    }
+
+    #[test]
+    fn a_placement_not_started_within_its_lease_is_taken_back() {
+        let mut job = given(spec(1, false), &[]);
+        let JobEvent::Placed(placed) = (match &job.place("n1", vec![], 0).expect("placed")[0] {
+            Event::Job(e) => e.clone(),
+            other => panic!("{other:?}"),
+        }) else {
+            panic!("not a placement")
+        };
+        job.apply_at(&JobEvent::Placed(placed), 5_000);
+        assert!(matches!(
+            job.placement_expired(1, 5_000 + 59_999, 60_000, BUDGET),
+            Err(Rejection::WrongState { .. })
+        ));
+        let events = step(&mut job, |j| j.placement_expired(1, 65_000, 60_000, BUDGET));
+        assert_eq!(types(&events), ["job.failed", "job.retry_scheduled"]);
+        assert!(matches!(
+            job.last_cause,
+            Some(FailureCause::PlacementExpired { after_secs: 60, .. })
+        ));
+        // Its one attempt of its own is still there.
+        assert_eq!(job.infra_losses, 1);
+        // A start reported for the expired attempt is refused, so its worker stops it.
+        assert_eq!(
+            job.started(1, None),
+            Err(Rejection::AttemptEnded { attempt: 1 })
+        );
+        step(&mut job, |j| j.place("n2", vec![], 10_000_000));
+        assert!(matches!(
+            job.started(1, None),
+            Err(Rejection::StaleAttempt { .. })
+        ));
     }
 
     #[test]
@@ -528,7 +791,7 @@ mod tests {
         assert!(job.cancel(None).expect("idempotent").is_empty());
         // The worker stops the container; even a retryable failure now ends in cancelled.
         let events = step(&mut job, |j| {
-            j.failed(1, FailureCause::Cancelled, Some(3), 0)
+            j.failed(1, FailureCause::Cancelled, Some(3), 0, BUDGET)
         });
         assert_eq!(types(&events), ["job.failed", "job.cancelled"]);
         assert_eq!(job.state, JobState::Cancelled);
@@ -546,6 +809,7 @@ mod tests {
                 },
                 None,
                 0,
+                BUDGET,
             )
         });
         step(&mut job, |j| j.cancel(None));

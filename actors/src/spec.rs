@@ -85,8 +85,9 @@ fn invalid(code: &'static str, field: impl Into<String>, message: impl Into<Stri
     }
 }
 
-/// Bounds a submission must stay within.
+/// Bounds a submission must stay within, and the scheduler's own retry and lease settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Limits {
     pub max_cpus: f64,
     pub max_memory_bytes: u64,
@@ -95,6 +96,14 @@ pub struct Limits {
     pub max_attempts: u32,
     pub default_memory_bytes: u64,
     pub default_cpus: f64,
+    /// How long a placed attempt may wait for its worker to start it (image pull included)
+    /// before it is taken back and the job queued again. Longer than a worker's image pull
+    /// timeout, so a slow pull fails as a pull, not as a lost placement.
+    pub placement_lease_secs: u64,
+    /// Attempts a job may lose to infrastructure (node lost, gantry restarted under a local
+    /// process, placement lease expired) before it is dead-lettered; they never count toward
+    /// the job's own `max_attempts`.
+    pub max_infra_losses: u32,
 }
 
 impl Default for Limits {
@@ -107,6 +116,16 @@ impl Default for Limits {
             max_attempts: 100,
             default_memory_bytes: 512 << 20,
             default_cpus: 1.0,
+            placement_lease_secs: 15 * 60,
+            max_infra_losses: 20,
+        }
+    }
+}
+
+impl Limits {
+    pub fn retry_budget(&self) -> crate::job::RetryBudget {
+        crate::job::RetryBudget {
+            max_infra_losses: self.max_infra_losses,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! current state and return the events a command would append, or a rejection. The scheduler
 //! actor appends what `decide_*` returns and only then applies it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use gantry_events::event::{FailureCause, JobEvent, JobId, JobSubmitted, NodeEvent};
 use gantry_events::{Event, NewEvent, Source};
@@ -45,6 +45,8 @@ pub struct World {
     idempotency: HashMap<String, JobId>,
     cluster: Cluster,
     queues: Queues,
+    /// Jobs whose current attempt is placed and not yet started: the ones a lease can expire.
+    placed: HashSet<JobId>,
     /// Last sequence applied.
     seq: u64,
     limits: Limits,
@@ -78,15 +80,15 @@ impl World {
         &self.queues
     }
 
-    /// Folds one logged event in. Events at or below the last applied sequence are ignored, so
-    /// replaying is harmless.
-    pub fn apply(&mut self, seq: u64, event: &Event) {
+    /// Folds one logged event in, with the time the log recorded it (Unix ms). Events at or
+    /// below the last applied sequence are ignored, so replaying is harmless.
+    pub fn apply(&mut self, seq: u64, time_ms: u64, event: &Event) {
         if seq != 0 && seq <= self.seq {
             return;
         }
         self.seq = self.seq.max(seq);
         match event {
-            Event::Job(e) => self.apply_job(seq, e),
+            Event::Job(e) => self.apply_job(seq, time_ms, e),
             Event::Node(e) => match e {
                 NodeEvent::Joined(j) => self.cluster.join(
                     &j.node_id,
@@ -103,7 +105,7 @@ impl World {
         }
     }
 
-    fn apply_job(&mut self, seq: u64, event: &JobEvent) {
+    fn apply_job(&mut self, seq: u64, time_ms: u64, event: &JobEvent) {
         if let JobEvent::Submitted(s) = event {
             let job = Job::submitted(s);
             self.queues
@@ -120,7 +122,12 @@ impl World {
             tracing::warn!(job = %id, seq, "event for a job never submitted");
             return;
         };
-        job.apply(event);
+        job.apply_at(event, time_ms);
+        if job.state == JobState::Placed {
+            self.placed.insert(id);
+        } else {
+            self.placed.remove(&id);
+        }
         match event {
             JobEvent::Placed(p) => {
                 self.queues.remove(id);
@@ -197,9 +204,34 @@ impl World {
         duration_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<Vec<Event>, Refusal> {
-        Ok(self
-            .existing(id)?
-            .failed(attempt, cause, duration_ms, now_ms)?)
+        Ok(self.existing(id)?.failed(
+            attempt,
+            cause,
+            duration_ms,
+            now_ms,
+            self.limits.retry_budget(),
+        )?)
+    }
+
+    /// Attempts placed longer ago than the lease and still not started: each is taken back
+    /// (a `job.failed` with `placement_expired`, then a retry or a dead letter).
+    pub fn decide_expired_placements(&self, now_ms: u64) -> Vec<Event> {
+        let lease_ms = self.limits.placement_lease_secs.saturating_mul(1000);
+        let mut events = Vec::new();
+        for id in &self.placed {
+            let Some(job) = self.jobs.get(id) else {
+                continue;
+            };
+            if now_ms < job.placed_at_ms.saturating_add(lease_ms) {
+                continue;
+            }
+            if let Ok(mut expired) =
+                job.placement_expired(job.attempt, now_ms, lease_ms, self.limits.retry_budget())
+            {
+                events.append(&mut expired);
+            }
+        }
+        events
     }
 
     /// One scheduling round: places every waiting job that fits somewhere, in queue order.
@@ -279,7 +311,7 @@ mod tests {
         for e in events {
             log.push(e.clone());
             let seq = log.len() as u64;
-            world.apply(seq, &e);
+            world.apply(seq, 0, &e);
         }
     }
 
@@ -326,8 +358,8 @@ mod tests {
         // A world rebuilt from the log agrees, and replaying twice changes nothing.
         let mut rebuilt = World::default();
         for (i, e) in log.iter().enumerate() {
-            rebuilt.apply(i as u64 + 1, e);
-            rebuilt.apply(i as u64 + 1, e);
+            rebuilt.apply(i as u64 + 1, 0, e);
+            rebuilt.apply(i as u64 + 1, 0, e);
         }
         assert_eq!(rebuilt.queues().len(), world.queues().len());
         let mut a: Vec<_> = world.jobs().map(|j| (j.id, j.state)).collect();

@@ -1,7 +1,7 @@
 //! gantry's event log: the single source of truth every other part is rebuilt from.
 //!
 //! - [`event`]: the typed events, one enum per stream, each type with a stable name and an
-//!   explicit version, and the table that decodes (and upcasts) every version ever written.
+//!   explicit version, and the table that decodes every version ever written.
 //! - [`record`]: the envelope (sequence, id, time, source, previous hash, body) and its
 //!   canonical MessagePack bytes; [`Hash`]: `SHA-256(prev ‖ record)`.
 //! - [`verify`]: walks any stretch of the chain and names the first bad sequence and why.

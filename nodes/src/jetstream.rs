@@ -3,12 +3,23 @@
 //! One stream (file storage) holds the chain; stream sequence `n` is entry `n`. Every publish
 //! carries `Nats-Expected-Last-Sequence` = the head it was sealed after, so the server refuses
 //! any publish that would not extend the current head, and the chain cannot fork no matter how
-//! many processes append. A refused append re-reads the head, re-seals and tries again (optimistic
-//! concurrency: no leader to elect or fence). Batches of more than one event go out as one
-//! JetStream atomic batch (server ≥ 2.12, stream `allow_atomic`), so they land whole or not at
-//! all; the messages of a batch are pipelined and only the commit waits for an acknowledgement.
-//! The event id is the `Nats-Msg-Id`, so a publish retried after a lost acknowledgement is not
-//! stored twice.
+//! many processes append. A refused append re-reads the head, re-seals and tries again
+//! (optimistic concurrency: no leader to elect or fence).
+//!
+//! A sequence number alone does not prove the chain: an append sent before the previous one is
+//! acknowledged (pipelined) is sealed after an entry the server may still refuse, and another
+//! writer can fill that sequence with its own entry. So the `Nats-Msg-Id` of every message is
+//! its entry's hash, and a pipelined publish also carries `Nats-Expected-Last-Msg-Id` = the hash
+//! it was sealed after: the server stores it only if the entry it links to is the one stored
+//! last. An append sealed after a head read from the server (and checked to link to its
+//! predecessor) needs only the sequence. JetStream refuses `Nats-Expected-Last-Msg-Id` inside an
+//! atomic batch, so a batch of more than one event is never pipelined: it waits until every
+//! earlier send of this process is acknowledged, and then its head is known to be stored.
+//!
+//! Batches of more than one event go out as one JetStream atomic batch (server ≥ 2.12, stream
+//! `allow_atomic`, both checked when the log opens), so they land whole or not at all. After an
+//! attempt whose outcome is unknown (a timeout, a lost connection), the appender looks for its
+//! events (by event id) after the old head before it tries again, so nothing is stored twice.
 
 use std::time::Duration;
 
@@ -25,7 +36,10 @@ use gantry_events::log::{MAX_ENTRY_BYTES, check_batch};
 use gantry_events::{
     Appended, Entry, Error, EventLog, Hash, Head, NewEvent, Subscription, Verifier, seal,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
+
+/// The oldest nats-server with atomic batch publish.
+const MIN_SERVER: (u64, u64) = (2, 12);
 
 /// Settings of the JetStream log.
 #[derive(Debug, Clone)]
@@ -64,6 +78,8 @@ pub struct JetStreamLog {
     /// Serialises this process's sends and remembers the head after the last one, so an
     /// uncontended append costs no extra round trip.
     state: Mutex<AppendState>,
+    /// Woken whenever a send is settled (acknowledged or failed).
+    settled: Notify,
 }
 
 /// What this process believes the head is.
@@ -71,6 +87,11 @@ pub struct JetStreamLog {
 struct AppendState {
     /// The head after the last append sent (acknowledged or not); `None`: ask the server.
     head: Option<Head>,
+    /// Whether `head` came from a send of ours rather than from the server: an append sealed
+    /// after it must name that entry's hash as the last message id.
+    head_sent: bool,
+    /// Sends whose acknowledgement has not come back yet.
+    in_flight: usize,
     /// Bumped whenever `head` is forgotten, so a late failure of an append sent before does not
     /// forget a head fetched after it.
     epoch: u64,
@@ -79,6 +100,7 @@ struct AppendState {
 impl AppendState {
     fn forget(&mut self) {
         self.head = None;
+        self.head_sent = false;
         self.epoch += 1;
     }
 
@@ -86,6 +108,23 @@ impl AppendState {
         if self.epoch == epoch {
             self.forget();
         }
+    }
+}
+
+/// The message id of an entry: its hash, so an expected last message id names the exact entry
+/// a publish links to.
+fn msg_id(hash: &Hash) -> String {
+    hash.to_string()
+}
+
+/// `major.minor` of a server version string such as `2.12.1` or `v2.15.0-beta`.
+fn version_at_least(version: &str, min: (u64, u64)) -> bool {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']);
+    let major = parts.next().and_then(|p| p.parse::<u64>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u64>().ok());
+    match (major, minor) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
+        _ => false,
     }
 }
 
@@ -125,6 +164,16 @@ impl JetStreamLog {
             .connect(options.url.as_str())
             .await
             .map_err(|e| Error::backend("connecting to NATS", e))?;
+        let version = client.server_info().version;
+        if !version_at_least(&version, MIN_SERVER) {
+            return Err(Error::backend(
+                "opening the JetStream log",
+                format!(
+                    "nats-server {version} has no atomic batch publish: gantry needs nats-server {}.{} or newer",
+                    MIN_SERVER.0, MIN_SERVER.1
+                ),
+            ));
+        }
         let js = jetstream::ContextBuilder::new()
             .timeout(options.ack_timeout)
             .build(client.clone());
@@ -148,12 +197,16 @@ impl JetStreamLog {
             .await
             .map_err(|e| Error::backend("reading the event stream", e))?;
         if !info.config.allow_atomic_publish {
-            // A stream made by an older gantry or by hand: atomic batches must be on.
-            let mut config = info.config.clone();
-            config.allow_atomic_publish = true;
-            js.update_stream(config)
-                .await
-                .map_err(|e| Error::backend("enabling atomic batches on the event stream", e))?;
+            // A stream made by hand (or by an older gantry): without atomic batches a batch
+            // could land half, so refuse rather than change an operator's stream behind their
+            // back.
+            return Err(Error::backend(
+                "opening the JetStream log",
+                format!(
+                    "stream {} does not allow atomic batches: set allow_atomic (nats stream edit {} --allow-batch) and start again",
+                    options.stream, options.stream
+                ),
+            ));
         }
         Ok(JetStreamLog {
             client,
@@ -161,6 +214,7 @@ impl JetStreamLog {
             stream,
             options,
             state: Mutex::new(AppendState::default()),
+            settled: Notify::new(),
         })
     }
 
@@ -234,29 +288,33 @@ impl JetStreamLog {
         })
     }
 
-    fn headers(&self, event: &NewEvent) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
-        headers
-    }
-
-    /// Sends sealed entries that extend `after`; they land whole or not at all. Returns the
-    /// acknowledgement still to come, so the next append can be sent before it arrives.
+    /// Sends sealed entries that extend `after`; they land whole or not at all. `link`: the
+    /// hash of the entry at `after` when it is not known to be stored yet (a pipelined send of
+    /// one event). Returns the acknowledgement still to come, so the next append can be sent
+    /// before it arrives.
     async fn send(
         &self,
         batch: &[NewEvent],
         sealed: &[Entry],
+        appended: &[Appended],
         after: u64,
+        link: Option<Hash>,
     ) -> Result<PublishAckFuture, Error> {
         debug_assert_eq!(batch.len(), sealed.len());
         debug_assert!(!batch.is_empty());
+        // The server refuses an expected last message id inside an atomic batch.
+        debug_assert!(link.is_none() || batch.len() == 1);
         let expected = after.to_string();
         let last_index = batch.len() - 1;
         let batch_id = uuid::Uuid::now_v7().simple().to_string();
-        for (i, (event, entry)) in batch.iter().zip(sealed).enumerate() {
-            let mut headers = self.headers(event);
+        for (i, ((event, entry), appended)) in batch.iter().zip(sealed).zip(appended).enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", msg_id(&appended.hash).as_str());
             if i == 0 {
                 headers.insert("Nats-Expected-Last-Sequence", expected.as_str());
+                if let Some(link) = link {
+                    headers.insert("Nats-Expected-Last-Msg-Id", msg_id(&link).as_str());
+                }
             }
             if batch.len() > 1 {
                 headers.insert("Nats-Batch-Id", batch_id.as_str());
@@ -387,92 +445,146 @@ impl JetStreamLog {
 }
 
 fn is_conflict(error: &jetstream::context::PublishError) -> bool {
-    if error.kind() == PublishErrorKind::WrongLastSequence {
+    if matches!(
+        error.kind(),
+        PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
+    ) {
         return true;
     }
     std::error::Error::source(error)
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
-        .is_some_and(|e| e.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE)
+        .is_some_and(|e| {
+            e.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                || e.error_code() == ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID
+        })
+}
+
+impl JetStreamLog {
+    /// One send's acknowledgement came back (`stored`: as expected) or failed.
+    async fn settle(&self, epoch: u64, stored: bool) {
+        let mut state = self.state.lock().await;
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if !stored {
+            state.forget_if(epoch);
+        }
+        drop(state);
+        self.settled.notify_waiters();
+    }
+
+    async fn append_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>, Error> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        check_batch(&batch)?;
+        // The head an earlier attempt with an unknown outcome was sealed after: it may still
+        // have landed, and a later attempt must not store the events a second time.
+        let mut uncertain: Option<u64> = None;
+        for attempt in 1..=self.options.max_attempts {
+            // Seal and send under the lock, then wait for the acknowledgement without it: the
+            // next append goes out after this one (expecting its end) before this one is
+            // acknowledged. If this one fails, that one fails too, as it names an entry that
+            // never came to be, and both retry.
+            let (ack, appended, epoch, after) = {
+                let mut state = self.state.lock().await;
+                while batch.len() > 1 && state.in_flight > 0 {
+                    // An atomic batch cannot name the entry it follows, so it is sealed only
+                    // after a head known to be stored.
+                    let notified = self.settled.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    drop(state);
+                    notified.await;
+                    state = self.state.lock().await;
+                }
+                let (head, link) = match state.head {
+                    // Sealed after a send not yet acknowledged: the server must check the link.
+                    Some(head) if state.head_sent && state.in_flight > 0 => (head, Some(head.hash)),
+                    // Read from the server, or acknowledged.
+                    Some(head) => (head, None),
+                    None => {
+                        let head = self.fetch_head().await?;
+                        state.head = Some(head);
+                        state.head_sent = false;
+                        (head, None)
+                    }
+                };
+                let (sealed, appended) = seal_batch(&batch, head)?;
+                match self.send(&batch, &sealed, &appended, head.seq, link).await {
+                    Ok(ack) => {
+                        state.head = appended.last().map(|a| Head {
+                            seq: a.seq,
+                            hash: a.hash,
+                        });
+                        state.head_sent = true;
+                        state.in_flight += 1;
+                        (ack, appended, state.epoch, head.seq)
+                    }
+                    Err(error) => {
+                        state.forget();
+                        drop(state);
+                        // Part of it may have gone out.
+                        if let Some(appended) = self.landed(&batch, head.seq).await? {
+                            return Ok(appended);
+                        }
+                        uncertain.get_or_insert(head.seq);
+                        tracing::warn!(%error, attempt, "append failed; retrying");
+                        continue;
+                    }
+                }
+            };
+            let last = appended.last().map_or(0, |a| a.seq);
+            match ack.await {
+                Ok(ack) if !ack.duplicate && ack.sequence == last => {
+                    self.settle(epoch, true).await;
+                    return Ok(appended);
+                }
+                Ok(ack) if !ack.duplicate => {
+                    self.settle(epoch, false).await;
+                    return Err(Error::Broken {
+                        seq: ack.sequence,
+                        reason: format!(
+                            "server stored the batch at {}, expected {last}",
+                            ack.sequence
+                        ),
+                    });
+                }
+                Err(e) if is_conflict(&e) => {
+                    self.settle(epoch, false).await;
+                    if let Some(before) = uncertain
+                        && let Some(appended) = self.landed(&batch, before).await?
+                    {
+                        return Ok(appended);
+                    }
+                    // Spread out the retries of writers that collided.
+                    let jitter = u64::from(uuid::Uuid::now_v7().as_u128() as u8 % 8);
+                    let pause = (u64::from(attempt.min(20)) + jitter) * 100;
+                    tokio::time::sleep(Duration::from_micros(pause)).await;
+                }
+                outcome => {
+                    // Timed out, disconnected, or this very entry was stored before (a
+                    // duplicate message id): find out what landed.
+                    self.settle(epoch, false).await;
+                    let before = *uncertain.get_or_insert(after);
+                    if let Some(appended) = self.landed(&batch, before.min(after)).await? {
+                        return Ok(appended);
+                    }
+                    let error = match outcome {
+                        Ok(_) => "duplicate entry".to_owned(),
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::warn!(%error, attempt, "append failed; retrying");
+                }
+            }
+        }
+        Err(Error::Contended {
+            attempts: self.options.max_attempts,
+        })
+    }
 }
 
 impl EventLog for JetStreamLog {
     fn append(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Appended>, Error>> {
-        async move {
-            if batch.is_empty() {
-                return Ok(Vec::new());
-            }
-            check_batch(&batch)?;
-            for attempt in 1..=self.options.max_attempts {
-                // Seal and send under the lock, then wait for the acknowledgement without it:
-                // the next append goes out after this one (expecting its end as the last
-                // sequence) before this one is acknowledged. If this one fails, that one fails
-                // too, as it expects a sequence that never came to be, and both retry.
-                let (ack, appended, epoch, after) = {
-                    let mut state = self.state.lock().await;
-                    let head = match state.head {
-                        Some(head) => head,
-                        None => self.fetch_head().await?,
-                    };
-                    let (sealed, appended) = seal_batch(&batch, head)?;
-                    match self.send(&batch, &sealed, head.seq).await {
-                        Ok(ack) => {
-                            state.head = appended.last().map(|a| Head {
-                                seq: a.seq,
-                                hash: a.hash,
-                            });
-                            (ack, appended, state.epoch, head.seq)
-                        }
-                        Err(error) => {
-                            state.forget();
-                            drop(state);
-                            if let Some(appended) = self.landed(&batch, head.seq).await? {
-                                return Ok(appended);
-                            }
-                            tracing::warn!(%error, attempt, "append failed; retrying");
-                            continue;
-                        }
-                    }
-                };
-                let last = appended.last().map_or(0, |a| a.seq);
-                let outcome = ack.await;
-                match outcome {
-                    Ok(ack) if !ack.duplicate && ack.sequence == last => return Ok(appended),
-                    Ok(ack) if !ack.duplicate => {
-                        self.state.lock().await.forget_if(epoch);
-                        return Err(Error::Broken {
-                            seq: ack.sequence,
-                            reason: format!(
-                                "server stored the batch at {}, expected {last}",
-                                ack.sequence
-                            ),
-                        });
-                    }
-                    Err(e) if is_conflict(&e) => {
-                        self.state.lock().await.forget_if(epoch);
-                        // Spread out the retries of writers that collided.
-                        let jitter = u64::from(uuid::Uuid::now_v7().as_u128() as u8 % 8);
-                        let pause = (u64::from(attempt.min(20)) + jitter) * 100;
-                        tokio::time::sleep(Duration::from_micros(pause)).await;
-                    }
-                    outcome => {
-                        // Timed out, disconnected, or a duplicate id: find out what landed.
-                        self.state.lock().await.forget_if(epoch);
-                        if let Some(appended) = self.landed(&batch, after).await? {
-                            return Ok(appended);
-                        }
-                        let error = match outcome {
-                            Ok(_) => "duplicate event id".to_owned(),
-                            Err(e) => e.to_string(),
-                        };
-                        tracing::warn!(%error, attempt, "append failed; retrying");
-                    }
-                }
-            }
-            Err(Error::Contended {
-                attempts: self.options.max_attempts,
-            })
-        }
-        .boxed()
+        self.append_batch(batch).boxed()
     }
 
     fn read(&self, from: u64, max: usize) -> BoxFuture<'_, Result<Vec<Entry>, Error>> {
@@ -492,5 +604,20 @@ impl EventLog for JetStreamLog {
             Ok(entries.map_ok(|(entry, _)| entry).boxed())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_below_the_floor_are_refused() {
+        for old in ["2.9.10", "2.10.22", "2.11.0", "v2.11.9", "", "garbage"] {
+            assert!(!version_at_least(old, MIN_SERVER), "{old}");
+        }
+        for new in ["2.12.0", "2.12.1", "v2.15.1", "2.14.0-beta.1", "3.0.0"] {
+            assert!(version_at_least(new, MIN_SERVER), "{new}");
+        }
     }
 }

@@ -86,19 +86,12 @@ pub async fn up(
 ) -> Result<(), Error> {
     let data = options.data.clone();
     std::fs::create_dir_all(&data)?;
-    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(&data).await?);
+    let log: Arc<dyn EventLog> = Arc::new(open_embedded(&data).await?);
     let views = Projections::open(data.join("views"))?;
 
     // The projector follows the log into the views.
     let (views_tx, views_seq) = watch::channel(0u64);
-    {
-        let (log, views) = (log.clone(), views.clone());
-        actix_rt::spawn(async move {
-            if let Err(error) = views.follow(&*log, &views_tx).await {
-                tracing::error!(%error, "projections stopped following the log");
-            }
-        });
-    }
+    actix_rt::spawn(project(log.clone(), views.clone(), views_tx));
 
     let executor = choose_executor(options.executor, &data).await?;
     let inventory: Arc<dyn GpuInventory> = match options.fake_gpus.clone() {
@@ -169,6 +162,47 @@ pub async fn up(
     handle.stop(true).await;
     let _ = server_task.await;
     Ok(())
+}
+
+/// How long a start waits for a gantry that is still exiting on the same data dir (after a
+/// `kill -9` the kernel releases its lock only once every thread is gone).
+const LOCK_WAIT: Duration = Duration::from_secs(15);
+
+/// Opens the embedded log, waiting a bounded time while another process still holds it.
+async fn open_embedded(data: &std::path::Path) -> Result<EmbeddedLog, Error> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    let mut said = false;
+    loop {
+        match EmbeddedLog::open(data).await {
+            Err(gantry_events::Error::Locked(path)) if tokio::time::Instant::now() < deadline => {
+                if !said {
+                    tracing::warn!(path = %path.display(), "the data dir is locked by another process; waiting for it to exit");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// Follows the log into the views for as long as gantry runs: a failure (the log or the store)
+/// is logged and retried with backoff, never the end of the projector.
+async fn project(log: Arc<dyn EventLog>, views: Projections, progress: watch::Sender<u64>) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match views.follow(&*log, &progress).await {
+            Ok(()) => tracing::warn!("the log subscription ended; projections follow again"),
+            Err(error) => {
+                tracing::error!(%error, retry_in_ms = pause.as_millis() as u64, "projections failed to follow the log; retrying");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(10));
+        if progress.is_closed() {
+            return;
+        }
+    }
 }
 
 /// Ctrl-C or SIGTERM.

@@ -320,7 +320,7 @@ impl Projections {
             }
         };
         let old_state = std::mem::take(&mut view.state);
-        view.job.apply(event);
+        view.job.apply_at(event, env.time_ns / 1_000_000);
         let job = &view.job;
         let new_state = job.state.as_str();
         if old_state != new_state {
@@ -402,12 +402,54 @@ impl Projections {
         Ok(())
     }
 
-    /// Reads the log from the checkpoint to its head and applies it.
+    /// Checks that the views were built from this log: the entry at the checkpoint's sequence
+    /// must exist and have the checkpoint's hash. If not (a restored backup, a replaced or cut
+    /// log), the views are cleared so they are rebuilt from the start, and the reason returned.
+    pub async fn ensure_built_from(&self, log: &dyn EventLog) -> Result<Option<String>, Error> {
+        let checkpoint = self.checkpoint()?;
+        if checkpoint.seq == 0 {
+            return Ok(None);
+        }
+        let head = log.head().await?;
+        let reason = if head.seq < checkpoint.seq {
+            Some(format!(
+                "the views were built to sequence {} but the log ends at {}",
+                checkpoint.seq, head.seq
+            ))
+        } else {
+            match log.read(checkpoint.seq, 1).await?.first() {
+                Some(entry) if entry.stored_hash().ok() == Some(checkpoint.hash) => None,
+                Some(_) => Some(format!(
+                    "the log has another entry at sequence {} than the views were built from",
+                    checkpoint.seq
+                )),
+                None => Some(format!(
+                    "the log has no entry {} the views were built to",
+                    checkpoint.seq
+                )),
+            }
+        };
+        if let Some(reason) = &reason {
+            tracing::warn!(
+                checkpoint = checkpoint.seq,
+                log_head = head.seq,
+                %reason,
+                "views do not match the log; rebuilding them from the start"
+            );
+            self.clear()?;
+            self.flush().await?;
+        }
+        Ok(reason)
+    }
+
+    /// Reads the log from the checkpoint to its head and applies it (after checking that the
+    /// views were built from this log, see [`Projections::ensure_built_from`]).
     pub async fn catch_up(
         &self,
         log: &dyn EventLog,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Checkpoint, Error> {
+        self.ensure_built_from(log).await?;
         let head = log.head().await?.seq;
         let mut checkpoint = self.checkpoint()?;
         while checkpoint.seq < head {
@@ -737,5 +779,72 @@ mod tests {
             0,
             "nothing half-applied"
         );
+    }
+
+    /// Views built from one log, opened beside another (a restored backup, a cut tail that
+    /// new events then refilled): they notice, say why, and rebuild.
+    #[tokio::test]
+    async fn views_of_another_log_are_rebuilt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let append_all = |log: EmbeddedLog, events: Vec<Event>| async move {
+            for event in events {
+                log.append(vec![NewEvent::new(Source::new("n1", "test"), event)])
+                    .await
+                    .expect("append");
+            }
+            log
+        };
+        let first = append_all(
+            EmbeddedLog::open(dir.path().join("first"))
+                .await
+                .expect("log"),
+            events(),
+        )
+        .await;
+        let views = Projections::open(dir.path().join("views")).expect("views");
+        views.catch_up(&first, |_, _| {}).await.expect("catch up");
+        assert!(
+            views
+                .ensure_built_from(&first)
+                .await
+                .expect("check")
+                .is_none()
+        );
+        let built_to = views.checkpoint().expect("cp").seq;
+
+        // A shorter log (its tail cut): rebuilt, and nothing from the longer one stays.
+        let shorter = append_all(
+            EmbeddedLog::open(dir.path().join("short"))
+                .await
+                .expect("log"),
+            events().into_iter().take(5).collect(),
+        )
+        .await;
+        let why = views
+            .ensure_built_from(&shorter)
+            .await
+            .expect("check")
+            .expect("a reason");
+        assert!(why.contains(&format!("{built_to}")), "{why}");
+        views.catch_up(&shorter, |_, _| {}).await.expect("rebuild");
+        let fresh = Projections::open(dir.path().join("fresh")).expect("views");
+        fresh.catch_up(&shorter, |_, _| {}).await.expect("build");
+        assert_eq!(views.dump().expect("dump"), fresh.dump().expect("dump"));
+
+        // A log as long but with other entries (other ids and times): rebuilt too.
+        let other = append_all(
+            EmbeddedLog::open(dir.path().join("other"))
+                .await
+                .expect("log"),
+            events().into_iter().take(5).collect(),
+        )
+        .await;
+        let why = views
+            .ensure_built_from(&other)
+            .await
+            .expect("check")
+            .expect("a reason");
+        assert!(why.contains("another entry"), "{why}");
+        assert_eq!(views.checkpoint().expect("cp").seq, 0, "cleared");
     }
 }

@@ -66,7 +66,7 @@ fn schedule(nodes: usize, jobs: usize) -> (usize, Duration) {
     let mut seq = 0;
     for i in 0..nodes {
         seq += 1;
-        world.apply(seq, &node(i));
+        world.apply(seq, 0, &node(i));
     }
     for i in 0..jobs {
         let Ok(Submitted::New { events, .. }) = world.decide_submit(&request(i)) else {
@@ -74,7 +74,7 @@ fn schedule(nodes: usize, jobs: usize) -> (usize, Duration) {
         };
         for e in events {
             seq += 1;
-            world.apply(seq, &e);
+            world.apply(seq, 0, &e);
         }
     }
     let start = Instant::now();
@@ -87,7 +87,7 @@ fn schedule(nodes: usize, jobs: usize) -> (usize, Duration) {
         placed += round.len();
         for e in round {
             seq += 1;
-            world.apply(seq, &e);
+            world.apply(seq, 0, &e);
         }
     }
     (placed, start.elapsed())
@@ -187,6 +187,7 @@ fn bench_end_to_end() {
                 spec,
                 gpu_uuids: vec![],
                 log_path: std::env::temp_dir().join("unused.log"),
+                started_at_ms: None,
             };
             let body = gantry_nodes::executor::docker::DockerExecutor::config(&run);
             let created = docker.create_container(None, body).await.expect("create");

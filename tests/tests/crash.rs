@@ -3,7 +3,7 @@
 //! the containers outlive the crash and are re-attached; local processes cannot be, so their
 //! attempts fail as `node_lost` and are retried.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -150,4 +150,227 @@ fn kill_9_with_docker_reattaches_running_containers() {
         assert_eq!(job["state"], "succeeded", "{job}");
         assert_eq!(job["attempt"], 1, "re-attached, not retried: {job}");
     }
+}
+
+fn test_image() -> Option<String> {
+    let image =
+        std::env::var("GANTRY_TEST_IMAGE").unwrap_or_else(|_| "gantry-test/busybox:latest".into());
+    let ok = Command::new("docker")
+        .args(["image", "inspect", &image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return unavailable("docker", &format!("no engine or no test image {image}"));
+    }
+    Some(image)
+}
+
+fn submit(client: &Client, spec: &Value) -> String {
+    client.post("/v1/jobs", spec).expect("submit")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
+
+/// Waits until the attempt's container has exited (no gantry is watching it).
+fn wait_container_exited(id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new("docker")
+            .args(["ps", "-a", "--filter"])
+            .arg(format!("label=gantry.job={id}"))
+            .args(["--filter", "status=exited", "--format", "{{.ID}}"])
+            .output()
+            .expect("docker ps");
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the container never exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn event_time_ns(events: &[Value], id: &str, ty: &str) -> u64 {
+    events
+        .iter()
+        .find(|e| e["event"]["job_id"] == id && e["type"] == ty)
+        .and_then(|e| e["time_ns"].as_u64())
+        .unwrap_or_else(|| panic!("no {ty} for {id}"))
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+/// A container that exits while gantry is down is reported with its real exit code and its
+/// output, not re-run as a lost attempt.
+#[test]
+fn kill_9_then_a_container_that_exited_meanwhile_reports_its_real_exit() {
+    let Some(image) = test_image() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (mut first, client) = start(dir.path(), port, "docker");
+    let id = submit(
+        &client,
+        &json!({
+            "name": "exits-while-down", "image": image,
+            "command": ["sh", "-c", "echo begin; sleep 2; echo finished; exit 3"],
+            "resources": { "cpus": 0.25, "memory_bytes": 64u64 << 20 },
+            "retry": { "max_attempts": 1 },
+        }),
+    );
+    wait_all(&client, std::slice::from_ref(&id), &["running"]);
+    first.kill().expect("kill -9");
+    first.wait().expect("reap");
+    wait_container_exited(&id);
+
+    let (second, client) = start(dir.path(), port, "docker");
+    let job = wait_all(
+        &client,
+        std::slice::from_ref(&id),
+        &["succeeded", "dead_lettered", "cancelled"],
+    )
+    .remove(0);
+    assert_eq!(job["state"], "dead_lettered", "{job}");
+    assert_eq!(job["attempt"], 1, "not re-run: {job}");
+    assert_eq!(
+        job["last_cause"],
+        json!({ "kind": "non_zero_exit", "code": 3 }),
+        "{job}"
+    );
+    let logs = client
+        .get_raw(&format!("/v1/jobs/{id}/logs?attempt=1"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .expect("logs");
+    assert!(
+        logs.contains("begin") && logs.contains("finished"),
+        "{logs}"
+    );
+    assert_eq!(
+        logs.matches("finished").count(),
+        1,
+        "output collected once: {logs}"
+    );
+    stop(second);
+}
+
+/// A timeout counts from the attempt's start as the log recorded it: gantry down for longer
+/// than the timeout stops the container as soon as it is back, not a full timeout later.
+#[test]
+fn a_timeout_counts_from_the_recorded_start_across_a_restart() {
+    let Some(image) = test_image() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (mut first, client) = start(dir.path(), port, "docker");
+    let id = submit(
+        &client,
+        &json!({
+            "name": "slow", "image": image,
+            "command": ["sh", "-c", "sleep 120"],
+            "resources": { "cpus": 0.25, "memory_bytes": 64u64 << 20 },
+            "timeout_secs": 4,
+            "retry": { "max_attempts": 1 },
+        }),
+    );
+    wait_all(&client, std::slice::from_ref(&id), &["running"]);
+    first.kill().expect("kill -9");
+    first.wait().expect("reap");
+    // Down for longer than the whole timeout.
+    std::thread::sleep(Duration::from_secs(5));
+
+    let (second, client) = start(dir.path(), port, "docker");
+    let job = wait_all(
+        &client,
+        std::slice::from_ref(&id),
+        &["succeeded", "dead_lettered", "cancelled"],
+    )
+    .remove(0);
+    assert_eq!(
+        job["last_cause"],
+        json!({ "kind": "timeout", "after_secs": 4 }),
+        "{job}"
+    );
+    let events = all_events(&client);
+    let started = event_time_ns(&events, &id, "job.started");
+    let failed = event_time_ns(&events, &id, "job.failed");
+    let ran = Duration::from_nanos(failed.saturating_sub(started));
+    // 5 s down + start-up; a timeout counted from the re-attach would end after 9 s or more.
+    assert!(
+        ran < Duration::from_millis(8500),
+        "timed out {ran:?} after the recorded start"
+    );
+    stop(second);
+}
+
+/// Files under `dir` that process `pid` holds open.
+fn open_files_under(pid: &str, dir: &Path) -> Vec<PathBuf> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .collect()
+}
+
+/// Pids of the job processes a local-process gantry left in its work dir.
+fn job_pids(data: &Path) -> Vec<String> {
+    let mut pids = Vec::new();
+    let Ok(jobs) = std::fs::read_dir(data.join("work")) else {
+        return pids;
+    };
+    for job in jobs.filter_map(Result::ok) {
+        for attempt in std::fs::read_dir(job.path())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            if let Ok(pid) = std::fs::read_to_string(attempt.path().join("pid")) {
+                pids.push(pid.trim().to_owned());
+            }
+        }
+    }
+    pids
+}
+
+/// A restart right after `kill -9` always comes up: the job processes the killed gantry left
+/// behind hold none of its files (so not the data dir's lock), and a lock still held by a
+/// process that is exiting is waited for, not reported as "in use".
+#[test]
+fn a_restart_right_after_kill_9_always_comes_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    for round in 0..5 {
+        let (mut child, client) = start(dir.path(), port, "process");
+        let id = submit(
+            &client,
+            &json!({
+                "name": format!("outlives-{round}"), "image": "busybox",
+                "command": ["sh", "-c", "sleep 20"],
+                "resources": { "cpus": 0.25, "memory_bytes": 64u64 << 20 },
+            }),
+        );
+        wait_all(&client, std::slice::from_ref(&id), &["running"]);
+        for pid in job_pids(dir.path()) {
+            let held = open_files_under(&pid, dir.path());
+            assert!(
+                held.is_empty(),
+                "job process {pid} holds gantry's files: {held:?}"
+            );
+        }
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+        // No pause: start again at once.
+    }
+    let (child, client) = start(dir.path(), port, "process");
+    let ready = client.get("/readyz").expect("readyz");
+    assert!(ready["log_head"].as_u64().unwrap_or(0) > 0, "{ready}");
+    stop(child);
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use gantry_events::event::{FailureCause, JobId};
-use gantry_events::{Event, EventLog, Source, record::now_ns};
-use serde::Serialize;
+use gantry_events::{Event, EventLog, NewEvent, Source, record::now_ns};
+use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState};
 use crate::placement::Node;
@@ -18,6 +18,8 @@ use crate::world::{Refusal, Submitted, World, stamp};
 
 /// How often placement runs when nothing else wakes it.
 const TICK: Duration = Duration::from_millis(50);
+/// How often placement leases are checked.
+const LEASE_TICK: Duration = Duration::from_secs(1);
 /// Most placements appended per round.
 const ROUND_MAX: usize = 1000;
 
@@ -40,6 +42,8 @@ pub struct SchedulerStats {
     pub commands: u64,
     pub refused: u64,
     pub queued: usize,
+    /// Placements taken back because their lease ran out.
+    pub expired: u64,
 }
 
 pub struct Scheduler {
@@ -76,7 +80,7 @@ impl Scheduler {
                     seq: entry.seq,
                     reason: e.to_string(),
                 })?;
-                world.apply(envelope.seq, &envelope.event);
+                world.apply(envelope.seq, envelope.time_ns / 1_000_000, &envelope.event);
             }
             next = last + 1;
         }
@@ -93,9 +97,10 @@ impl Scheduler {
         })
     }
 
-    fn apply_appended(&mut self, events: &[Event], seqs: &[u64]) {
-        for (event, seq) in events.iter().zip(seqs) {
-            self.world.apply(*seq, event);
+    fn apply_appended(&mut self, batch: &[NewEvent], seqs: &[u64]) {
+        for (event, seq) in batch.iter().zip(seqs) {
+            self.world
+                .apply(*seq, event.time_ns / 1_000_000, &event.event);
         }
         self.stats.applied_seq = self.world.seq();
         self.stats.queued = self.world.queues().len();
@@ -109,7 +114,8 @@ impl Scheduler {
     ) -> AtomicResponse<Self, Result<R, CommandError>> {
         self.stats.commands += 1;
         let log = self.log.clone();
-        let batch = stamp(events.clone(), &self.source);
+        let batch = stamp(events, &self.source);
+        let stamped = batch.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 if batch.is_empty() {
@@ -121,7 +127,7 @@ impl Scheduler {
             .map(move |appended, act, ctx| {
                 let appended = appended?;
                 let seqs: Vec<u64> = appended.iter().map(|a| a.seq).collect();
-                act.apply_appended(&events, &seqs);
+                act.apply_appended(&stamped, &seqs);
                 // A new job or freed capacity: place now rather than at the next tick.
                 if !seqs.is_empty() {
                     ctx.notify(PlaceNow);
@@ -141,22 +147,46 @@ impl Scheduler {
 
     fn place(&mut self, ctx: &mut Context<Self>) {
         let events = self.world.decide_placements(now_ms(), ROUND_MAX);
+        let count = events.len() as u64;
+        self.append_decided(events, ctx, move |act| act.stats.placements += count);
+    }
+
+    /// Takes back placements whose lease ran out.
+    fn expire(&mut self, ctx: &mut Context<Self>) {
+        let events = self.world.decide_expired_placements(now_ms());
+        let count = events.len() as u64;
+        if count > 0 {
+            tracing::warn!(
+                count,
+                "placements not started within their lease; taking them back"
+            );
+        }
+        self.append_decided(events, ctx, move |act| act.stats.expired += count);
+    }
+
+    /// Appends events the scheduler decided on its own (a timer, not a command) and applies
+    /// them. `wait`: no other message is handled until they are appended and applied.
+    fn append_decided(
+        &mut self,
+        events: Vec<Event>,
+        ctx: &mut Context<Self>,
+        done: impl FnOnce(&mut Scheduler) + 'static,
+    ) {
         if events.is_empty() {
             return;
         }
-        let count = events.len() as u64;
         let log = self.log.clone();
-        let batch = stamp(events.clone(), &self.source);
-        // `wait`: no other message is handled until these placements are appended and applied.
+        let batch = stamp(events, &self.source);
+        let stamped = batch.clone();
         ctx.wait(async move { log.append(batch).await }.into_actor(self).map(
             move |appended, act, _| match appended {
                 Ok(appended) => {
                     let seqs: Vec<u64> = appended.iter().map(|a| a.seq).collect();
-                    act.apply_appended(&events, &seqs);
-                    act.stats.placements += count;
+                    act.apply_appended(&stamped, &seqs);
+                    done(act);
                 }
                 Err(error) => {
-                    tracing::error!(%error, "placements not recorded; will retry");
+                    tracing::error!(%error, "decisions not recorded; will retry");
                 }
             },
         ));
@@ -173,6 +203,7 @@ impl Actor for Scheduler {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
         ctx.run_interval(TICK, |act, ctx| act.place(ctx));
+        ctx.run_interval(LEASE_TICK, |act, ctx| act.expire(ctx));
     }
 }
 
@@ -247,8 +278,10 @@ impl Handler<Cancel> for Scheduler {
     }
 }
 
-/// What a worker reports about an attempt.
-#[derive(Debug, Clone, PartialEq)]
+/// What a worker reports about an attempt. Serialisable: the same message crosses machines
+/// in a fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Report {
     Started {
         handle: Option<String>,
@@ -262,8 +295,10 @@ pub enum Report {
     },
 }
 
-/// A worker's report. Reports for attempts that are no longer current are refused.
-#[derive(Debug, Message)]
+/// A worker's report. Idempotent by (job, attempt): the same report again is accepted and
+/// records nothing, so a worker retries it until it is answered. `Ok` means the fact is in the
+/// log; a refusal (a report for an attempt that is no longer current) is final.
+#[derive(Debug, Clone, PartialEq, Message, Serialize, Deserialize)]
 #[rtype(result = "Result<(), CommandError>")]
 pub struct AttemptReport {
     pub job_id: JobId,

@@ -2,10 +2,19 @@
 //! timeouts, stops them when their job is cancelled, and reports each start and end to the
 //! Scheduler. It learns of placements and cancellations by following the log.
 //!
-//! On start it first picks up what the log says is live on its node: an attempt whose
-//! container still runs is re-attached; one placed but never started is started; a running
-//! one whose process is gone failed with the node (`node_lost`) and is retried by the usual
-//! rules.
+//! On start it first reconciles what the log says is live on its node with what the executor
+//! still has: an attempt whose container still runs is re-attached; one whose container exited
+//! while gantry was down is reported with its real exit code and output; one placed but never
+//! started is started; a running one whose process is gone was lost with the node
+//! (`node_lost`, an infrastructure loss that does not use up the job's own attempts).
+//!
+//! Launch guard: an attempt is started only while the log has it `placed` on this node with
+//! that attempt number, and if the scheduler refuses its start (its placement lease ran out,
+//! it was cancelled), what was started is stopped at once.
+//!
+//! Reports are typed, serialisable messages ([`AttemptReport`]) sent until the scheduler
+//! answers: a lost or failed delivery is retried with backoff, and the scheduler records each
+//! (job, attempt) fact once however often it hears it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,9 +27,10 @@ use gantry_events::{Entry, Event, EventLog};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::actor::scheduler::{AttemptReport, GetJob, LiveOn, Report, Scheduler};
-use crate::executor::{Executor, Outcome, RunSpec};
+use crate::actor::scheduler::{AttemptReport, CommandError, GetJob, LiveOn, Report, Scheduler};
+use crate::executor::{Executor, Found, Outcome, RunSpec};
 use crate::job::{Job, JobState};
+use crate::world::Refusal;
 
 /// Counters tests look at.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -38,7 +48,7 @@ pub struct Worker {
     log: Arc<dyn EventLog>,
     logs_dir: PathBuf,
     /// Live attempts and the switch that stops each one.
-    running: HashMap<JobId, (u32, watch::Sender<bool>)>,
+    running: HashMap<(JobId, u32), watch::Sender<bool>>,
     stats: WorkerStats,
     /// Times the supervisor restarted this worker; each restart waits a little longer.
     restarts: u32,
@@ -80,8 +90,24 @@ impl Worker {
             .join(format!("attempt-{attempt}.log"))
     }
 
-    fn launch(&mut self, job: &Job, attempt: u32, handle: Option<String>, ctx: &mut Context<Self>) {
-        if self.running.contains_key(&job.id) {
+    /// Runs (or, with `found`, picks up again) the job's current attempt.
+    fn launch(&mut self, job: &Job, found: Option<Found>, ctx: &mut Context<Self>) {
+        let attempt = job.attempt;
+        if self.running.contains_key(&(job.id, attempt)) {
+            return;
+        }
+        // An older attempt of this job still here (its placement was taken back while it was
+        // starting) is superseded: stop it.
+        for ((id, older), stop) in &self.running {
+            if *id == job.id && *older < attempt {
+                let _ = stop.send(true);
+            }
+        }
+        let ours = job.node.as_deref() == Some(self.node.as_str());
+        // The launch guard: a fresh start only for an attempt placed here and not started.
+        let may_start = ours && job.state == JobState::Placed && !job.state.is_terminal();
+        if found.is_none() && !may_start {
+            tracing::debug!(job = %job.id, attempt, state = job.state.as_str(), "not placed here; not started");
             return;
         }
         let run = RunSpec {
@@ -90,11 +116,13 @@ impl Worker {
             spec: job.spec.clone(),
             gpu_uuids: job.gpu_uuids.clone(),
             log_path: Worker::log_path(&self.logs_dir, job.id, attempt),
+            started_at_ms: job.started_at_ms,
         };
+        let recorded_start = job.state == JobState::Running;
         let (stop_tx, stop_rx) = watch::channel(job.cancel_requested);
-        self.running.insert(job.id, (attempt, stop_tx));
+        self.running.insert((job.id, attempt), stop_tx);
         self.stats.running = self.running.len();
-        if handle.is_some() {
+        if found.is_some() {
             self.stats.reattached += 1;
         } else {
             self.stats.started += 1;
@@ -103,10 +131,10 @@ impl Worker {
         let scheduler = self.scheduler.clone();
         let job_id = job.id;
         ctx.spawn(
-            run_attempt(executor, scheduler, run, handle, stop_rx)
+            run_attempt(executor, scheduler, run, found, recorded_start, stop_rx)
                 .into_actor(self)
                 .map(move |(), act, _| {
-                    act.running.remove(&job_id);
+                    act.running.remove(&(job_id, attempt));
                     act.stats.finished += 1;
                     act.stats.running = act.running.len();
                 }),
@@ -121,9 +149,7 @@ impl Worker {
                 let (id, attempt) = (p.job_id, p.attempt);
                 ctx.spawn(self.scheduler.send(GetJob(id)).into_actor(self).map(
                     move |job, act, ctx| match job {
-                        Ok(Some(job)) if job.attempt == attempt && !job.state.is_terminal() => {
-                            act.launch(&job, attempt, None, ctx);
-                        }
+                        Ok(Some(job)) if job.attempt == attempt => act.launch(&job, None, ctx),
                         Ok(_) => {
                             tracing::debug!(job = %id, attempt, "placement already superseded")
                         }
@@ -132,8 +158,10 @@ impl Worker {
                 ));
             }
             JobEvent::CancelRequested(c) => {
-                if let Some((_, stop)) = self.running.get(&c.job_id) {
-                    let _ = stop.send(true);
+                for ((id, _), stop) in &self.running {
+                    if *id == c.job_id {
+                        let _ = stop.send(true);
+                    }
                 }
             }
             _ => {}
@@ -172,18 +200,16 @@ impl Actor for Worker {
             .map(|(found, subscription), act, ctx| {
                 for (job, handle) in found {
                     match handle {
-                        Some(handle) => {
-                            tracing::info!(job = %job.id, attempt = job.attempt, %handle, "re-attached to a running attempt");
-                            act.launch(&job, job.attempt, Some(handle), ctx);
+                        Some(found) => {
+                            tracing::info!(job = %job.id, attempt = job.attempt, handle = found.handle(), exited = matches!(found, Found::Exited(_)), "re-attached to an attempt");
+                            act.launch(&job, Some(found), ctx);
                         }
                         // Placed but never started (or placed just now, before the
                         // subscription below begins): start it.
-                        None if job.state == JobState::Placed => {
-                            act.launch(&job, job.attempt, None, ctx);
-                        }
+                        None if job.state == JobState::Placed => act.launch(&job, None, ctx),
                         None => {
                             tracing::warn!(job = %job.id, attempt = job.attempt, "attempt did not survive the restart");
-                            act.scheduler.do_send(AttemptReport {
+                            let lost = AttemptReport {
                                 job_id: job.id,
                                 attempt: job.attempt,
                                 report: Report::Failed {
@@ -192,7 +218,14 @@ impl Actor for Worker {
                                     },
                                     duration_ms: None,
                                 },
-                            });
+                            };
+                            let scheduler = act.scheduler.clone();
+                            ctx.spawn(
+                                async move {
+                                    let _ = report_until_recorded(&scheduler, lost).await;
+                                }
+                                .into_actor(act),
+                            );
                         }
                     }
                 }
@@ -240,13 +273,50 @@ impl StreamHandler<Result<Entry, gantry_events::Error>> for Worker {
     }
 }
 
+/// Sends a report until the scheduler answers: `Ok` once the fact is in the log, `Err` when
+/// it is refused (final: the attempt is no longer current). Lost deliveries and log errors are
+/// retried with backoff, without end; the task dies with the worker.
+pub async fn report_until_recorded(
+    scheduler: &Addr<Scheduler>,
+    report: AttemptReport,
+) -> Result<(), Refusal> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match scheduler.send(report.clone()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(CommandError::Refused(refusal))) => return Err(refusal),
+            Ok(Err(CommandError::Log(error))) => {
+                tracing::warn!(job = %report.job_id, attempt = report.attempt, %error, "report not recorded; retrying");
+            }
+            Err(error) => {
+                tracing::warn!(job = %report.job_id, attempt = report.attempt, %error, "report not delivered; retrying");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The instant an attempt's timeout counts from: its start as the log recorded it, or now for
+/// an attempt not started yet (so an image pull counts too).
+fn clock_start(started_at_ms: Option<u64>) -> Instant {
+    let now = Instant::now();
+    let Some(started) = started_at_ms else {
+        return now;
+    };
+    let now_ms = gantry_events::record::now_ns() / 1_000_000;
+    let elapsed = Duration::from_millis(now_ms.saturating_sub(started));
+    now.checked_sub(elapsed).unwrap_or(now)
+}
+
 /// Runs one attempt to its end and reports it. Never panics; every path reports exactly one
-/// end (or nothing, if the scheduler is gone).
+/// end, retried until recorded, or stops the attempt when the scheduler refuses its start.
 async fn run_attempt(
     executor: Arc<dyn Executor>,
     scheduler: Addr<Scheduler>,
     run: RunSpec,
-    handle: Option<String>,
+    found: Option<Found>,
+    recorded_start: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let report = |report: Report| AttemptReport {
@@ -254,45 +324,72 @@ async fn run_attempt(
         attempt: run.attempt,
         report,
     };
-    let began = Instant::now();
-    let handle = match handle {
-        Some(handle) => handle,
-        None => match executor.start(&run).await {
-            Ok(handle) => {
-                let _ = scheduler
-                    .send(report(Report::Started {
-                        handle: Some(handle.clone()),
-                    }))
-                    .await;
-                handle
-            }
-            Err(outcome) => {
-                let _ = scheduler.send(report(failure(outcome, None))).await;
-                return;
-            }
-        },
-    };
+    let began = clock_start(run.started_at_ms);
     let timeout = run.spec.timeout_secs.map(Duration::from_secs);
-    let wait = executor.wait(&handle, &run);
-    tokio::pin!(wait);
     let deadline = async {
         match timeout {
             Some(t) => tokio::time::sleep(t.saturating_sub(began.elapsed())).await,
             None => std::future::pending().await,
         }
     };
+    tokio::pin!(deadline);
+    let timed_out = || FailureCause::Timeout {
+        after_secs: timeout.map_or(0, |t| t.as_secs()),
+    };
+    let handle = match found {
+        Some(found) => found.handle().to_owned(),
+        None => {
+            // Cancel and timeout also hold while the image is pulled and the container made.
+            let start = executor.start(&run);
+            let settled = tokio::select! {
+                started = start => Ok(started),
+                () = &mut deadline => Err(timed_out()),
+                _ = stop.wait_for(|s| *s) => Err(FailureCause::Cancelled),
+            };
+            match settled {
+                Ok(Ok(handle)) => handle,
+                Ok(Err(outcome)) => {
+                    let failed = report(failure(outcome, None, &run));
+                    let _ = report_until_recorded(&scheduler, failed).await;
+                    return;
+                }
+                Err(cause) => {
+                    // Abandoned half way (pulling, creating, starting): remove what was made.
+                    executor.discard(run.job_id, run.attempt).await;
+                    let duration_ms = Some(began.elapsed().as_millis() as u64);
+                    let failed = report(Report::Failed { cause, duration_ms });
+                    let _ = report_until_recorded(&scheduler, failed).await;
+                    return;
+                }
+            }
+        }
+    };
+    if !recorded_start {
+        let started = report(Report::Started {
+            handle: Some(handle.clone()),
+        });
+        if let Err(refusal) = report_until_recorded(&scheduler, started).await {
+            // The attempt was taken back or cancelled before its start was recorded.
+            tracing::warn!(job = %run.job_id, attempt = run.attempt, %refusal, "start refused; stopping the attempt");
+            executor.kill(&handle).await;
+            let _ = executor.wait(&handle, &run).await;
+            return;
+        }
+    }
+    let wait = executor.wait(&handle, &run);
+    tokio::pin!(wait);
     let stopped = async {
         // Already cancelled, or cancelled while running.
         let _ = stop.wait_for(|s| *s).await;
     };
     let end = tokio::select! {
         outcome = &mut wait => Ok(outcome),
-        () = deadline => Err(FailureCause::Timeout { after_secs: timeout.map_or(0, |t| t.as_secs()) }),
+        () = &mut deadline => Err(timed_out()),
         () = stopped => Err(FailureCause::Cancelled),
     };
     let duration_ms = Some(began.elapsed().as_millis() as u64);
     let message = match end {
-        Ok(outcome) => failure(outcome, duration_ms),
+        Ok(outcome) => failure(outcome, duration_ms, &run),
         Err(cause) => {
             executor.kill(&handle).await;
             // Let the executor collect the output and clean up.
@@ -300,11 +397,11 @@ async fn run_attempt(
             Report::Failed { cause, duration_ms }
         }
     };
-    let _ = scheduler.send(report(message)).await;
+    let _ = report_until_recorded(&scheduler, report(message)).await;
 }
 
 /// Turns an executor outcome into a report.
-fn failure(outcome: Outcome, duration_ms: Option<u64>) -> Report {
+fn failure(outcome: Outcome, duration_ms: Option<u64>, run: &RunSpec) -> Report {
     match outcome {
         Outcome::Exited {
             code: 0,
@@ -324,8 +421,15 @@ fn failure(outcome: Outcome, duration_ms: Option<u64>) -> Report {
         },
         Outcome::ImageUnavailable { reason } => Report::Failed {
             cause: FailureCause::ImageUnavailable {
-                image: String::new(),
+                image: run.spec.image.clone(),
                 reason,
+            },
+            duration_ms,
+        },
+        Outcome::PullTimedOut { after_secs } => Report::Failed {
+            cause: FailureCause::ImagePullTimedOut {
+                image: run.spec.image.clone(),
+                after_secs,
             },
             duration_ms,
         },

@@ -1,0 +1,362 @@
+//! Every job reaches exactly one end, once, when parts fail: a report the log does not take
+//! is retried until it is recorded, a placement never started is taken back after its lease,
+//! and cancel and timeout hold while an attempt is still starting. The actors run for real
+//! (in-process, on the embedded log, with the local process executor); the faults come from
+//! thin wrappers around the real log and executor.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use gantry_actors::actor::scheduler::{GetJob, Submit};
+use gantry_actors::actor::supervisor::{Actors, NodeOptions, Supervisor};
+use gantry_actors::executor::{Executor, Found, Outcome, RunSpec};
+use gantry_actors::job::{Job, JobState};
+use gantry_actors::spec::{Limits, SubmitRequest};
+use gantry_events::Event;
+use gantry_events::event::{FailureCause, JobEvent, JobId};
+use gantry_events::{Appended, EmbeddedLog, Entry, EventLog, Head, NewEvent, Subscription};
+use gantry_nodes::executor::process::ProcessExecutor;
+use gantry_nodes::gpu::FakeInventory;
+
+/// The real log, except that the first `fail` appends holding an event of type `ty` fail
+/// (as a full disk or a lost connection would), storing nothing.
+struct FlakyLog {
+    inner: EmbeddedLog,
+    ty: &'static str,
+    fail: AtomicUsize,
+}
+
+impl EventLog for FlakyLog {
+    fn append(
+        &self,
+        batch: Vec<NewEvent>,
+    ) -> BoxFuture<'_, Result<Vec<Appended>, gantry_events::Error>> {
+        let hit = batch.iter().any(|e| e.event.type_name() == self.ty);
+        if hit
+            && self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return async { Err(gantry_events::Error::backend("appending", "injected fault")) }
+                .boxed();
+        }
+        self.inner.append(batch)
+    }
+    fn read(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<Entry>, gantry_events::Error>> {
+        self.inner.read(from, max)
+    }
+    fn head(&self) -> BoxFuture<'_, Result<Head, gantry_events::Error>> {
+        self.inner.head()
+    }
+    fn subscribe(&self, from: u64) -> BoxFuture<'_, Result<Subscription, gantry_events::Error>> {
+        self.inner.subscribe(from)
+    }
+}
+
+/// The real process executor, with starts held back for chosen attempts, and a record of what
+/// was discarded and killed.
+struct SlowStart {
+    inner: ProcessExecutor,
+    delay: Duration,
+    slow_attempts: HashSet<u32>,
+    discarded: Mutex<Vec<(JobId, u32)>>,
+    killed: Mutex<Vec<String>>,
+    handles: Mutex<Vec<(u32, String)>>,
+}
+
+impl Executor for SlowStart {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn sandboxed(&self) -> bool {
+        false
+    }
+    fn start<'a>(&'a self, run: &'a RunSpec) -> BoxFuture<'a, Result<String, Outcome>> {
+        async move {
+            if self.slow_attempts.contains(&run.attempt) {
+                tokio::time::sleep(self.delay).await;
+            }
+            let handle = self.inner.start(run).await?;
+            lock(&self.handles).push((run.attempt, handle.clone()));
+            Ok(handle)
+        }
+        .boxed()
+    }
+    fn wait<'a>(&'a self, handle: &'a str, run: &'a RunSpec) -> BoxFuture<'a, Outcome> {
+        self.inner.wait(handle, run)
+    }
+    fn discard<'a>(&'a self, job_id: JobId, attempt: u32) -> BoxFuture<'a, ()> {
+        lock(&self.discarded).push((job_id, attempt));
+        self.inner.discard(job_id, attempt)
+    }
+    fn kill<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, ()> {
+        lock(&self.killed).push(handle.to_owned());
+        self.inner.kill(handle)
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), String>> {
+        self.inner.ping()
+    }
+    fn find<'a>(&'a self, job_id: JobId, attempt: u32) -> BoxFuture<'a, Option<Found>> {
+        self.inner.find(job_id, attempt)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn options(dir: &std::path::Path, limits: Limits) -> NodeOptions {
+    NodeOptions {
+        node_id: "n1".into(),
+        hostname: "n1".into(),
+        cpu_millis: 4000,
+        memory_bytes: 8 << 30,
+        labels: Default::default(),
+        logs_dir: dir.join("logs"),
+        limits,
+        gpu_probe_every: Duration::from_secs(60),
+        checkpoint_every: Duration::from_secs(60),
+    }
+}
+
+fn request(command: &str) -> SubmitRequest {
+    serde_json::from_value(serde_json::json!({
+        "name": "fault",
+        "image": "busybox",
+        "command": ["sh", "-c", command],
+        "resources": { "cpus": 0.5, "memory_bytes": 256u64 << 20 },
+        "retry": { "max_attempts": 1 },
+    }))
+    .expect("request")
+}
+
+async fn submit(actors: &Actors, request: SubmitRequest) -> JobId {
+    actors
+        .scheduler
+        .send(Submit(request))
+        .await
+        .expect("scheduler")
+        .expect("accepted")
+        .job_id
+}
+
+async fn wait_state(actors: &Actors, id: JobId, want: &[JobState], within: Duration) -> Job {
+    let deadline = Instant::now() + within;
+    loop {
+        let job = actors
+            .scheduler
+            .send(GetJob(id))
+            .await
+            .expect("scheduler")
+            .expect("job");
+        if want.contains(&job.state) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job stayed {:?}, never {want:?}: {job:?}",
+            job.state
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn job_events(log: &dyn EventLog, id: JobId) -> Vec<JobEvent> {
+    let mut out = Vec::new();
+    let mut next = 1;
+    loop {
+        let entries = log.read(next, 1024).await.expect("read");
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            return out;
+        };
+        for entry in entries {
+            if let Event::Job(e) = entry.open().expect("decode").event
+                && e.job_id() == id
+            {
+                out.push(e);
+            }
+        }
+        next = last + 1;
+    }
+}
+
+const TERMINAL: &[JobState] = &[
+    JobState::Succeeded,
+    JobState::DeadLettered,
+    JobState::Cancelled,
+];
+
+/// The log refuses the first two appends of the job's success: the worker's report is retried
+/// until the fact is recorded, instead of leaving the job `running` forever.
+#[actix_rt::test]
+async fn a_report_the_log_did_not_take_is_retried_until_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(FlakyLog {
+        inner: EmbeddedLog::open(dir.path()).await.expect("log"),
+        ty: "job.succeeded",
+        fail: AtomicUsize::new(2),
+    });
+    let executor = Arc::new(ProcessExecutor::new(dir.path().join("work")));
+    let actors = Supervisor::start(
+        log.clone(),
+        executor,
+        Arc::new(FakeInventory(vec![])),
+        options(dir.path(), Limits::default()),
+    )
+    .await
+    .expect("start");
+    let id = submit(&actors, request("echo done")).await;
+    let job = wait_state(&actors, id, TERMINAL, Duration::from_secs(30)).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(log.fail.load(Ordering::SeqCst), 0, "both faults were hit");
+    let succeeded = job_events(&*log, id)
+        .await
+        .into_iter()
+        .filter(|e| matches!(e, JobEvent::Succeeded(_)))
+        .count();
+    assert_eq!(succeeded, 1, "recorded exactly once");
+}
+
+/// A placement whose worker does not start it within the lease is taken back (an
+/// infrastructure loss, not one of the job's own attempts); the late start is refused and
+/// stopped, and the job runs again.
+#[actix_rt::test]
+async fn a_placement_not_started_within_its_lease_is_taken_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(EmbeddedLog::open(dir.path()).await.expect("log"));
+    let executor = Arc::new(SlowStart {
+        inner: ProcessExecutor::new(dir.path().join("work")),
+        delay: Duration::from_secs(4),
+        slow_attempts: HashSet::from([1]),
+        discarded: Mutex::default(),
+        killed: Mutex::default(),
+        handles: Mutex::default(),
+    });
+    let limits = Limits {
+        placement_lease_secs: 1,
+        ..Limits::default()
+    };
+    let actors = Supervisor::start(
+        log.clone(),
+        executor.clone(),
+        Arc::new(FakeInventory(vec![])),
+        options(dir.path(), limits),
+    )
+    .await
+    .expect("start");
+    // max_attempts 1: the lost placement must not use up the job's only attempt. The retry
+    // waits 5 s, so attempt 1's start (4 s late) ends before attempt 2 exists: the scheduler
+    // refuses that start, and the worker must stop what it started.
+    let mut late = request("echo ran; sleep 1");
+    late.retry = Some(
+        serde_json::from_value(
+            serde_json::json!({ "max_attempts": 1, "backoff_initial_ms": 5000 }),
+        )
+        .expect("retry"),
+    );
+    let id = submit(&actors, late).await;
+    let job = wait_state(&actors, id, TERMINAL, Duration::from_secs(30)).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert!(job.attempt >= 2, "{job:?}");
+
+    let events = job_events(&*log, id).await;
+    let expired = events.iter().any(|e| {
+        matches!(e, JobEvent::Failed(f) if f.attempt == 1
+            && matches!(f.cause, FailureCause::PlacementExpired { .. }))
+    });
+    assert!(expired, "attempt 1 was taken back: {events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, JobEvent::Started(s) if s.attempt == 1)),
+        "the expired attempt's start is never recorded: {events:?}"
+    );
+    // The late start of attempt 1 is refused, and what it started is stopped.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let first = lock(&executor.handles)
+            .iter()
+            .find(|(a, _)| *a == 1)
+            .map(|(_, h)| h.clone());
+        if let Some(handle) = first
+            && lock(&executor.killed).contains(&handle)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "attempt 1 was never stopped after its start was refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Cancel and timeout take effect while an attempt is still starting (an image pull, a slow
+/// engine): the start is abandoned, whatever it made is discarded, and the job ends.
+#[actix_rt::test]
+async fn cancel_and_timeout_take_effect_while_an_attempt_is_starting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(EmbeddedLog::open(dir.path()).await.expect("log"));
+    let executor = Arc::new(SlowStart {
+        inner: ProcessExecutor::new(dir.path().join("work")),
+        delay: Duration::from_secs(120),
+        slow_attempts: HashSet::from([1]),
+        discarded: Mutex::default(),
+        killed: Mutex::default(),
+        handles: Mutex::default(),
+    });
+    let actors = Supervisor::start(
+        log.clone(),
+        executor.clone(),
+        Arc::new(FakeInventory(vec![])),
+        options(dir.path(), Limits::default()),
+    )
+    .await
+    .expect("start");
+
+    let cancelled = submit(&actors, request("echo never")).await;
+    wait_state(
+        &actors,
+        cancelled,
+        &[JobState::Placed],
+        Duration::from_secs(10),
+    )
+    .await;
+    let began = Instant::now();
+    actors
+        .scheduler
+        .send(gantry_actors::actor::scheduler::Cancel {
+            job_id: cancelled,
+            reason: None,
+        })
+        .await
+        .expect("scheduler")
+        .expect("cancel accepted");
+    let job = wait_state(&actors, cancelled, TERMINAL, Duration::from_secs(10)).await;
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+    assert!(began.elapsed() < Duration::from_secs(10));
+
+    let mut timed = request("echo never");
+    timed.timeout_secs = Some(1);
+    let timed = submit(&actors, timed).await;
+    let job = wait_state(&actors, timed, TERMINAL, Duration::from_secs(15)).await;
+    assert_eq!(job.state, JobState::DeadLettered, "{job:?}");
+    assert_eq!(
+        job.last_cause,
+        Some(FailureCause::Timeout { after_secs: 1 }),
+        "{job:?}"
+    );
+    let discarded = lock(&executor.discarded).clone();
+    assert!(discarded.contains(&(cancelled, 1)), "{discarded:?}");
+    assert!(discarded.contains(&(timed, 1)), "{discarded:?}");
+    assert!(lock(&executor.handles).is_empty(), "nothing was started");
+}
