@@ -63,7 +63,7 @@ impl Default for JetStreamOptions {
             stream: "GANTRY_EVENTS".into(),
             subject_prefix: "gantry.events".into(),
             ack_timeout: Duration::from_secs(10),
-            max_attempts: 200,
+            max_attempts: 2_000,
         }
     }
 }
@@ -109,6 +109,15 @@ impl AppendState {
             self.forget();
         }
     }
+}
+
+/// How long to wait after the `attempt`-th refused append: 100 µs doubling up to 25 ms, times
+/// a random factor between 0.5 and 1.5.
+fn contention_pause(attempt: u32) -> Duration {
+    let base = 100u64 << attempt.min(8);
+    // The low bits of a v7 UUID are random.
+    let jitter = 50 + (uuid::Uuid::now_v7().as_u128() % 101) as u64;
+    Duration::from_micros(base * jitter / 100)
 }
 
 /// The message id of an entry: its hash, so an expected last message id names the exact entry
@@ -555,10 +564,10 @@ impl JetStreamLog {
                     {
                         return Ok(appended);
                     }
-                    // Spread out the retries of writers that collided.
-                    let jitter = u64::from(uuid::Uuid::now_v7().as_u128() as u8 % 8);
-                    let pause = (u64::from(attempt.min(20)) + jitter) * 100;
-                    tokio::time::sleep(Duration::from_micros(pause)).await;
+                    // Spread out the retries of writers that collided: exponential, capped,
+                    // with jitter, so two busy processes take turns instead of refusing
+                    // each other's pipelined sends round after round.
+                    tokio::time::sleep(contention_pause(attempt)).await;
                 }
                 outcome => {
                     // Timed out, disconnected, or this very entry was stored before (a

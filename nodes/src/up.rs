@@ -16,7 +16,7 @@ use gantry_gateway::Gateway;
 use gantry_projections::Projections;
 use tokio::sync::watch;
 
-use crate::executor::process::ProcessExecutor;
+use crate::executor::process::{ProcessExecutor, ProcessOptions};
 use crate::gpu::{FakeInventory, NvmlInventory};
 use crate::node;
 
@@ -60,9 +60,31 @@ pub async fn choose_executor(
     choice: ExecutorChoice,
     data: &std::path::Path,
 ) -> Result<Arc<dyn Executor>, Error> {
-    let process = || Arc::new(ProcessExecutor::new(data.join("work"))) as Arc<dyn Executor>;
+    let process = || -> Result<Arc<dyn Executor>, Error> {
+        match ProcessExecutor::open(data, ProcessOptions::default()) {
+            Ok(executor) => Ok(Arc::new(executor)),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
+                ) =>
+            {
+                // The data dir cannot be sealed for jobs of their own users (it lies under a
+                // directory others cannot enter, or is a shared one): run jobs as gantry's own
+                // user rather than not at all, and say so loudly.
+                tracing::warn!(%error, "jobs will run as gantry's own user, not as users of their own");
+                eprintln!("warning: {error}; jobs will run as gantry's own user");
+                let options = ProcessOptions {
+                    job_uids: None,
+                    ..ProcessOptions::default()
+                };
+                Ok(Arc::new(ProcessExecutor::open(data, options)?))
+            }
+            Err(error) => Err(error.into()),
+        }
+    };
     match choice {
-        ExecutorChoice::Process => Ok(process()),
+        ExecutorChoice::Process => process(),
         ExecutorChoice::Docker => crate::executor::docker::DockerExecutor::connect()
             .await
             .map(|d| Arc::new(d) as Arc<dyn Executor>)
@@ -71,7 +93,7 @@ pub async fn choose_executor(
             Ok(d) => Ok(Arc::new(d)),
             Err(e) => {
                 tracing::info!(error = %e, "no Docker engine answered; using the local process executor");
-                Ok(process())
+                process()
             }
         },
     }
