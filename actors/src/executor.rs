@@ -59,6 +59,13 @@ pub trait Executor: Send + Sync + 'static {
     /// Whether attempts are isolated (containers) or run as plain local processes.
     fn sandboxed(&self) -> bool;
 
+    /// Whether the memory, CPU and pids limits of the attempts this executor starts are
+    /// enforced (the process executor needs writable cgroups for that). Recorded with every
+    /// attempt's start, so a job that ran without its limits says so.
+    fn limits_enforced(&self) -> bool {
+        true
+    }
+
     /// Creates and starts the attempt; returns its handle (container or process id), or the
     /// outcome if it could not start. A failed start leaves nothing running. The future may be
     /// dropped at any await (a cancel or timeout during an image pull or a container start):

@@ -21,7 +21,8 @@
 use gantry_events::Event;
 use gantry_events::event::{
     FailureCause, JobCancelRequested, JobCancelled, JobDeadLettered, JobEvent, JobFailed, JobId,
-    JobPlaced, JobRetryScheduled, JobSpec, JobStarted, JobSubmitted, JobSucceeded, RetryPolicy,
+    JobPlaced, JobRetryScheduled, JobSpec, JobStarted, JobSubmitted, JobSucceeded, PendingReason,
+    RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +92,9 @@ pub struct Job {
     /// Attempts lost to infrastructure so far (see the module docs).
     #[serde(default)]
     pub infra_losses: u32,
+    /// Why it is not placed, while it waits (the last `job.waiting`).
+    #[serde(default)]
+    pub waiting: Option<PendingReason>,
 }
 
 /// The scheduler-wide retry settings a decision needs beside the job's own policy.
@@ -151,6 +155,7 @@ impl Job {
             started_at_ms: None,
             ended_attempt: 0,
             infra_losses: 0,
+            waiting: None,
         }
     }
 
@@ -175,6 +180,7 @@ impl Job {
                 self.gpu_uuids = e.gpu_uuids.clone();
                 self.handle = None;
                 self.started_at_ms = None;
+                self.waiting = None;
             }
             JobEvent::Started(e) => {
                 self.state = JobState::Running;
@@ -209,6 +215,10 @@ impl Job {
                 self.state = JobState::DeadLettered;
                 self.release();
             }
+            JobEvent::Waiting(e) => self.waiting = Some(e.reason.clone()),
+        }
+        if self.state.is_terminal() {
+            self.waiting = None;
         }
     }
 
@@ -270,7 +280,12 @@ impl Job {
     }
 
     /// The worker started the attempt.
-    pub fn started(&self, attempt: u32, handle: Option<String>) -> Result<Vec<Event>, Rejection> {
+    pub fn started(
+        &self,
+        attempt: u32,
+        handle: Option<String>,
+        limits_enforced: Option<bool>,
+    ) -> Result<Vec<Event>, Rejection> {
         if attempt == self.attempt
             && attempt > self.ended_attempt
             && self.state == JobState::Running
@@ -297,6 +312,7 @@ impl Job {
                 attempt,
                 node_id: self.node.clone().unwrap_or_default(),
                 handle,
+                limits_enforced,
             }
             .into(),
         ])
@@ -559,7 +575,7 @@ mod tests {
         assert!(job.placeable(0));
         step(&mut job, |j| j.place("n1", vec![], 0));
         assert_eq!((job.state, job.attempt), (JobState::Placed, 1));
-        step(&mut job, |j| j.started(1, Some("c1".into())));
+        step(&mut job, |j| j.started(1, Some("c1".into()), Some(true)));
         assert_eq!(job.state, JobState::Running);
         let done = step(&mut job, |j| j.succeeded(1, 42));
         assert_eq!(types(&done), ["job.succeeded"]);
@@ -643,13 +659,13 @@ mod tests {
             reported: 1,
             current: 2,
         };
-        assert_eq!(job.started(1, None), Err(stale.clone()));
+        assert_eq!(job.started(1, None, None), Err(stale.clone()));
         assert_eq!(job.succeeded(1, 5), Err(stale.clone()));
         assert_eq!(
             job.failed(1, FailureCause::OomKilled, None, 0, BUDGET),
             Err(stale)
         );
-        assert!(job.started(2, None).is_ok());
+        assert!(job.started(2, None, None).is_ok());
     }
 
     #[test]
@@ -723,8 +739,8 @@ mod tests {
     fn a_report_sent_twice_records_once() {
         let mut job = given(spec(3, true), &[]);
         step(&mut job, |j| j.place("n1", vec![], 0));
-        assert_eq!(step(&mut job, |j| j.started(1, Some("h".into()))).len(), 1);
-        assert!(job.started(1, Some("h".into())).expect("again").is_empty());
+        assert_eq!(step(&mut job, |j| j.started(1, Some("h".into()), None)).len(), 1);
+        assert!(job.started(1, Some("h".into()), None).expect("again").is_empty());
         let exit = FailureCause::NonZeroExit { code: 1 };
         let events = step(&mut job, |j| j.failed(1, exit.clone(), None, 0, BUDGET));
         assert_eq!(types(&events), ["job.failed", "job.retry_scheduled"]);
@@ -762,12 +778,12 @@ mod tests {
         assert_eq!(job.infra_losses, 1);
         // A start reported for the expired attempt is refused, so its worker stops it.
         assert_eq!(
-            job.started(1, None),
+            job.started(1, None, None),
             Err(Rejection::AttemptEnded { attempt: 1 })
         );
         step(&mut job, |j| j.place("n2", vec![], 10_000_000));
         assert!(matches!(
-            job.started(1, None),
+            job.started(1, None, None),
             Err(Rejection::StaleAttempt { .. })
         ));
     }
@@ -784,7 +800,7 @@ mod tests {
     fn cancel_while_running_goes_through_the_worker() {
         let mut job = given(spec(3, true), &[]);
         step(&mut job, |j| j.place("n1", vec![], 0));
-        step(&mut job, |j| j.started(1, None));
+        step(&mut job, |j| j.started(1, None, None));
         let events = step(&mut job, |j| j.cancel(None));
         assert_eq!(types(&events), ["job.cancel_requested"]);
         assert_eq!(job.state, JobState::Running);

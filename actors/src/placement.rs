@@ -8,7 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
-use gantry_events::event::{Gpu, JobId, Resources};
+use gantry_events::event::{Gpu, JobId, PendingReason, Resources};
 use serde::Serialize;
 
 /// Candidates examined per placement before giving up on a job for this round.
@@ -50,6 +50,9 @@ pub struct Cluster {
     by_free_gpus: BTreeSet<(usize, String)>,
     by_image: HashMap<String, BTreeSet<String>>,
     reservations: HashMap<JobId, Reservation>,
+    /// Bumped when a node joins, changes its GPUs or stops taking work: what could ever fit
+    /// where changed, so pending reasons are worth working out again.
+    generation: u64,
 }
 
 impl Cluster {
@@ -59,6 +62,11 @@ impl Cluster {
 
     pub fn node(&self, id: &str) -> Option<&Node> {
         self.nodes.get(id)
+    }
+
+    /// Changes with the fleet's shape (not with reservations).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn unindex(&mut self, id: &str) {
@@ -117,6 +125,7 @@ impl Cluster {
         }
         self.nodes.insert(id.to_owned(), node);
         self.index(id);
+        self.generation += 1;
     }
 
     /// The node's GPUs changed.
@@ -133,6 +142,7 @@ impl Cluster {
         if let Some(n) = self.nodes.get_mut(id) {
             n.schedulable = false;
         }
+        self.generation += 1;
     }
 
     /// Records that `node` holds `image`.
@@ -227,6 +237,142 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Why a job with these resources is not placed now: what no node that ever joined could
+    /// give it (unschedulable), or that the nodes that could are unavailable or busy. Walks
+    /// every node: called when a placement fails and the fleet's shape changed, not per pass.
+    pub fn explain(&self, r: &Resources) -> PendingReason {
+        let reason = |code: &str, message: String, unschedulable: bool| PendingReason {
+            code: code.to_owned(),
+            message,
+            unschedulable,
+        };
+        if self.nodes.is_empty() {
+            return reason("no_nodes", "no node has joined yet".into(), true);
+        }
+        let matching = |n: &Node| -> usize { n.gpus.iter().filter(|g| gpu_matches(g, r)).count() };
+        if r.gpus.count > 0 {
+            if let Some(model) = &r.gpus.model {
+                let any_model = self.nodes.values().any(|n| {
+                    n.gpus
+                        .iter()
+                        .any(|g| g.name.to_lowercase().contains(&model.to_lowercase()))
+                });
+                if !any_model {
+                    return reason(
+                        "no_gpu_model",
+                        format!(
+                            "no node has a GPU matching model '{model}' ({})",
+                            self.gpu_census()
+                        ),
+                        true,
+                    );
+                }
+            }
+            let most = self.nodes.values().map(matching).max().unwrap_or(0);
+            if most == 0 {
+                let min = r.gpus.min_memory_bytes.unwrap_or(0);
+                return reason(
+                    "gpu_memory",
+                    format!(
+                        "no node has a GPU with {} GiB of memory ({})",
+                        min >> 30,
+                        self.gpu_census()
+                    ),
+                    true,
+                );
+            }
+            if most < r.gpus.count as usize {
+                return reason(
+                    "too_many_gpus",
+                    format!(
+                        "needs {} matching GPUs; the largest node has {most}",
+                        r.gpus.count
+                    ),
+                    true,
+                );
+            }
+        }
+        let enough = |n: &Node| {
+            n.cpu_millis >= r.cpu_millis
+                && n.memory_bytes >= r.memory_bytes
+                && matching(n) >= r.gpus.count as usize
+        };
+        if !self.nodes.values().any(enough) {
+            let cpu = self.nodes.values().map(|n| n.cpu_millis).max().unwrap_or(0);
+            if cpu < r.cpu_millis {
+                return reason(
+                    "too_many_cpus",
+                    format!(
+                        "needs {} CPUs; the largest node has {}",
+                        f64::from(r.cpu_millis) / 1000.0,
+                        f64::from(cpu) / 1000.0
+                    ),
+                    true,
+                );
+            }
+            let memory = self.nodes.values().map(|n| n.memory_bytes).max().unwrap_or(0);
+            if memory < r.memory_bytes {
+                return reason(
+                    "too_much_memory",
+                    format!(
+                        "needs {} MiB of memory; the largest node has {} MiB",
+                        r.memory_bytes >> 20,
+                        memory >> 20
+                    ),
+                    true,
+                );
+            }
+            return reason(
+                "too_large",
+                "no single node has all of the CPUs, memory and GPUs it needs".into(),
+                true,
+            );
+        }
+        if !self.nodes.values().any(|n| n.schedulable && enough(n)) {
+            return reason(
+                "nodes_unavailable",
+                "every node that could run it is drained or lost".into(),
+                false,
+            );
+        }
+        reason(
+            "resources_busy",
+            "waiting for resources: every node that fits is busy".into(),
+            false,
+        )
+    }
+
+    /// "2 nodes have: H100 ×2; 1 node has no GPU" — what GPUs the fleet has, for reasons.
+    fn gpu_census(&self) -> String {
+        let mut models: BTreeMap<String, usize> = BTreeMap::new();
+        for n in self.nodes.values() {
+            for g in &n.gpus {
+                *models.entry(g.name.clone()).or_default() += 1;
+            }
+        }
+        if models.is_empty() {
+            return "no node has a GPU".into();
+        }
+        let list: Vec<String> = models
+            .into_iter()
+            .map(|(name, count)| format!("{name} ×{count}"))
+            .collect();
+        format!("the fleet has: {}", list.join(", "))
+    }
+}
+
+/// Whether a GPU is of the model and memory the job asks for.
+fn gpu_matches(g: &Gpu, r: &Resources) -> bool {
+    r.gpus
+        .model
+        .as_ref()
+        .is_none_or(|m| g.name.to_lowercase().contains(&m.to_lowercase()))
+        && r.gpus
+            .min_memory_bytes
+            .is_none_or(|min| g.memory_bytes >= min)
+}
+
 /// The GPUs `node` would give a job, if it fits at all.
 fn fit(node: &Node, r: &Resources) -> Option<Vec<String>> {
     if !node.schedulable
@@ -242,17 +388,7 @@ fn fit(node: &Node, r: &Resources) -> Option<Vec<String>> {
         .gpus
         .iter()
         .filter(|g| node.free_gpus.contains(&g.uuid))
-        .filter(|g| {
-            r.gpus
-                .model
-                .as_ref()
-                .is_none_or(|m| g.name.to_lowercase().contains(&m.to_lowercase()))
-        })
-        .filter(|g| {
-            r.gpus
-                .min_memory_bytes
-                .is_none_or(|min| g.memory_bytes >= min)
-        })
+        .filter(|g| gpu_matches(g, r))
         .take(r.gpus.count as usize)
         .map(|g| g.uuid.clone())
         .collect();

@@ -39,6 +39,10 @@ pub struct SubmitRequest {
     pub network: Option<Network>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Refuse the job at once (422 with the reason) when no node that has ever joined could
+    /// run it, instead of queueing it with a pending reason.
+    #[serde(default)]
+    pub reject_unschedulable: bool,
 }
 
 /// Resources as users write them.
@@ -134,6 +138,8 @@ const MAX_ARGS: usize = 256;
 const MAX_ARG_BYTES: usize = 8192;
 const MAX_ENV: usize = 256;
 const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+/// Environment variables the node sets for every attempt; a job cannot set them.
+pub const RESERVED_ENV: &[&str] = &["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"];
 const MAX_LABELS: usize = 64;
 const MAX_DAY_MS: u64 = 24 * 3600 * 1000;
 
@@ -161,6 +167,15 @@ pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid
                 "invalid_env_key",
                 field,
                 "keys are a letter or _ followed by letters, digits or _",
+            ));
+        }
+        if RESERVED_ENV.contains(&key.as_str()) {
+            // The node sets these to the GPUs it assigned; a job naming its own would see
+            // (and use) GPUs another job holds.
+            return Err(invalid(
+                "reserved_env_key",
+                field,
+                "set by the node to the job's assigned GPUs; ask for GPUs with resources.gpus",
             ));
         }
         if value.len() > MAX_ENV_VALUE_BYTES || value.contains('\0') {
@@ -549,6 +564,13 @@ mod tests {
             },
             "invalid_env_key",
             "env.1BAD",
+        );
+        rejects(
+            |r| {
+                r.env.insert("CUDA_VISIBLE_DEVICES".into(), "0,1".into());
+            },
+            "reserved_env_key",
+            "env.CUDA_VISIBLE_DEVICES",
         );
         rejects(
             |r| r.resources.cpus = Some(-1.0),

@@ -6,7 +6,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use gantry_events::event::{FailureCause, JobEvent, JobId, JobSubmitted, NodeEvent};
+use gantry_events::event::{
+    FailureCause, JobEvent, JobId, JobSubmitted, JobWaiting, NodeEvent, PendingReason,
+};
 use gantry_events::{Event, NewEvent, Source};
 
 use crate::job::{Job, JobState, Rejection};
@@ -25,6 +27,10 @@ pub enum Refusal {
     /// The job's state does not allow it; 409.
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    /// The submission asked to be refused if no node could ever run it, and none could; 422
+    /// with the reason.
+    #[error("unschedulable: {}", .0.message)]
+    Unschedulable(PendingReason),
 }
 
 /// The answer to a submission.
@@ -47,6 +53,9 @@ pub struct World {
     queues: Queues,
     /// Jobs whose current attempt is placed and not yet started: the ones a lease can expire.
     placed: HashSet<JobId>,
+    /// The fleet generation each waiting job's reason was last worked out for (a cache of the
+    /// scheduler's, not state from the log).
+    explained: HashMap<JobId, u64>,
     /// Last sequence applied.
     seq: u64,
     limits: Limits,
@@ -145,7 +154,10 @@ impl World {
                 self.cluster.release(id);
                 self.queues.remove(id);
             }
-            JobEvent::Submitted(_) | JobEvent::Started(_) | JobEvent::CancelRequested(_) => {}
+            JobEvent::Submitted(_)
+            | JobEvent::Started(_)
+            | JobEvent::CancelRequested(_)
+            | JobEvent::Waiting(_) => {}
         }
     }
 
@@ -156,6 +168,12 @@ impl World {
             && let Some(existing) = self.idempotency.get(key)
         {
             return Ok(Submitted::Existing(*existing));
+        }
+        if request.reject_unschedulable {
+            let reason = self.cluster.explain(&spec.resources);
+            if reason.unschedulable {
+                return Err(Refusal::Unschedulable(reason));
+            }
         }
         let job_id = uuid::Uuid::now_v7();
         Ok(Submitted::New {
@@ -183,8 +201,11 @@ impl World {
         id: JobId,
         attempt: u32,
         handle: Option<String>,
+        limits_enforced: Option<bool>,
     ) -> Result<Vec<Event>, Refusal> {
-        Ok(self.existing(id)?.started(attempt, handle)?)
+        Ok(self
+            .existing(id)?
+            .started(attempt, handle, limits_enforced)?)
     }
 
     pub fn decide_succeeded(
@@ -256,8 +277,19 @@ impl World {
             }
             let Some((node, gpus)) = self.cluster.place(&job.spec.image, &job.spec.resources)
             else {
+                // Say why, once per change of the fleet's shape, and record it only when the
+                // reason differs from the one in the log.
+                let generation = self.cluster.generation();
+                if self.explained.get(&id) != Some(&generation) {
+                    self.explained.insert(id, generation);
+                    let reason = self.cluster.explain(&job.spec.resources);
+                    if job.waiting.as_ref() != Some(&reason) {
+                        events.push(JobWaiting { job_id: id, reason }.into());
+                    }
+                }
                 continue;
             };
+            self.explained.remove(&id);
             if let Ok(mut placed) = job.place(&node, gpus.clone(), now_ms) {
                 // Hold the capacity for the rest of this round.
                 self.cluster.reserve(id, &node, &job.spec.resources, &gpus);
@@ -343,9 +375,16 @@ mod tests {
             commit(&mut world, &mut log, events);
         }
         let placed = world.decide_placements(0, 100);
-        // Two one-CPU jobs fit on a two-CPU node; the third waits.
-        assert_eq!(placed.len(), 2);
+        // Two one-CPU jobs fit on a two-CPU node; the third waits, and says why.
+        let types: Vec<&str> = placed.iter().map(Event::type_name).collect();
+        assert_eq!(types, ["job.placed", "job.placed", "job.waiting"]);
         commit(&mut world, &mut log, placed);
+        let waiting = world.jobs().find(|j| j.state == JobState::Queued).expect("one waits");
+        assert_eq!(
+            waiting.waiting.as_ref().map(|r| r.code.as_str()),
+            Some("resources_busy")
+        );
+        // The reason is recorded once, not on every pass.
         assert!(world.decide_placements(0, 100).is_empty());
         assert_eq!(world.queues().len(), 1);
 

@@ -48,6 +48,7 @@ pub enum JobEvent {
     CancelRequested(JobCancelRequested),
     Cancelled(JobCancelled),
     DeadLettered(JobDeadLettered),
+    Waiting(JobWaiting),
 }
 
 /// Worker nodes joining, changing and leaving.
@@ -203,6 +204,10 @@ pub struct JobStarted {
     /// Container id, or process id for the local executor.
     #[serde(default)]
     pub handle: Option<String>,
+    /// Whether the node enforced the attempt's memory, CPU and pids limits (the local process
+    /// executor cannot without writable cgroups). Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits_enforced: Option<bool>,
 }
 
 /// An attempt exited with status 0.
@@ -281,6 +286,27 @@ pub struct JobDeadLettered {
     pub job_id: JobId,
     pub attempts: u32,
     pub last_cause: FailureCause,
+}
+
+/// Why a queued job is not placed, recorded when the reason changes (not on every scheduling
+/// pass). A placement ends the wait.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobWaiting {
+    pub job_id: JobId,
+    pub reason: PendingReason,
+}
+
+/// A pending reason, in the manner of Slurm's: a stable code, a sentence for people, and
+/// whether the job can never fit any node that has ever joined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReason {
+    /// `no_nodes`, `no_gpu_model`, `gpu_memory`, `too_many_gpus`, `too_many_cpus`,
+    /// `too_much_memory`, `nodes_unavailable` or `resources_busy`.
+    pub code: String,
+    pub message: String,
+    /// No node that has ever joined could run it, even empty.
+    #[serde(default)]
+    pub unschedulable: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -438,6 +464,7 @@ event_types! {
     Job(JobEvent)::CancelRequested(JobCancelRequested) = "job.cancel_requested" v 1;
     Job(JobEvent)::Cancelled(JobCancelled) = "job.cancelled" v 1;
     Job(JobEvent)::DeadLettered(JobDeadLettered) = "job.dead_lettered" v 1;
+    Job(JobEvent)::Waiting(JobWaiting) = "job.waiting" v 1;
     Node(NodeEvent)::Joined(NodeJoined) = "node.joined" v 1;
     Node(NodeEvent)::GpusObserved(NodeGpusObserved) = "node.gpus_observed" v 1;
     Node(NodeEvent)::Lost(NodeLost) = "node.lost" v 1;
@@ -480,6 +507,7 @@ impl JobEvent {
             JobEvent::CancelRequested(p) => p.job_id,
             JobEvent::Cancelled(p) => p.job_id,
             JobEvent::DeadLettered(p) => p.job_id,
+            JobEvent::Waiting(p) => p.job_id,
         }
     }
 }

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use gantry_events::event::{
     ALL_TYPES, ArtifactStored, AuditCheckpointed, FailureCause, Gpu, GpuRequest,
     JobCancelRequested, JobCancelled, JobDeadLettered, JobFailed, JobPlaced, JobRetryScheduled,
-    JobSpec, JobStarted, JobSubmitted, JobSucceeded, Network, NodeDrained, NodeGpusObserved,
-    NodeJoined, NodeLost, Resources, RetryPolicy,
+    JobSpec, JobStarted, JobSubmitted, JobSucceeded, JobWaiting, Network, NodeDrained,
+    NodeGpusObserved, NodeJoined, NodeLost, PendingReason, Resources, RetryPolicy,
 };
 use gantry_events::{Entry, Event, Hash, NewEvent, Source, seal};
 use uuid::Uuid;
@@ -80,6 +80,7 @@ fn samples() -> Vec<Event> {
             attempt: 1,
             node_id: "node-a".into(),
             handle: Some("c0ffee".into()),
+            limits_enforced: None,
         }
         .into(),
         JobSucceeded {
@@ -159,6 +160,17 @@ fn samples() -> Vec<Event> {
             through_seq: 1000,
             through_hash: Hash::of(b"head"),
             events_verified: 1000,
+        }
+        .into(),
+        // Added after the first golden files: new samples go last, so earlier files keep
+        // their sequence numbers and hashes.
+        JobWaiting {
+            job_id: job,
+            reason: PendingReason {
+                code: "no_gpu_model".into(),
+                message: "no node has a GPU matching model 'A100' (the fleet has: H100 ×2)".into(),
+                unschedulable: true,
+            },
         }
         .into(),
     ]

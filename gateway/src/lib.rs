@@ -98,6 +98,12 @@ impl From<CommandError> for ApiError {
             CommandError::Refused(Refusal::Rejected(r)) => {
                 ApiError::new(409, "conflict", r.to_string(), None)
             }
+            CommandError::Refused(Refusal::Unschedulable(reason)) => ApiError::new(
+                422,
+                "unschedulable",
+                format!("{} ({})", reason.message, reason.code),
+                Some("resources".into()),
+            ),
             CommandError::Log(e) => match e {
                 gantry_events::Error::EntryTooLarge { .. }
                 | gantry_events::Error::BatchTooLarge { .. } => {

@@ -332,20 +332,24 @@ pub async fn jobs(
         out,
         format!(
             "{:<36}  {:<20}  {:<13}  {:>7}  {:<10}  {}",
-            "ID", "NAME", "STATE", "ATTEMPT", "QUEUE", "LAST CAUSE"
+            "ID", "NAME", "STATE", "ATTEMPT", "QUEUE", "REASON / LAST CAUSE"
         ),
     )?;
     for job in reply["jobs"].as_array().into_iter().flatten() {
-        let cause = job["last_cause"]["kind"].as_str().unwrap_or("");
+        // A queued job says why it waits; any other says how its last attempt failed.
+        let reason = match job["pending"]["message"].as_str() {
+            Some(message) if job["state"] == "queued" => message,
+            _ => job["last_cause"]["kind"].as_str().unwrap_or(""),
+        };
         out_line(
             out,
             format!(
-                "{:<36}  {:<20}  {:<13}  {:>7}  {:<10}  {cause}",
+                "{:<36}  {:<20}  {:<13}  {:>7}  {:<10}  {reason}",
                 job["id"].as_str().unwrap_or(""),
-                job["name"].as_str().unwrap_or(""),
+                job["spec"]["name"].as_str().unwrap_or(""),
                 job["state"].as_str().unwrap_or(""),
                 job["attempt"],
-                job["queue"].as_str().unwrap_or(""),
+                job["spec"]["queue"].as_str().unwrap_or(""),
             ),
         )?;
     }
@@ -365,6 +369,11 @@ pub async fn job(
     if server.json {
         out_line(out, &reply)?;
     } else {
+        if reply["state"] == "queued"
+            && let Some(message) = reply["pending"]["message"].as_str()
+        {
+            out_line(out, format!("waiting: {message}"))?;
+        }
         out_line(
             out,
             serde_json::to_string_pretty(&reply).unwrap_or_default(),

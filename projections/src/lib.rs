@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use gantry_actors::job::Job;
-use gantry_events::event::{ArtifactEvent, Gpu, JobEvent, JobId, NodeEvent};
+use gantry_events::event::{
+    ArtifactEvent, FailureCause, Gpu, JobEvent, JobId, JobSpec, NodeEvent, PendingReason,
+};
 use gantry_events::{Entry, Envelope, Event, EventLog, Hash};
 use std::collections::HashMap;
 
@@ -46,27 +48,159 @@ pub struct Checkpoint {
     pub hash: Hash,
 }
 
-/// A job as the gateway shows it.
+/// A job as the gateway shows it: one shape, each fact once. What the user asked for is in
+/// `spec`; where the job stands is at the top level; every attempt, ended or not, in
+/// `attempts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     pub id: JobId,
-    pub name: String,
+    /// `queued`, `placed`, `running`, `succeeded`, `cancelled` or `dead_lettered`.
     pub state: String,
+    /// The current (or last) attempt's number; 0 before the first placement.
     pub attempt: u32,
+    /// Node and GPUs of the current attempt while it is placed or running (each attempt keeps
+    /// its own in `attempts`).
     pub node: Option<String>,
-    pub queue: String,
-    pub priority: i32,
-    pub image: String,
-    pub labels: BTreeMap<String, String>,
+    pub gpu_uuids: Vec<String>,
     pub cancel_requested: bool,
-    pub last_cause: Option<gantry_events::event::FailureCause>,
+    pub last_cause: Option<FailureCause>,
+    /// Why a queued job is not placed (the last `job.waiting`), while it waits.
+    pub pending: Option<PendingReason>,
     /// Unix ns of submission and of the last change.
     pub submitted_ns: u64,
     pub updated_ns: u64,
     /// Sequence of the last event about this job.
     pub updated_seq: u64,
-    /// The domain job (spec included), folded with the domain's own `apply`.
-    pub job: Job,
+    pub spec: JobSpec,
+    pub attempts: Vec<AttemptView>,
+}
+
+/// One attempt of a job: where it ran, on which GPUs, when, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub node: String,
+    pub gpus: Vec<AttemptGpu>,
+    /// `placed`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    pub placed_ns: u64,
+    pub started_ns: Option<u64>,
+    pub ended_ns: Option<u64>,
+    /// The process's exit status, when it exited.
+    pub exit_code: Option<i64>,
+    /// Why it failed.
+    pub cause: Option<FailureCause>,
+    pub duration_ms: Option<u64>,
+    /// Whether the node enforced its memory, CPU and pids limits (`None`: not reported).
+    pub limits_enforced: Option<bool>,
+}
+
+/// A GPU an attempt held, as its node described it when the attempt was placed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptGpu {
+    pub uuid: String,
+    pub name: Option<String>,
+    pub memory_bytes: Option<u64>,
+    pub driver_version: Option<String>,
+}
+
+/// What the views store per job: the domain job folded with the domain's own `apply`, and what
+/// only the views keep (times, attempts). [`JobView`] is made from it on read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct JobRecord {
+    job: Job,
+    attempts: Vec<AttemptView>,
+    submitted_ns: u64,
+    updated_ns: u64,
+    updated_seq: u64,
+}
+
+impl JobRecord {
+    fn view(self) -> JobView {
+        let job = self.job;
+        JobView {
+            id: job.id,
+            state: job.state.as_str().to_owned(),
+            attempt: job.attempt,
+            node: job.node,
+            gpu_uuids: job.gpu_uuids,
+            cancel_requested: job.cancel_requested,
+            last_cause: job.last_cause,
+            pending: job.waiting,
+            submitted_ns: self.submitted_ns,
+            updated_ns: self.updated_ns,
+            updated_seq: self.updated_seq,
+            spec: job.spec,
+            attempts: self.attempts,
+        }
+    }
+
+    /// Folds an event into the attempt history.
+    fn record_attempt(&mut self, env: &Envelope, event: &JobEvent, gpus: Vec<AttemptGpu>) {
+        let at = env.time_ns;
+        let find =
+            |attempts: &[AttemptView], n: u32| attempts.iter().rposition(|a| a.attempt == n);
+        match event {
+            JobEvent::Placed(p) => self.attempts.push(AttemptView {
+                attempt: p.attempt,
+                node: p.node_id.clone(),
+                gpus,
+                state: "placed".into(),
+                placed_ns: at,
+                started_ns: None,
+                ended_ns: None,
+                exit_code: None,
+                cause: None,
+                duration_ms: None,
+                limits_enforced: None,
+            }),
+            JobEvent::Started(e) => {
+                if let Some(i) = find(&self.attempts, e.attempt) {
+                    let a = &mut self.attempts[i];
+                    a.state = "running".into();
+                    a.started_ns = Some(at);
+                    a.limits_enforced = e.limits_enforced;
+                }
+            }
+            JobEvent::Succeeded(e) => {
+                if let Some(i) = find(&self.attempts, e.attempt) {
+                    let a = &mut self.attempts[i];
+                    a.state = "succeeded".into();
+                    a.ended_ns = Some(at);
+                    a.exit_code = Some(0);
+                    a.duration_ms = Some(e.duration_ms);
+                }
+            }
+            JobEvent::Failed(e) => {
+                if let Some(i) = find(&self.attempts, e.attempt) {
+                    let a = &mut self.attempts[i];
+                    a.state = if e.cause == FailureCause::Cancelled {
+                        "cancelled"
+                    } else {
+                        "failed"
+                    }
+                    .into();
+                    a.ended_ns = Some(at);
+                    if let FailureCause::NonZeroExit { code } = e.cause {
+                        a.exit_code = Some(code);
+                    }
+                    a.cause = Some(e.cause.clone());
+                    a.duration_ms = e.duration_ms;
+                }
+            }
+            JobEvent::Cancelled(e) => {
+                if let Some(n) = e.attempt
+                    && let Some(i) = find(&self.attempts, n)
+                    && self.attempts[i].ended_ns.is_none()
+                {
+                    let a = &mut self.attempts[i];
+                    a.state = "cancelled".into();
+                    a.ended_ns = Some(at);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A node as the gateway shows it.
@@ -171,7 +305,7 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, Error> {
 /// What one batch changes, gathered in memory and written at once.
 #[derive(Default)]
 struct Overlay {
-    jobs: HashMap<JobId, JobView>,
+    jobs: HashMap<JobId, JobRecord>,
     nodes: HashMap<String, NodeView>,
     counts: HashMap<Vec<u8>, i64>,
     batch: sled::Batch,
@@ -267,12 +401,50 @@ impl Projections {
         Ok(checkpoint)
     }
 
-    /// Takes a job's view out of the batch in progress, or reads it from the store.
-    fn take_job(&self, id: &JobId, overlay: &mut Overlay) -> Result<Option<JobView>, Error> {
+    /// Takes a job's record out of the batch in progress, or reads it from the store.
+    fn take_job(&self, id: &JobId, overlay: &mut Overlay) -> Result<Option<JobRecord>, Error> {
         match overlay.jobs.remove(id) {
-            Some(view) => Ok(Some(view)),
-            None => self.job(id),
+            Some(record) => Ok(Some(record)),
+            None => self.record(id),
         }
+    }
+
+    fn record(&self, id: &JobId) -> Result<Option<JobRecord>, Error> {
+        self.tree.get(job_key(id))?.map(|v| decode(&v)).transpose()
+    }
+
+    /// The GPUs of `node` named by `uuids`, as the node's view describes them now.
+    fn attempt_gpus(
+        &self,
+        node: &str,
+        uuids: &[String],
+        overlay: &Overlay,
+    ) -> Result<Vec<AttemptGpu>, Error> {
+        let known = match overlay.nodes.get(node) {
+            Some(view) => Some(view.gpus.clone()),
+            None => {
+                let mut key = vec![kind::NODE];
+                key.extend_from_slice(node.as_bytes());
+                self.tree
+                    .get(key)?
+                    .map(|raw| decode::<NodeView>(&raw))
+                    .transpose()?
+                    .map(|v| v.gpus)
+            }
+        }
+        .unwrap_or_default();
+        Ok(uuids
+            .iter()
+            .map(|uuid| {
+                let gpu = known.iter().find(|g| &g.uuid == uuid);
+                AttemptGpu {
+                    uuid: uuid.clone(),
+                    name: gpu.map(|g| g.name.clone()),
+                    memory_bytes: gpu.map(|g| g.memory_bytes),
+                    driver_version: gpu.and_then(|g| g.driver_version.clone()),
+                }
+            })
+            .collect())
     }
 
     fn apply_job(
@@ -281,7 +453,7 @@ impl Projections {
         event: &JobEvent,
         overlay: &mut Overlay,
     ) -> Result<(), Error> {
-        let mut view = match event {
+        let (mut record, old_state) = match event {
             JobEvent::Submitted(s) => {
                 let job = Job::submitted(s);
                 for (k, v) in &job.spec.labels {
@@ -292,63 +464,55 @@ impl Projections {
                 overlay
                     .batch
                     .insert(index_key(kind::BY_QUEUE, &job.spec.queue, &job.id), &[]);
-                JobView {
-                    id: job.id,
-                    name: job.spec.name.clone(),
-                    state: String::new(),
-                    attempt: 0,
-                    node: None,
-                    queue: job.spec.queue.clone(),
-                    priority: job.spec.priority,
-                    image: job.spec.image.clone(),
-                    labels: job.spec.labels.clone(),
-                    cancel_requested: false,
-                    last_cause: None,
+                let record = JobRecord {
+                    job,
+                    attempts: Vec::new(),
                     submitted_ns: env.time_ns,
                     updated_ns: env.time_ns,
                     updated_seq: env.seq,
-                    job,
-                }
+                };
+                (record, None)
             }
             other => {
                 let id = other.job_id();
-                let Some(view) = self.take_job(&id, overlay)? else {
+                let Some(record) = self.take_job(&id, overlay)? else {
                     tracing::warn!(job = %id, seq = env.seq, "projection: event for an unknown job");
                     return Ok(());
                 };
-                view
+                let state = record.job.state;
+                (record, Some(state))
             }
         };
-        let old_state = std::mem::take(&mut view.state);
-        view.job.apply_at(event, env.time_ns / 1_000_000);
-        let job = &view.job;
-        let new_state = job.state.as_str();
-        if old_state != new_state {
-            if !old_state.is_empty() {
+        let gpus = match event {
+            JobEvent::Placed(p) => self.attempt_gpus(&p.node_id, &p.gpu_uuids, overlay)?,
+            _ => Vec::new(),
+        };
+        record.record_attempt(env, event, gpus);
+        record.job.apply_at(event, env.time_ns / 1_000_000);
+        let job = &record.job;
+        let queue = job.spec.queue.clone();
+        let new_state = job.state;
+        if old_state != Some(new_state) {
+            if let Some(old) = old_state {
                 overlay
                     .batch
-                    .remove(index_key(kind::BY_STATE, &old_state, &job.id));
+                    .remove(index_key(kind::BY_STATE, old.as_str(), &job.id));
                 *overlay
                     .counts
-                    .entry(count_key(&view.queue, &old_state))
+                    .entry(count_key(&queue, old.as_str()))
                     .or_default() -= 1;
             }
             overlay
                 .batch
-                .insert(index_key(kind::BY_STATE, new_state, &job.id), &[]);
+                .insert(index_key(kind::BY_STATE, new_state.as_str(), &job.id), &[]);
             *overlay
                 .counts
-                .entry(count_key(&view.queue, new_state))
+                .entry(count_key(&queue, new_state.as_str()))
                 .or_default() += 1;
         }
-        view.state = new_state.to_owned();
-        view.attempt = job.attempt;
-        view.node.clone_from(&job.node);
-        view.cancel_requested = job.cancel_requested;
-        view.last_cause.clone_from(&job.last_cause);
-        view.updated_ns = env.time_ns;
-        view.updated_seq = env.seq;
-        overlay.jobs.insert(view.id, view);
+        record.updated_ns = env.time_ns;
+        record.updated_seq = env.seq;
+        overlay.jobs.insert(record.job.id, record);
         Ok(())
     }
 
@@ -496,7 +660,7 @@ impl Projections {
     }
 
     pub fn job(&self, id: &JobId) -> Result<Option<JobView>, Error> {
-        self.tree.get(job_key(id))?.map(|v| decode(&v)).transpose()
+        Ok(self.record(id)?.map(JobRecord::view))
     }
 
     /// Jobs in submission order after `after` (a cursor: the last id of the previous page).
@@ -508,10 +672,10 @@ impl Projections {
     ) -> Result<Vec<JobView>, Error> {
         let keep = |view: &JobView| {
             filter.state.as_ref().is_none_or(|s| &view.state == s)
-                && filter.queue.as_ref().is_none_or(|q| &view.queue == q)
+                && filter.queue.as_ref().is_none_or(|q| &view.spec.queue == q)
                 && filter.label.as_ref().is_none_or(|l| {
                     l.split_once('=')
-                        .is_some_and(|(k, v)| view.labels.get(k).is_some_and(|x| x == v))
+                        .is_some_and(|(k, v)| view.spec.labels.get(k).is_some_and(|x| x == v))
                 })
         };
         // The most selective index available, then the other filters on the views.
@@ -533,7 +697,7 @@ impl Projections {
                 break;
             }
             let view = if prefix[0] == kind::JOB {
-                decode::<JobView>(&v)?
+                decode::<JobRecord>(&v)?.view()
             } else {
                 let id = JobId::from_slice(&k[k.len() - 16..])
                     .map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -664,6 +828,7 @@ mod tests {
                         attempt: 1,
                         node_id: "n1".into(),
                         handle: None,
+                        limits_enforced: None,
                     }
                     .into(),
                 );

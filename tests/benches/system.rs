@@ -285,6 +285,7 @@ fn bench_rebuild() {
                     attempt: 1,
                     node_id: "n1".into(),
                     handle: None,
+                    limits_enforced: None,
                 },
             ));
             batch.push(NewEvent::new(

@@ -154,11 +154,12 @@ pub fn all_events(client: &Client) -> Vec<Value> {
     out
 }
 
-/// Job events of one job, by type, from a list of events.
+/// The lifecycle of one job, by event type, from a list of events. `job.waiting` (which only
+/// says why a queued job is not placed yet, and depends on what else is running) is left out.
 pub fn job_event_types(events: &[Value], id: &str) -> Vec<String> {
     events
         .iter()
-        .filter(|e| e["event"]["job_id"] == id)
+        .filter(|e| e["event"]["job_id"] == id && e["type"] != "job.waiting")
         .map(|e| e["type"].as_str().unwrap_or("").to_owned())
         .collect()
 }

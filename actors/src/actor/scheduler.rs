@@ -285,6 +285,9 @@ impl Handler<Cancel> for Scheduler {
 pub enum Report {
     Started {
         handle: Option<String>,
+        /// Whether the executor enforces the attempt's limits (`None`: not said).
+        #[serde(default)]
+        limits_enforced: Option<bool>,
     },
     Succeeded {
         duration_ms: u64,
@@ -312,7 +315,12 @@ impl Handler<AttemptReport> for Scheduler {
     fn handle(&mut self, msg: AttemptReport, _: &mut Context<Self>) -> Self::Result {
         let (id, attempt) = (msg.job_id, msg.attempt);
         let decided = match msg.report {
-            Report::Started { handle } => self.world.decide_started(id, attempt, handle),
+            Report::Started {
+                handle,
+                limits_enforced,
+            } => self
+                .world
+                .decide_started(id, attempt, handle, limits_enforced),
             Report::Succeeded { duration_ms } => {
                 self.world.decide_succeeded(id, attempt, duration_ms)
             }

@@ -367,6 +367,7 @@ async fn run_attempt(
     if !recorded_start {
         let started = report(Report::Started {
             handle: Some(handle.clone()),
+            limits_enforced: Some(executor.limits_enforced()),
         });
         if let Err(refusal) = report_until_recorded(&scheduler, started).await {
             // The attempt was taken back or cancelled before its start was recorded.
