@@ -379,7 +379,10 @@ mod tests {
         let types: Vec<&str> = placed.iter().map(Event::type_name).collect();
         assert_eq!(types, ["job.placed", "job.placed", "job.waiting"]);
         commit(&mut world, &mut log, placed);
-        let waiting = world.jobs().find(|j| j.state == JobState::Queued).expect("one waits");
+        let waiting = world
+            .jobs()
+            .find(|j| j.state == JobState::Queued)
+            .expect("one waits");
         assert_eq!(
             waiting.waiting.as_ref().map(|r| r.code.as_str()),
             Some("resources_busy")
@@ -434,5 +437,228 @@ mod tests {
             world.decide_submit(&bad),
             Err(Refusal::Invalid(_))
         ));
+    }
+
+    fn gpu(uuid: &str, name: &str, gib: u64) -> gantry_events::event::Gpu {
+        gantry_events::event::Gpu {
+            uuid: uuid.into(),
+            name: name.into(),
+            memory_bytes: gib << 30,
+            utilisation_pct: None,
+            driver_version: Some("580.65".into()),
+        }
+    }
+
+    fn gpu_node(id: &str, gpus: Vec<gantry_events::event::Gpu>) -> Event {
+        NodeJoined {
+            node_id: id.into(),
+            hostname: id.into(),
+            cpu_millis: 8000,
+            memory_bytes: 64 << 30,
+            gpus,
+            executor: "process".into(),
+            labels: Default::default(),
+        }
+        .into()
+    }
+
+    /// The fake fleet: two H100 80 GB on one node, one A100 40 GB on another, and a CPU-only
+    /// node.
+    fn fleet() -> (World, Vec<Event>) {
+        let mut world = World::default();
+        let mut log = Vec::new();
+        let nodes = vec![
+            gpu_node(
+                "h100x2",
+                vec![
+                    gpu("GPU-h1", "NVIDIA H100 80GB HBM3", 80),
+                    gpu("GPU-h2", "NVIDIA H100 80GB HBM3", 80),
+                ],
+            ),
+            gpu_node("a100", vec![gpu("GPU-a1", "NVIDIA A100-SXM4-40GB", 40)]),
+            gpu_node("cpu", vec![]),
+        ];
+        commit(&mut world, &mut log, nodes);
+        (world, log)
+    }
+
+    fn gpu_request(count: u32, model: Option<&str>, min_gib: Option<u64>) -> SubmitRequest {
+        let mut r = request("gpu");
+        r.resources.gpus = Some(gantry_events::event::GpuRequest {
+            count,
+            model: model.map(str::to_owned),
+            min_memory_bytes: min_gib.map(|g| g << 30),
+        });
+        r
+    }
+
+    /// Submits and runs one placement round; returns the job and what the round decided.
+    fn submit_and_place(
+        world: &mut World,
+        log: &mut Vec<Event>,
+        req: &SubmitRequest,
+    ) -> (JobId, Vec<Event>) {
+        let Submitted::New { job_id, events } = world.decide_submit(req).expect("valid") else {
+            panic!("new job")
+        };
+        commit(world, log, events);
+        let round = world.decide_placements(0, 100);
+        commit(world, log, round.clone());
+        (job_id, round)
+    }
+
+    #[test]
+    fn gpu_jobs_land_on_the_node_with_the_right_count_model_and_memory() {
+        let (mut world, mut log) = fleet();
+        let cases = [
+            (gpu_request(2, None, None), "h100x2", 2),
+            (gpu_request(1, Some("a100"), None), "a100", 1),
+            (gpu_request(1, None, Some(60)), "h100x2", 1),
+        ];
+        for (req, want_node, want_gpus) in cases {
+            let (id, _) = submit_and_place(&mut world, &mut log, &req);
+            let job = world.job(&id).expect("job");
+            assert_eq!(job.state, JobState::Placed, "{req:?}");
+            assert_eq!(job.node.as_deref(), Some(want_node), "{req:?}");
+            assert_eq!(job.gpu_uuids.len(), want_gpus, "{req:?}");
+            // Free it again for the next case.
+            let done = world.decide_succeeded(id, job.attempt, 1).expect("done");
+            commit(&mut world, &mut log, done);
+        }
+        // A CPU job never takes a GPU.
+        let (id, _) = submit_and_place(&mut world, &mut log, &request("cpu"));
+        assert!(world.job(&id).expect("job").gpu_uuids.is_empty());
+    }
+
+    #[test]
+    fn every_pending_reason_is_named_and_recorded_once() {
+        let cases = [
+            (gpu_request(1, Some("V100"), None), "no_gpu_model", true),
+            (gpu_request(3, None, None), "too_many_gpus", true),
+            (gpu_request(1, None, Some(100)), "gpu_memory", true),
+            (
+                {
+                    let mut r = request("big");
+                    r.resources.cpus = Some(64.0);
+                    r
+                },
+                "too_many_cpus",
+                true,
+            ),
+            (
+                {
+                    let mut r = request("huge");
+                    r.resources.memory_bytes = Some(1 << 40);
+                    r
+                },
+                "too_much_memory",
+                true,
+            ),
+        ];
+        for (req, code, unschedulable) in cases {
+            let (mut world, mut log) = fleet();
+            let (id, round) = submit_and_place(&mut world, &mut log, &req);
+            assert_eq!(
+                round.iter().map(Event::type_name).collect::<Vec<_>>(),
+                ["job.waiting"],
+                "{code}"
+            );
+            let reason = world
+                .job(&id)
+                .and_then(|j| j.waiting.clone())
+                .expect("reason");
+            assert_eq!(reason.code, code, "{reason:?}");
+            assert_eq!(reason.unschedulable, unschedulable, "{reason:?}");
+            assert!(!reason.message.is_empty());
+            // Asked to, the same submission is refused at once.
+            let mut strict = req.clone();
+            strict.reject_unschedulable = true;
+            assert!(matches!(
+                world.decide_submit(&strict),
+                Err(Refusal::Unschedulable(r)) if r.code == code
+            ));
+            // Nothing changed: no new event on later passes.
+            assert!(world.decide_placements(0, 100).is_empty(), "{code}");
+        }
+        let (_, round) = {
+            let (mut world, mut log) = fleet();
+            let out = submit_and_place(&mut world, &mut log, &gpu_request(1, Some("V100"), None));
+            assert!(
+                world
+                    .job(&out.0)
+                    .and_then(|j| j.waiting.clone())
+                    .is_some_and(|r| r.message.contains("H100") && r.message.contains("A100")),
+                "the reason names what the fleet has"
+            );
+            out
+        };
+        assert_eq!(round.len(), 1);
+
+        // No node at all.
+        let mut empty = World::default();
+        let mut log = Vec::new();
+        let (id, _) = submit_and_place(&mut empty, &mut log, &request("lonely"));
+        assert_eq!(
+            empty
+                .job(&id)
+                .and_then(|j| j.waiting.clone())
+                .map(|r| r.code),
+            Some("no_nodes".into())
+        );
+    }
+
+    #[test]
+    fn busy_unavailable_and_a_lost_gpu_change_the_reason() {
+        let (mut world, mut log) = fleet();
+        // Both H100s taken: a second 2-GPU job waits for resources, not forever.
+        let (_, _) = submit_and_place(&mut world, &mut log, &gpu_request(2, None, None));
+        let (second, _) = submit_and_place(&mut world, &mut log, &gpu_request(2, None, None));
+        let reason = world
+            .job(&second)
+            .and_then(|j| j.waiting.clone())
+            .expect("reason");
+        assert_eq!(reason.code, "resources_busy");
+        assert!(!reason.unschedulable);
+
+        // The only node that fits stops taking work: unavailable.
+        commit(
+            &mut world,
+            &mut log,
+            vec![
+                gantry_events::event::NodeDrained {
+                    node_id: "h100x2".into(),
+                    reason: "maintenance".into(),
+                }
+                .into(),
+            ],
+        );
+        let round = world.decide_placements(0, 100);
+        commit(&mut world, &mut log, round);
+        let reason = world
+            .job(&second)
+            .and_then(|j| j.waiting.clone())
+            .expect("reason");
+        assert_eq!(reason.code, "nodes_unavailable");
+
+        // A node that loses a GPU: two-GPU jobs can no longer fit anywhere.
+        let (mut world, mut log) = fleet();
+        commit(
+            &mut world,
+            &mut log,
+            vec![
+                gantry_events::event::NodeGpusObserved {
+                    node_id: "h100x2".into(),
+                    gpus: vec![gpu("GPU-h1", "NVIDIA H100 80GB HBM3", 80)],
+                }
+                .into(),
+            ],
+        );
+        let (id, _) = submit_and_place(&mut world, &mut log, &gpu_request(2, None, None));
+        let reason = world
+            .job(&id)
+            .and_then(|j| j.waiting.clone())
+            .expect("reason");
+        assert_eq!(reason.code, "too_many_gpus");
+        assert!(reason.message.contains("has 1"), "{}", reason.message);
     }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use gantry_events::event::Gpu;
 use gantry_nodes::client::{Client, ClientError};
 use gantry_nodes::up::{ExecutorChoice, UpOptions, up};
 use serde_json::Value;
@@ -30,15 +31,33 @@ impl Gantry {
         gantry
     }
 
+    /// Starts gantry on a fresh data directory, on a node reporting these (fake) GPUs.
+    pub fn start_with_gpus(executor: ExecutorChoice, gpus: Vec<Gpu>) -> Gantry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().to_owned();
+        let mut gantry = Gantry::launch(&data, executor, 64 << 10, Some(gpus));
+        gantry._dir = Some(dir);
+        gantry
+    }
+
     /// Starts gantry on `data` (kept after drop), with a request body limit.
     pub fn start_on(data: &Path, executor: ExecutorChoice, max_body_bytes: usize) -> Gantry {
+        Gantry::launch(data, executor, max_body_bytes, None)
+    }
+
+    fn launch(
+        data: &Path,
+        executor: ExecutorChoice,
+        max_body_bytes: usize,
+        fake_gpus: Option<Vec<Gpu>>,
+    ) -> Gantry {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let options = UpOptions {
             data: data.to_owned(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             executor,
-            fake_gpus: None,
+            fake_gpus,
             max_body_bytes,
         };
         let thread = std::thread::spawn(move || {
