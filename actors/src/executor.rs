@@ -100,6 +100,25 @@ pub trait GpuInventory: Send + Sync + 'static {
     /// `fake`.
     fn source(&self) -> &'static str;
 
-    /// The GPUs now, with utilisation. An error means the library is there but failed.
+    /// The GPUs now, with utilisation. An error means the library is there but failed. A GPU
+    /// the library reports as lost (fallen off the bus) is left out, so it disappears from the
+    /// inventory.
     fn gpus(&self) -> Result<Vec<gantry_events::event::Gpu>, String>;
+
+    /// A telemetry sample of every GPU. By default only what [`GpuInventory::gpus`] says.
+    fn samples(&self) -> Result<Vec<crate::telemetry::GpuSample>, String> {
+        let now = gantry_events::record::now_ns();
+        Ok(self
+            .gpus()?
+            .into_iter()
+            .map(|g| crate::telemetry::GpuSample {
+                uuid: g.uuid,
+                utilisation_pct: g.utilisation_pct,
+                memory_used_bytes: None,
+                temperature_c: None,
+                power_watts: None,
+                sampled_ns: now,
+            })
+            .collect())
+    }
 }

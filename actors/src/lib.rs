@@ -8,6 +8,7 @@
 //!
 //! - [`job`], [`spec`], [`placement`], [`world`]: the decisions, as plain functions and data;
 //! - [`executor`]: the traits workers run attempts and read GPUs through;
+//! - [`telemetry`]: the latest GPU samples, kept beside the views, never in the log;
 //! - [`actor`]: the five actix actors, one file each, thin wrappers around the above.
 //!
 //! Must not depend on: `gantry-nodes`, `gantry-gateway`, or any client of Docker, NVML, S3 or
@@ -18,4 +19,5 @@ pub mod executor;
 pub mod job;
 pub mod placement;
 pub mod spec;
+pub mod telemetry;
 pub mod world;

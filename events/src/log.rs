@@ -60,6 +60,16 @@ pub trait EventLog: Send + Sync + 'static {
     /// Every entry from sequence `from` (≥ 1) on: history first, then new appends as they
     /// become durable, each exactly once and in order.
     fn subscribe(&self, from: u64) -> BoxFuture<'_, Result<Subscription, crate::Error>>;
+
+    /// Why this log refuses appends (poisoned after a failed fsync, damage found at open), or
+    /// `None` when healthy.
+    ///
+    /// Answered from memory, without IO, so health checks can ask it often. A backend that
+    /// only learns of faults as it appends (JetStream: the server refuses) keeps the default,
+    /// `None`; its appends still fail with the reason.
+    fn fault(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Checks a batch against the limits every backend shares.

@@ -22,6 +22,7 @@ use gantry_actors::actor::scheduler::{Cancel, CommandError, Scheduler, Submit};
 use gantry_actors::actor::supervisor::{GetHealth, Supervisor};
 use gantry_actors::actor::worker::Worker;
 use gantry_actors::spec::SubmitRequest;
+use gantry_actors::telemetry::Telemetry;
 use gantry_actors::world::Refusal;
 use gantry_events::EventLog;
 use gantry_events::event::JobId;
@@ -41,6 +42,8 @@ pub struct Gateway {
     pub views_seq: watch::Receiver<u64>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// The latest GPU samples (not in the log), shown beside node and job views.
+    pub telemetry: Telemetry,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -184,13 +187,19 @@ async fn readyz(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let views = *gateway.views_seq.borrow();
     let health = gateway.supervisor.send(GetHealth).await.map_err(mailbox)?;
     let caught_up = views >= head.seq;
+    // A log that refuses appends (damage found at open, poisoned by a failed fsync) cannot
+    // take a submission, however current the views are.
+    let log_fault = gateway.log.fault();
+    let ready = caught_up && log_fault.is_none();
     let body = serde_json::json!({
-        "ready": caught_up,
+        "ready": ready,
         "log_head": head.seq,
         "views_seq": views,
+        "projection_lag": head.seq.saturating_sub(views),
+        "log_fault": log_fault,
         "health": health,
     });
-    Ok(if caught_up {
+    Ok(if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
@@ -273,7 +282,17 @@ async fn get_job(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     match gateway.views.job(&id)? {
-        Some(view) => Ok(HttpResponse::Ok().json(view)),
+        Some(view) => {
+            // While it runs, how busy its GPUs are now (telemetry, not history).
+            let samples = if view.state == "running" {
+                gateway.telemetry.gpus(&view.gpu_uuids)
+            } else {
+                Vec::new()
+            };
+            let mut value = serde_json::to_value(view).unwrap_or_default();
+            value["gpu_telemetry"] = serde_json::to_value(samples).unwrap_or_default();
+            Ok(HttpResponse::Ok().json(value))
+        }
         None => Err(ApiError::new(
             404,
             "not_found",
@@ -339,7 +358,18 @@ async fn logs(
 }
 
 async fn nodes(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "nodes": gateway.views.nodes()? })))
+    let nodes: Vec<serde_json::Value> = gateway
+        .views
+        .nodes()?
+        .into_iter()
+        .map(|node| {
+            let samples = gateway.telemetry.node(&node.id);
+            let mut value = serde_json::to_value(node).unwrap_or_default();
+            value["gpu_telemetry"] = serde_json::to_value(samples).unwrap_or_default();
+            value
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "nodes": nodes })))
 }
 
 async fn queues(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {

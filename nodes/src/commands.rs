@@ -374,6 +374,18 @@ pub async fn job(
         {
             out_line(out, format!("waiting: {message}"))?;
         }
+        for sample in reply["gpu_telemetry"].as_array().into_iter().flatten() {
+            let util = sample["utilisation_pct"]
+                .as_u64()
+                .map_or("?".to_owned(), |u| format!("{u}%"));
+            out_line(
+                out,
+                format!(
+                    "gpu {}: util {util} now",
+                    sample["uuid"].as_str().unwrap_or("")
+                ),
+            )?;
+        }
         out_line(
             out,
             serde_json::to_string_pretty(&reply).unwrap_or_default(),
@@ -469,8 +481,41 @@ pub async fn nodes(server: &ServerArgs, out: &mut (dyn Write + Send)) -> Result<
                 executor,
             ),
         )?;
+        // One line per GPU: what it is and, when sampled, how busy it is now.
+        for gpu in n["gpus"].as_array().into_iter().flatten() {
+            let uuid = gpu["uuid"].as_str().unwrap_or("");
+            let sample = n["gpu_telemetry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["uuid"] == uuid);
+            out_line(out, format!("  {uuid}  {}", gpu_line(gpu, sample)))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// "NVIDIA H100 80GB HBM3, 80 GiB, util 45%, 12 GiB used, 61°C, 312 W" (what was sampled).
+fn gpu_line(gpu: &Value, sample: Option<&Value>) -> String {
+    let mut parts = vec![
+        gpu["name"].as_str().unwrap_or("").to_owned(),
+        format!("{} GiB", gpu["memory_bytes"].as_u64().unwrap_or(0) >> 30),
+    ];
+    if let Some(s) = sample {
+        if let Some(u) = s["utilisation_pct"].as_u64() {
+            parts.push(format!("util {u}%"));
+        }
+        if let Some(m) = s["memory_used_bytes"].as_u64() {
+            parts.push(format!("{} GiB used", m >> 30));
+        }
+        if let Some(t) = s["temperature_c"].as_u64() {
+            parts.push(format!("{t}°C"));
+        }
+        if let Some(w) = s["power_watts"].as_f64() {
+            parts.push(format!("{w:.0} W"));
+        }
+    }
+    parts.join(", ")
 }
 
 /// `gantry events [--follow]`.

@@ -117,7 +117,7 @@ pub async fn up(
 
     let executor = choose_executor(options.executor, &data).await?;
     let inventory: Arc<dyn GpuInventory> = match options.fake_gpus.clone() {
-        Some(gpus) => Arc::new(FakeInventory(gpus)),
+        Some(gpus) => Arc::new(FakeInventory::new(gpus)),
         None => Arc::new(NvmlInventory::detect()),
     };
     let this = node::this_node(&data)?;
@@ -147,6 +147,7 @@ pub async fn up(
         logs_dir: data.join("logs"),
         views_seq,
         max_body_bytes: options.max_body_bytes,
+        telemetry: actors.telemetry.clone(),
     };
     let server = HttpServer::new(move || {
         let gateway = gateway.clone();

@@ -295,7 +295,7 @@ pub async fn subscribe_from_the_middle_while_writing<H: Harness>(h: &mut H) {
     assert_eq!(live.seq, appended[0].seq);
 }
 
-/// `verify` names the damaged sequence, and a damaged log takes no more appends after it.
+/// `verify` names the damaged sequence, and a damaged log refuses appends.
 pub async fn verify_finds_damage<H: Harness>(h: &mut H) {
     let log = h.open().await;
     for i in 0..4 {
@@ -329,6 +329,27 @@ pub async fn verify_finds_damage<H: Harness>(h: &mut H) {
         .expect("log answers")
         .expect("chain before the damage holds");
     assert_eq!(before.last_seq, bad - 1);
+
+    // And no append goes through: `Ok` from an append means "in the verified chain", and
+    // nothing after the damage can be. Both backends refuse, naming the damaged sequence: the
+    // embedded store found the damage when it opened and refuses every append after it;
+    // JetStream checks the entry it would seal after, which is the harness's foreign message.
+    // (JetStream does not scan a whole stream per connection, so damage deeper in a stream is
+    // left to `verify` and the Auditor; this check holds for both because both harnesses
+    // damage what an append must build on.)
+    let stored = read_all(&*log).await.len();
+    for attempt in 0..2 {
+        match log.append(vec![event(1, attempt)]).await {
+            Err(Error::Broken { seq, .. }) => {
+                assert_eq!(seq, bad, "the refusal names the damaged sequence")
+            }
+            other => panic!("an append after damage must be refused: {other:?}"),
+        }
+    }
+    assert_eq!(read_all(&*log).await.len(), stored, "nothing was appended");
+    if let Some(fault) = log.fault() {
+        assert!(fault.contains(&format!("sequence {bad}")), "{fault}");
+    }
 }
 
 /// Expands to one test per conformance check; `$harness` is an async expression giving a fresh

@@ -2,9 +2,10 @@
 //! container), timeouts and cancels stop the container, failures retry then dead-letter, a
 //! missing image is a typed failure, and every container is removed. Through the executor
 //! itself: an attempt that ended while nobody waited is read after a restart, a second wait
-//! joins the first collector, `discard` after an abandoned start leaves nothing, and a pull
-//! that hangs times out. Needs a Docker engine and the local test image
-//! (`gantry-test/busybox:latest`, built by `.ci/run`; `GANTRY_TEST_IMAGE` overrides).
+//! joins the first collector, `discard` after an abandoned start leaves nothing, a pull that
+//! hangs times out, and a container the OOM killer struck is reported as such. Needs a Docker
+//! engine and the local test image (`gantry-test/busybox:latest`, built by `.ci/run`;
+//! `GANTRY_TEST_IMAGE` overrides).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -543,6 +544,43 @@ fn a_pull_that_hangs_times_out() {
         executor.discard(run.job_id, run.attempt).await;
     });
     assert_eq!(containers_of(&docker, &run.job_id.to_string()), 0);
+}
+
+#[test]
+fn an_oom_killed_container_says_so() {
+    let Some(docker) = docker() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A shell variable doubling until the kernel kills the shell (the image has no python).
+    let mut hog = attempt("echo growing; x=a; while :; do x=$x$x; done", dir.path());
+    hog.spec.resources.memory_bytes = 16 << 20;
+    let _cleanup = RemoveOnDrop(hog.job_id.to_string());
+    let mut calm = attempt("echo calm", dir.path());
+    calm.log_path = dir.path().join("calm.log");
+    let _cleanup_calm = RemoveOnDrop(calm.job_id.to_string());
+    runtime().block_on(async {
+        let executor = DockerExecutor::connect().await.expect("engine");
+        let handle = executor.start(&hog).await.expect("started");
+        let outcome = tokio::time::timeout(WITHIN, executor.wait(&handle, &hog))
+            .await
+            .expect("the hog ends");
+        let log = read(&hog.log_path);
+        assert!(
+            matches!(outcome, Outcome::Exited { code, oom_killed: true } if code != 0),
+            "{outcome:?}\n{log}"
+        );
+        assert_eq!(count(&log, "stdout growing"), 1, "{log}");
+
+        // One that stays within its memory is not reported as OOM-killed.
+        let handle = executor.start(&calm).await.expect("started");
+        assert_eq!(
+            executor.wait(&handle, &calm).await,
+            Outcome::Exited {
+                code: 0,
+                oom_killed: false
+            }
+        );
+    });
+    assert_eq!(containers_of(&docker, &hog.job_id.to_string()), 0);
 }
 
 async fn containers_of_async(docker: &bollard::Docker, job: &str) -> usize {

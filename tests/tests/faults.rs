@@ -209,7 +209,7 @@ async fn a_report_the_log_did_not_take_is_retried_until_recorded() {
     let actors = Supervisor::start(
         log.clone(),
         executor,
-        Arc::new(FakeInventory(vec![])),
+        Arc::new(FakeInventory::new(vec![])),
         options(dir.path(), Limits::default()),
     )
     .await
@@ -248,7 +248,7 @@ async fn a_placement_not_started_within_its_lease_is_taken_back() {
     let actors = Supervisor::start(
         log.clone(),
         executor.clone(),
-        Arc::new(FakeInventory(vec![])),
+        Arc::new(FakeInventory::new(vec![])),
         options(dir.path(), limits),
     )
     .await
@@ -317,7 +317,7 @@ async fn cancel_and_timeout_take_effect_while_an_attempt_is_starting() {
     let actors = Supervisor::start(
         log.clone(),
         executor.clone(),
-        Arc::new(FakeInventory(vec![])),
+        Arc::new(FakeInventory::new(vec![])),
         options(dir.path(), Limits::default()),
     )
     .await
@@ -359,4 +359,101 @@ async fn cancel_and_timeout_take_effect_while_an_attempt_is_starting() {
     assert!(discarded.contains(&(cancelled, 1)), "{discarded:?}");
     assert!(discarded.contains(&(timed, 1)), "{discarded:?}");
     assert!(lock(&executor.handles).is_empty(), "nothing was started");
+}
+
+fn fake_gpu(n: u32) -> gantry_events::event::Gpu {
+    gantry_events::event::Gpu {
+        uuid: format!("GPU-fake-{n}"),
+        name: "NVIDIA H100 80GB HBM3".into(),
+        memory_bytes: 80 << 30,
+        utilisation_pct: Some(40 + n as u8),
+        driver_version: Some("580.65.06".into()),
+    }
+}
+
+/// A node losing a GPU is recorded as an inventory change once its append succeeds (the log
+/// refuses the first try); telemetry is sampled beside it and never logged.
+#[actix_rt::test]
+async fn a_lost_gpu_is_recorded_once_the_log_takes_it_and_telemetry_stays_out_of_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(FlakyLog {
+        inner: EmbeddedLog::open(dir.path()).await.expect("log"),
+        ty: "node.gpus_observed",
+        fail: AtomicUsize::new(1),
+    });
+    let inventory = FakeInventory::new(vec![fake_gpu(1), fake_gpu(2)]);
+    let mut node = options(dir.path(), Limits::default());
+    node.gpu_probe_every = Duration::from_millis(100);
+    let actors = Supervisor::start(
+        log.clone(),
+        Arc::new(ProcessExecutor::new(dir.path().join("work"))),
+        Arc::new(inventory.clone()),
+        node,
+    )
+    .await
+    .expect("start");
+
+    // Telemetry of both GPUs is there, with what the fake reports.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = actors.telemetry.node("n1");
+        if samples.len() == 2 {
+            assert_eq!(samples[0].utilisation_pct, Some(41));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no telemetry: {samples:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // GPU 2 falls off the bus.
+    inventory.set(vec![fake_gpu(1)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let observed = loop {
+        let observed = node_events(&*log, "node.gpus_observed").await;
+        if !observed.is_empty() {
+            break observed;
+        }
+        assert!(Instant::now() < deadline, "the lost GPU was never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        log.fail.load(Ordering::SeqCst),
+        0,
+        "the first append was refused"
+    );
+    // A few more checks: the change is not recorded a second time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let observed_later = node_events(&*log, "node.gpus_observed").await;
+    assert_eq!(observed_later.len(), 1, "{observed_later:?}");
+    let gantry_events::Event::Node(gantry_events::event::NodeEvent::GpusObserved(g)) = &observed[0]
+    else {
+        panic!("not a gpus_observed event")
+    };
+    assert_eq!(g.gpus.len(), 1);
+    assert_eq!(g.gpus[0].uuid, "GPU-fake-1");
+    // Utilisation moves all the time: it never reaches the log on its own.
+    inventory.set(vec![gantry_events::event::Gpu {
+        utilisation_pct: Some(99),
+        ..fake_gpu(1)
+    }]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(node_events(&*log, "node.gpus_observed").await.len(), 1);
+}
+
+async fn node_events(log: &dyn EventLog, ty: &str) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut next = 1;
+    loop {
+        let entries = log.read(next, 1024).await.expect("read");
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            return out;
+        };
+        for entry in entries {
+            let envelope = entry.open().expect("decode");
+            if envelope.type_name == ty {
+                out.push(envelope.event);
+            }
+        }
+        next = last + 1;
+    }
 }

@@ -153,3 +153,25 @@ fn a_finished_job_keeps_every_attempt_with_its_node_gpus_and_end() {
         assert!(a["limits_enforced"].is_boolean(), "{a}");
     }
 }
+
+#[test]
+fn nodes_show_gpu_telemetry_beside_the_inventory() {
+    let gantry = two_h100();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let nodes = gantry.client.get("/v1/nodes").expect("nodes");
+        let node = &nodes["nodes"][0];
+        let samples = node["gpu_telemetry"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if samples.len() == 2 {
+            let uuids: Vec<&str> = samples.iter().filter_map(|s| s["uuid"].as_str()).collect();
+            assert!(uuids.contains(&h100(1).uuid.as_str()), "{node}");
+            assert!(samples.iter().all(|s| s["sampled_ns"].as_u64() > Some(0)));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no telemetry: {node}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

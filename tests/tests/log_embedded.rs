@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use gantry_events::EmbeddedLog;
-use gantry_events::file::{FrameReader, HEADER_LEN};
+use gantry_events::file::{FRAME_OVERHEAD, FrameReader, HEADER_LEN};
 use gantry_tests::conformance::Harness;
 use gantry_tests::conformance_tests;
 
@@ -38,7 +38,12 @@ impl Harness for Embedded {
     }
 
     async fn damage(&mut self) -> u64 {
-        // Flip one byte inside the record of entry 50, as a bad disk would.
+        // Closed first, as a store is when a disk goes bad under it between runs: the store
+        // checks its frames when it opens, so the next `open` finds the damage. (A running
+        // store trusts what it wrote; `verify` and the Auditor catch damage under it.)
+        self.restart().await;
+        // Flip one byte inside the record of entry 50, as a bad disk would: its frame's
+        // checksum fails in the middle of the file, so the store opens damaged.
         const TARGET: u64 = 50;
         let path = self.dir.path().join(gantry_events::embedded::LOG_FILE);
         let mut bytes = std::fs::read(&path).expect("read log file");
@@ -51,7 +56,7 @@ impl Harness for Embedded {
                 break frame;
             }
         };
-        let at = frame.offset as usize + 5 + frame.entry.len() / 2;
+        let at = frame.offset as usize + FRAME_OVERHEAD + frame.entry.len() / 2;
         bytes[at] ^= 0x20;
         std::fs::write(&path, &bytes).expect("write log file");
         TARGET

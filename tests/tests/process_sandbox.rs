@@ -1,11 +1,16 @@
 //! What the local process executor enforces, checked from inside the jobs it runs: as root,
 //! every attempt runs as an unprivileged uid of its own without supplementary groups, reaches
-//! its own directory and nothing of gantry's data dir nor another attempt's; limits apply; the
-//! working directory is honoured; a failed setup starts nothing; `discard` and `find` stop
-//! every process of an attempt; and a job inherits no descriptor of gantry's.
+//! its own directory and nothing of gantry's data dir nor another attempt's; rlimits apply;
+//! each attempt runs in a cgroup of its own with the job's memory, CPU and pids limits, gone
+//! when the attempt ends, and an OOM kill is reported as one; without writable cgroups jobs
+//! still run and the executor says limits are not enforced; the working directory is
+//! honoured; a failed setup starts nothing; `discard` and `find` stop every process of an
+//! attempt and remove its cgroup; and a job inherits no descriptor of gantry's.
 //!
 //! The isolation tests need root (they really switch users): without it they print a loud
-//! SKIPPED line and return.
+//! SKIPPED line and return. The cgroup tests need root and a writable cgroup hierarchy with
+//! the memory, pids and cpu controllers: without them they skip loudly, and fail under
+//! GANTRY_REQUIRE_SERVICES=1.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -13,8 +18,10 @@ use std::time::{Duration, Instant};
 
 use gantry_actors::executor::{Executor, Outcome, RunSpec};
 use gantry_events::event::JobSpec;
+use gantry_nodes::executor::cgroup::CgroupOptions;
 use gantry_nodes::executor::process::{ProcessExecutor, ProcessOptions, UidRange};
 use gantry_nodes::up::ExecutorChoice;
+use gantry_tests::services::unavailable;
 use gantry_tests::system::Gantry;
 use serde_json::json;
 
@@ -30,6 +37,10 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with(ProcessOptions::default())
+    }
+
+    fn with(options: ProcessOptions) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         // The temp dir itself: the executor makes it searchable; /tmp above it is.
         let data = dir.path().to_owned();
@@ -41,7 +52,7 @@ impl Setup {
             set_mode(&data.join(file), 0o644);
         }
         set_mode(&data.join("views"), 0o755);
-        let executor = ProcessExecutor::open(&data, ProcessOptions::default()).expect("open");
+        let executor = ProcessExecutor::open(&data, options).expect("open");
         Setup {
             _dir: dir,
             data,
@@ -60,6 +71,23 @@ impl Setup {
         eprintln!("!!! SKIPPED {test}: needs root (jobs are switched to their own uids)");
         eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
         None
+    }
+
+    /// A setup whose executor limits jobs through cgroups, or `None` (with a loud notice, or a
+    /// failure under GANTRY_REQUIRE_SERVICES=1) when this machine lets it make none.
+    fn cgrouped(options: ProcessOptions) -> Option<Setup> {
+        let setup = Setup::with(options);
+        if setup.executor.limits_enforced() {
+            return Some(setup);
+        }
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        unavailable(
+            "cgroups",
+            &format!(
+                "no writable cgroup hierarchy with memory, pids and cpu under /sys/fs/cgroup \
+                 (running as root: {root})"
+            ),
+        )
     }
 
     /// An attempt of `sh -c script`, logging where gantry's worker would.
@@ -361,13 +389,178 @@ fn limits_apply() {
         let options = ProcessOptions::default();
         let nofile = options.nofile.to_string();
         assert_eq!(value(&lines, "nofile:"), Some(nofile.as_str()), "{lines:?}");
-        let memory = MEMORY.to_string();
-        assert_eq!(value(&lines, "as:"), Some(memory.as_str()), "{lines:?}");
+        // No address-space limit of the job's own (CUDA reserves huge virtual ranges): the
+        // job has what this test process has.
+        let ours = std::fs::read_to_string("/proc/self/limits").expect("limits");
+        let ours = ours
+            .lines()
+            .find_map(|l| l.strip_prefix("Max address space"))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("address space limit");
+        assert_eq!(value(&lines, "as:"), Some(ours), "{lines:?}");
         if setup.executor.isolated() {
             let nproc = options.nproc.to_string();
             assert_eq!(value(&lines, "nproc:"), Some(nproc.as_str()), "{lines:?}");
         }
     });
+}
+
+/// Prints the job's cgroups (`cgroup: <line of /proc/self/cgroup>`) and the limits they hold
+/// (`memory:`, `pids:`, `cpu: <quota> <period>`), read from inside the job, for cgroup v1 (a
+/// hierarchy per controller) and v2 (one hierarchy).
+const CGROUP_PROBE: &str = r#"
+while read -r line; do echo "cgroup: $line"; done < /proc/self/cgroup
+while IFS=: read -r id controllers path; do
+  case ",$controllers," in
+    *,memory,*) echo "memory: $(cat /sys/fs/cgroup/memory$path/memory.limit_in_bytes)";;
+  esac
+  case ",$controllers," in
+    *,pids,*) echo "pids: $(cat /sys/fs/cgroup/pids$path/pids.max)";;
+  esac
+  case ",$controllers," in
+    *,cpu,*) echo "cpu: $(cat /sys/fs/cgroup/cpu$path/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu$path/cpu.cfs_period_us)";;
+  esac
+  if [ -z "$controllers" ] && [ -e "/sys/fs/cgroup$path/memory.max" ]; then
+    echo "memory: $(cat /sys/fs/cgroup$path/memory.max)"
+    echo "pids: $(cat /sys/fs/cgroup$path/pids.max)"
+    echo "cpu: $(cat /sys/fs/cgroup$path/cpu.max)"
+  fi
+done < /proc/self/cgroup
+"#;
+
+#[test]
+fn each_attempt_runs_in_a_cgroup_with_its_limits() {
+    let Some(setup) = Setup::cgrouped(ProcessOptions::default()) else {
+        return;
+    };
+    runtime().block_on(async {
+        let run = setup.attempt(CGROUP_PROBE);
+        let dirs = setup.executor.attempt_cgroups(run.job_id, run.attempt);
+        assert!(!dirs.is_empty());
+        let (outcome, lines) = setup.run(&run).await;
+        assert_eq!(
+            outcome,
+            Outcome::Exited {
+                code: 0,
+                oom_killed: false
+            },
+            "{lines:?}"
+        );
+        // In the attempt's own cgroup, in every hierarchy gantry uses (v1: memory, pids and
+        // cpu each; v2: the one).
+        let name = format!("/gantry/{}-{}", run.job_id, run.attempt);
+        let in_attempt: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("stdout cgroup: ") && l.ends_with(&name))
+            .collect();
+        assert_eq!(in_attempt.len(), dirs.len(), "{lines:?}");
+        for dir in &dirs {
+            assert!(dir.ends_with(&name[1..]), "{}", dir.display());
+        }
+        // The limits, as the job's own cgroup files say.
+        let memory = MEMORY.to_string();
+        assert_eq!(value(&lines, "memory:"), Some(memory.as_str()), "{lines:?}");
+        let pids = ProcessOptions::default().pids_limit.to_string();
+        assert_eq!(value(&lines, "pids:"), Some(pids.as_str()), "{lines:?}");
+        // 500 millis: half of each 100 ms period.
+        assert_eq!(value(&lines, "cpu:"), Some("50000 100000"), "{lines:?}");
+        // The attempt over, its cgroup is gone.
+        for dir in &dirs {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+    });
+}
+
+#[test]
+fn the_pids_limit_holds() {
+    let options = ProcessOptions {
+        pids_limit: 8,
+        ..ProcessOptions::default()
+    };
+    let Some(setup) = Setup::cgrouped(options) else {
+        return;
+    };
+    runtime().block_on(async {
+        // The job itself and seven more: the eighth fork fails.
+        let run = setup.attempt(
+            "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 300 & done; echo forked: $i; wait",
+        );
+        let (_, lines) = setup.run(&run).await;
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("stderr ") && l.to_lowercase().contains("fork")),
+            "a fork past the limit fails: {lines:?}"
+        );
+        // The sleeps it did start went with the attempt.
+        assert_eq!(processes_in(&setup.dir(&run)), Vec::<i32>::new());
+    });
+}
+
+#[test]
+fn an_oom_killed_job_says_so() {
+    let Some(setup) = Setup::cgrouped(ProcessOptions::default()) else {
+        return;
+    };
+    runtime().block_on(async {
+        let mut run = setup.attempt("echo growing; x=a; while :; do x=$x$x; done");
+        run.spec.resources.memory_bytes = 32 << 20;
+        let (outcome, lines) = setup.run(&run).await;
+        assert_eq!(
+            outcome,
+            Outcome::Exited {
+                code: 137,
+                oom_killed: true
+            },
+            "{lines:?}"
+        );
+        assert!(lines.contains(&"stdout growing".to_owned()), "{lines:?}");
+        for dir in setup.executor.attempt_cgroups(run.job_id, run.attempt) {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+    });
+}
+
+#[test]
+fn without_writable_cgroups_jobs_run_unlimited_and_say_so() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    for root in [empty.path().join("nonexistent"), empty.path().to_owned()] {
+        let options = ProcessOptions {
+            cgroups: CgroupOptions {
+                root: root.clone(),
+                ..CgroupOptions::default()
+            },
+            ..ProcessOptions::default()
+        };
+        let setup = Setup::with(options);
+        assert!(!setup.executor.limits_enforced(), "{}", root.display());
+        runtime().block_on(async {
+            let run = setup.attempt(
+                "echo ran; while read -r l; do echo \"cgroup: $l\"; done < /proc/self/cgroup",
+            );
+            assert_eq!(
+                setup.executor.attempt_cgroups(run.job_id, 1),
+                Vec::<PathBuf>::new()
+            );
+            let (outcome, lines) = setup.run(&run).await;
+            assert!(
+                matches!(
+                    outcome,
+                    Outcome::Exited {
+                        code: 0,
+                        oom_killed: false
+                    }
+                ),
+                "{lines:?}"
+            );
+            assert!(lines.contains(&"stdout ran".to_owned()), "{lines:?}");
+            let job = run.job_id.to_string();
+            assert!(
+                !lines.iter().any(|l| l.contains(&job)),
+                "in no cgroup of the attempt: {lines:?}"
+            );
+        });
+    }
 }
 
 #[test]
@@ -478,6 +671,9 @@ fn discard_and_find_stop_every_process_of_the_attempt() {
             setup.executor.wait(&handle, &run).await,
             Outcome::Exited { code: 137, .. }
         ));
+        for dir in setup.executor.attempt_cgroups(run.job_id, run.attempt) {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
 
         // find, on an executor of a restarted gantry: the process is not its child.
         let run = setup.attempt(script);
@@ -492,6 +688,9 @@ fn discard_and_find_stop_every_process_of_the_attempt() {
             ProcessExecutor::open(&setup.data, ProcessOptions::default()).expect("open");
         assert_eq!(restarted.find(run.job_id, run.attempt).await, None);
         until("the group is gone", || processes_of_group(pgid).is_empty()).await;
+        for dir in restarted.attempt_cgroups(run.job_id, run.attempt) {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
         if setup.executor.isolated() {
             assert_eq!(
                 processes_of_uid(uid),

@@ -1,5 +1,8 @@
-//! The GpuProbe: reads this node's GPU inventory now and then and records a
-//! `node.gpus_observed` event only when it changed (utilisation excluded, it always moves).
+//! The GpuProbe: samples this node's GPUs every few seconds into [`Telemetry`] (utilisation,
+//! memory used, temperature, power: never into the log), and checks the inventory less often,
+//! recording a `node.gpus_observed` event only when it changed — a GPU appearing, disappearing
+//! or falling off the bus. A change counts as recorded only once its append succeeded; a
+//! failed append is tried again at the next check.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,13 +12,21 @@ use gantry_events::event::{Gpu, NodeGpusObserved};
 
 use crate::actor::scheduler::{Record, Scheduler};
 use crate::executor::GpuInventory;
+use crate::telemetry::Telemetry;
+
+/// How often GPUs are sampled for telemetry.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 pub struct GpuProbe {
     node: String,
     inventory: Arc<dyn GpuInventory>,
     scheduler: Addr<Scheduler>,
     every: Duration,
-    last: Vec<Gpu>,
+    telemetry: Telemetry,
+    /// The inventory as the log has it (what the node joined with, then each recorded change).
+    recorded: Vec<Gpu>,
+    /// A change is being appended.
+    recording: bool,
 }
 
 impl std::fmt::Debug for GpuProbe {
@@ -47,6 +58,7 @@ impl GpuProbe {
         inventory: Arc<dyn GpuInventory>,
         scheduler: Addr<Scheduler>,
         every: Duration,
+        telemetry: Telemetry,
         initial: Vec<Gpu>,
     ) -> GpuProbe {
         GpuProbe {
@@ -54,26 +66,56 @@ impl GpuProbe {
             inventory,
             scheduler,
             every,
-            last: initial,
+            telemetry,
+            recorded: initial,
+            recording: false,
         }
     }
 
-    fn probe(&mut self) {
-        match self.inventory.gpus() {
-            Ok(gpus) if identity(&gpus) != identity(&self.last) => {
-                tracing::info!(node = %self.node, count = gpus.len(), "GPU inventory changed");
-                self.last = gpus.clone();
-                self.scheduler.do_send(Record(
-                    NodeGpusObserved {
-                        node_id: self.node.clone(),
-                        gpus,
-                    }
-                    .into(),
-                ));
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(node = %self.node, %error, "GPU probe failed"),
+    fn sample(&mut self) {
+        match self.inventory.samples() {
+            Ok(samples) => self.telemetry.record(&self.node, samples),
+            Err(error) => tracing::warn!(node = %self.node, %error, "GPU sample failed"),
         }
+    }
+
+    fn check(&mut self, ctx: &mut Context<Self>) {
+        if self.recording {
+            return;
+        }
+        let gpus = match self.inventory.gpus() {
+            Ok(gpus) => gpus,
+            Err(error) => {
+                tracing::warn!(node = %self.node, %error, "GPU probe failed");
+                return;
+            }
+        };
+        if identity(&gpus) == identity(&self.recorded) {
+            return;
+        }
+        tracing::info!(node = %self.node, before = self.recorded.len(), now = gpus.len(), "GPU inventory changed");
+        self.recording = true;
+        let event = NodeGpusObserved {
+            node_id: self.node.clone(),
+            gpus: gpus.clone(),
+        };
+        ctx.spawn(
+            self.scheduler
+                .send(Record(event.into()))
+                .into_actor(self)
+                .map(move |result, act, _| {
+                    act.recording = false;
+                    match result {
+                        Ok(Ok(())) => act.recorded = gpus,
+                        Ok(Err(error)) => {
+                            tracing::warn!(node = %act.node, %error, "GPU change not recorded; will retry")
+                        }
+                        Err(error) => {
+                            tracing::warn!(node = %act.node, %error, "GPU change not delivered; will retry")
+                        }
+                    }
+                }),
+        );
     }
 }
 
@@ -81,7 +123,9 @@ impl Actor for GpuProbe {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.every, |act, _| act.probe());
+        self.sample();
+        ctx.run_interval(SAMPLE_EVERY.min(self.every), |act, _| act.sample());
+        ctx.run_interval(self.every, |act, ctx| act.check(ctx));
     }
 }
 

@@ -18,6 +18,7 @@ use crate::actor::scheduler::{Record, Scheduler};
 use crate::actor::worker::Worker;
 use crate::executor::{Executor, GpuInventory};
 use crate::spec::Limits;
+use crate::telemetry::Telemetry;
 
 /// What a node is started with.
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub struct Actors {
     pub auditor: Addr<Auditor>,
     pub gpu_probe: Addr<GpuProbe>,
     pub supervisor: Addr<Supervisor>,
+    /// The latest GPU samples.
+    pub telemetry: Telemetry,
 }
 
 /// One check of `/readyz` and `gantry nodes`.
@@ -135,6 +138,7 @@ impl Supervisor {
                 (log.clone(), scheduler.clone(), options.checkpoint_every);
             actix::Supervisor::start(move |_| Auditor::new(log, scheduler, every))
         };
+        let telemetry = Telemetry::default();
         let gpu_probe = {
             let (node, inventory, scheduler, every) = (
                 options.node_id.clone(),
@@ -142,8 +146,9 @@ impl Supervisor {
                 scheduler.clone(),
                 options.gpu_probe_every,
             );
+            let telemetry = telemetry.clone();
             actix::Supervisor::start(move |_| {
-                GpuProbe::new(node, inventory, scheduler, every, gpus)
+                GpuProbe::new(node, inventory, scheduler, every, telemetry.clone(), gpus)
             })
         };
         let supervisor = Supervisor {
@@ -161,6 +166,7 @@ impl Supervisor {
             auditor,
             gpu_probe,
             supervisor,
+            telemetry,
         })
     }
 }

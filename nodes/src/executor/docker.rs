@@ -10,7 +10,14 @@
 //! processes of uid 1000 (`nproc`) are limited by rlimits; an init (`docker-init`/tini) is PID 1,
 //! forwarding signals and reaping orphans; the engine keeps at most
 //! [`DockerOptions::log_max_files`] × [`DockerOptions::log_max_size`] of a container's output.
-//! GPUs are passed as device requests naming the UUIDs reserved for the attempt.
+//! GPUs are passed as device requests naming the UUIDs reserved for the attempt (none when
+//! none were), and `CUDA_VISIBLE_DEVICES` and `NVIDIA_VISIBLE_DEVICES` name the same UUIDs
+//! (with none: empty and `void`, so an image that sets `NVIDIA_VISIBLE_DEVICES=all`, as CUDA
+//! base images do, gets no GPU from an engine whose default runtime is NVIDIA's). They are set
+//! after the job's own variables; a job's value for either is dropped.
+//!
+//! **Out of memory.** A container the kernel's OOM killer struck (the engine's `OOMKilled`,
+//! read when the container has ended) ends as `Outcome::Exited { oom_killed: true, .. }`.
 //!
 //! **Lifecycle.** Containers are named `gantry-<job>-<attempt>` and labelled with job and
 //! attempt. An image pull is bounded by [`DockerOptions::pull_timeout`]. Creating and starting
@@ -277,7 +284,20 @@ impl DockerExecutor {
             image: Some(spec.image.clone()),
             entrypoint,
             cmd,
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(
+                spec.env
+                    .iter()
+                    .filter(|(k, _)| !super::is_gpu_env(k))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    // Last: the engine lets a later entry of a name win, and the filter above
+                    // leaves no earlier one anyway.
+                    .chain(
+                        super::gpu_env(&run.gpu_uuids)
+                            .into_iter()
+                            .map(|(k, v)| format!("{k}={v}")),
+                    )
+                    .collect(),
+            ),
             working_dir: spec.working_dir.clone(),
             user: Some(JOB_USER.into()),
             labels: Some(HashMap::from([
@@ -767,6 +787,73 @@ mod tests {
         let log = log.config.expect("log options");
         assert_eq!(log.get("max-size").map(String::as_str), Some("10m"));
         assert_eq!(log.get("max-file").map(String::as_str), Some("5"));
+    }
+
+    #[test]
+    fn gpus_reach_the_container_by_uuid() {
+        let mut run = run();
+        run.gpu_uuids = vec![
+            "GPU-aaaaaaaa-0000-0000-0000-000000000001".into(),
+            "GPU-bbbbbbbb-0000-0000-0000-000000000002".into(),
+        ];
+        // A job naming GPUs of its own is overridden (the scheduler also refuses these names).
+        run.spec
+            .env
+            .insert("CUDA_VISIBLE_DEVICES".into(), "0,1,2,3".into());
+        run.spec
+            .env
+            .insert("NVIDIA_VISIBLE_DEVICES".into(), "all".into());
+        run.spec.env.insert("KEEP".into(), "me".into());
+        let body = DockerExecutor::config(&run);
+        let both =
+            "GPU-aaaaaaaa-0000-0000-0000-000000000001,GPU-bbbbbbbb-0000-0000-0000-000000000002";
+        let env = body.env.expect("env");
+        let gpu_lines: Vec<&String> = env
+            .iter()
+            .filter(|e| e.contains("VISIBLE_DEVICES"))
+            .collect();
+        assert_eq!(
+            gpu_lines,
+            [
+                &format!("CUDA_VISIBLE_DEVICES={both}"),
+                &format!("NVIDIA_VISIBLE_DEVICES={both}"),
+            ]
+        );
+        assert!(env.contains(&"KEEP=me".to_owned()), "{env:?}");
+        let requests = body
+            .host_config
+            .expect("host config")
+            .device_requests
+            .expect("device requests");
+        assert_eq!(
+            requests,
+            [DeviceRequest {
+                driver: Some("nvidia".into()),
+                device_ids: Some(run.gpu_uuids.clone()),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..Default::default()
+            }]
+        );
+    }
+
+    #[test]
+    fn without_gpus_the_container_sees_none() {
+        let mut run = run();
+        run.spec
+            .env
+            .insert("NVIDIA_VISIBLE_DEVICES".into(), "all".into());
+        let body = DockerExecutor::config(&run);
+        let env = body.env.expect("env");
+        let gpu_lines: Vec<&str> = env
+            .iter()
+            .map(String::as_str)
+            .filter(|e| e.contains("VISIBLE_DEVICES"))
+            .collect();
+        assert_eq!(
+            gpu_lines,
+            ["CUDA_VISIBLE_DEVICES=", "NVIDIA_VISIBLE_DEVICES=void"]
+        );
+        assert_eq!(body.host_config.expect("host").device_requests, None);
     }
 
     #[test]

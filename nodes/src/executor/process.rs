@@ -6,19 +6,39 @@
 //! - Each attempt runs in its own process group (a cancel or timeout kills every process the
 //!   job started in it) with a cleared environment (the job's variables, `PATH`, and `HOME`
 //!   set to the attempt's directory) and stdin from `/dev/null`.
-//! - Limits through `prlimit` (util-linux), when it is installed: address space (`--as`, the
-//!   job's memory), open files (`--nofile`, [`ProcessOptions::nofile`], at most gantry's own
-//!   hard limit) and, when the attempt has a uid of its own, processes (`--nproc`,
-//!   [`ProcessOptions::nproc`]; the kernel counts them per uid, so with a shared uid the limit
-//!   would count gantry's own threads too and is not applied).
+//! - Memory, CPU and process limits through a cgroup of the attempt's own (see
+//!   [`super::cgroup`] for the files and both cgroup versions): memory is the job's
+//!   `memory_bytes` with no swap beyond it, CPU time its `cpu_millis` (a CFS quota per
+//!   100 ms period), processes and threads of the attempt together at most
+//!   [`ProcessOptions::pids_limit`]. The process enters the cgroup before the job's program
+//!   runs, so everything the job starts is in it (see "Entering the cgroup" below). A job the
+//!   kernel's OOM killer struck ends as `Outcome::Exited { oom_killed: true, .. }`. When the
+//!   attempt ends, whatever is left in the cgroup is killed and the cgroup removed. When no
+//!   cgroup can be made (not root, no cgroup filesystem, a read-only one, no delegation), the
+//!   executor warns once when built, [`Executor::limits_enforced`] is false (every attempt's
+//!   start records that), and jobs run without these limits; when the host offers only some
+//!   of the three controllers, the others are applied and `limits_enforced` is false too.
+//!   There is no address-space limit (`RLIMIT_AS`): CUDA reserves far more virtual memory
+//!   than it uses, so one would break GPU jobs.
+//! - Rlimits through `prlimit` (util-linux), when it is installed: open files (`--nofile`,
+//!   [`ProcessOptions::nofile`], at most gantry's own hard limit) and, when the attempt has a
+//!   uid of its own, processes of that uid (`--nproc`, [`ProcessOptions::nproc`]; the kernel
+//!   counts them per uid, so with a shared uid the limit would count gantry's own threads too
+//!   and is not applied).
+//! - GPUs: `CUDA_VISIBLE_DEVICES` and `NVIDIA_VISIBLE_DEVICES` name the UUIDs of the GPUs
+//!   assigned to the attempt (with none: empty and `void`), set after the job's own variables
+//!   so a job cannot choose other GPUs. Only CUDA's and the toolkit's cooperation makes this
+//!   hold: a local process can still open every `/dev/nvidia*` device its user may.
 //! - A job starts with no descriptor of gantry's but 0, 1 and 2: everything gantry opens is
 //!   close-on-exec (Rust's standard library and tokio open files, pipes and sockets that way),
 //!   and descriptors gantry itself inherited without it (from the shell or supervisor that
 //!   started it) are closed when the executor is built.
-//! - Setup before the spawn: the attempt's directory, its log file and its pid file are all
-//!   made before the process starts; if one cannot be, the attempt fails with
-//!   [`Outcome::Failed`] naming it and nothing is started. Should the pid not be recorded
-//!   after the spawn, the process group is killed and reaped before `start` fails.
+//! - Setup before the spawn: the attempt's directory, its log file, its pid file and its
+//!   cgroup are all made before the process starts; if one cannot be, the attempt fails with
+//!   [`Outcome::Failed`] naming it and nothing is started (an executor that has cgroups never
+//!   runs an attempt without one). Should the process not enter its cgroup or its pid not be
+//!   recorded after the spawn, the job never runs: the gate is killed and reaped, and its
+//!   cgroup removed, before `start` fails.
 //!
 //! **Running as root** with [`ProcessExecutor::open`] (what `gantry up` uses) adds isolation
 //! between jobs and from gantry:
@@ -48,10 +68,27 @@
 //! absolute one is used as it is: it must exist and be accessible to the job's user; it is
 //! not created.
 //!
+//! **Entering the cgroup.** gantry cannot run code of its own in the child between `fork` and
+//! `exec` (that needs `unsafe` `pre_exec`, which the workspace forbids), and moving the job
+//! after it started would let it fork first. So the child first execs a gate,
+//! `/bin/sh -p -c 'read -r go || exit 125; exec "$@" </dev/null' gantry-gate <job argv>`,
+//! with a pipe from gantry as its stdin: the shell blocks in `read` while gantry writes its pid into the attempt's `cgroup.procs` (every hierarchy) and records it, and only
+//! then writes `go` to the pipe; the shell then execs the job in place (same pid, same process
+//! group), its stdin `/dev/null`. Nothing of the job runs before it is in the cgroup, and
+//! every process it starts is forked inside. gantry does the move rather than the job
+//! (`echo $$ > cgroup.procs`) because cgroup v2 lets an unprivileged process move only with
+//! write access to the common ancestor's `cgroup.procs`, and because the cgroup's files then
+//! stay root's: a job can neither loosen its limits nor move itself out. `-p` keeps bash (when
+//! it is `/bin/sh`) from reading `BASH_ENV`, `SHELLOPTS` or functions from the job's
+//! environment before the gate opens; a shell that does not know `-p` (busybox) reads none of
+//! those anyway and is run without it. If gantry fails before writing `go`, the pipe closes
+//! and the shell exits (125) without running the job.
+//!
 //! **Restarts.** The pid file `<root>/<job>/<attempt>.pid` (outside the job's reach) records
 //! the process's pid, its start time and its uid. A process from before a restart is not
 //! gantry's child and cannot be waited for: `find` stops it (its group, only if that pid still
-//! has the recorded start time; and every process of its uid) and reports it gone.
+//! has the recorded start time; every process of its uid; and everything in its cgroup, which is
+//! then removed) and reports it gone.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -69,6 +106,8 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
+
+use super::cgroup::{CgroupOptions, Cgroups, Controller, Limits, Oom};
 
 /// A block of uids (and gids of the same numbers) reserved for jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +141,11 @@ pub struct ProcessOptions {
     /// Processes and threads of the attempt's uid (`RLIMIT_NPROC`), applied only when the
     /// attempt has a uid of its own. Default: 512.
     pub nproc: u64,
+    /// Processes and threads in one attempt's cgroup (`pids.max`), whatever their uid.
+    /// Default: 512.
+    pub pids_limit: u64,
+    /// Where the attempts' cgroups are made. Default: [`CgroupOptions::default`].
+    pub cgroups: CgroupOptions,
 }
 
 impl Default for ProcessOptions {
@@ -110,6 +154,8 @@ impl Default for ProcessOptions {
             job_uids: Some(UidRange::DEFAULT),
             nofile: 1024,
             nproc: 512,
+            pids_limit: 512,
+            cgroups: CgroupOptions::default(),
         }
     }
 }
@@ -143,6 +189,8 @@ struct Live {
     child: Child,
     pumps: Vec<tokio::task::JoinHandle<()>>,
     lease: Option<Lease>,
+    /// The attempt's cgroup, when the executor has cgroups.
+    cgroup: Option<String>,
 }
 
 type SharedWait = Shared<BoxFuture<'static, Result<Outcome, String>>>;
@@ -178,6 +226,10 @@ pub struct ProcessExecutor {
     prlimit: Option<PathBuf>,
     /// gantry's own hard `RLIMIT_NOFILE`: a job's user cannot raise its limit above it.
     nofile_hard: Option<u64>,
+    /// The cgroups attempts run in; `None` when none can be made (no limits).
+    cgroups: Option<Arc<Cgroups>>,
+    /// The flags the gate shell runs with (`-p` where `/bin/sh` knows it).
+    gate_flags: &'static [&'static str],
 }
 
 impl std::fmt::Debug for ProcessExecutor {
@@ -188,6 +240,7 @@ impl std::fmt::Debug for ProcessExecutor {
             .field("options", &self.options)
             .field("isolated", &self.uids.is_some())
             .field("prlimit", &self.prlimit)
+            .field("cgroups", &self.cgroups)
             .finish_non_exhaustive()
     }
 }
@@ -286,9 +339,36 @@ impl ProcessExecutor {
         close_inherited_descriptors();
         if prlimit.is_none() {
             tracing::warn!(
-                "prlimit not found: local jobs run without memory, open-file or process limits"
+                "prlimit not found: local jobs run without open-file or per-uid process limits"
             );
         }
+        let (cgroups, gate_flags) = match Cgroups::detect(&options.cgroups) {
+            Ok(cgroups) => match gate_flags() {
+                Some(flags) => {
+                    let missing: Vec<&str> = Controller::ALL
+                        .into_iter()
+                        .filter(|c| !cgroups.controllers().contains(c))
+                        .map(|c| c.name())
+                        .collect();
+                    if missing.is_empty() {
+                        tracing::info!(version = ?cgroups.version(), parent = %options.cgroups.parent.display(), "local jobs run in cgroups of their own");
+                    } else {
+                        tracing::warn!(version = ?cgroups.version(), missing = ?missing, "the host's cgroups lack some controllers: local jobs run without those limits");
+                    }
+                    (Some(Arc::new(cgroups)), flags)
+                }
+                None => {
+                    tracing::warn!(
+                        "/bin/sh does not run: local jobs cannot enter cgroups and run without memory, CPU or pids limits"
+                    );
+                    (None, NO_FLAGS)
+                }
+            },
+            Err(error) => {
+                tracing::warn!(root = %options.cgroups.root.display(), %error, "no writable cgroups: local jobs run without memory, CPU or pids limits");
+                (None, NO_FLAGS)
+            }
+        };
         ProcessExecutor {
             root,
             data,
@@ -297,7 +377,18 @@ impl ProcessExecutor {
             state: Arc::default(),
             prlimit,
             nofile_hard,
+            cgroups,
+            gate_flags,
         }
+    }
+
+    /// The cgroup directories of an attempt (one per hierarchy; none without cgroups). They
+    /// exist from just before its process starts until it has ended.
+    pub fn attempt_cgroups(&self, job: JobId, attempt: u32) -> Vec<PathBuf> {
+        self.cgroups
+            .as_ref()
+            .map(|c| c.dirs(&cgroup_name(job, attempt)))
+            .unwrap_or_default()
     }
 
     /// Whether attempts run as uids of their own (root, with [`ProcessExecutor::open`]).
@@ -382,21 +473,46 @@ impl ProcessExecutor {
             // Entries made since the last start (the first attempt log's directory, say).
             seal_entries(data).map_err(|e| format!("securing {}: {e}", data.display()))?;
         }
+        let mut gate = None;
+        let mut cgroup = None;
+        if let Some(cgroups) = &self.cgroups {
+            // Both close-on-exec: the reader becomes the gate's stdin, the writer stays ours.
+            gate = Some(std::io::pipe().map_err(|e| format!("making the start gate: {e}"))?);
+            // Last, so no later step of the setup can fail and leave it behind.
+            let name = cgroup_name(run.job_id, run.attempt);
+            let limits = Limits {
+                memory_bytes: run.spec.resources.memory_bytes,
+                pids: self.options.pids_limit,
+                cpu_millis: run.spec.resources.cpu_millis,
+            };
+            cgroups
+                .create(&name, &limits)
+                .map_err(|e| format!("creating the attempt's cgroup: {e}"))?;
+            cgroup = Some(name);
+        }
+        let (gate_reader, gate_writer) = gate.unzip();
         Ok(Prepared {
             dir,
             cwd,
             log,
             pid_file,
+            cgroup,
+            gate_reader,
+            gate_writer,
         })
     }
 
-    fn command(&self, run: &RunSpec, prepared: &Prepared, uid: Option<u32>) -> Command {
+    fn command(&self, run: &RunSpec, prepared: &mut Prepared, uid: Option<u32>) -> Command {
         let mut argv: Vec<String> = Vec::new();
+        let gate = prepared.gate_reader.take();
+        if gate.is_some() {
+            // See "Entering the cgroup" in the module doc.
+            argv.push(SHELL.to_owned());
+            argv.extend(self.gate_flags.iter().map(|f| (*f).to_owned()));
+            argv.extend(["-c".to_owned(), GATE.to_owned(), "gantry-gate".to_owned()]);
+        }
         if let Some(prlimit) = &self.prlimit {
             argv.push(prlimit.display().to_string());
-            if run.spec.resources.memory_bytes > 0 {
-                argv.push(format!("--as={}", run.spec.resources.memory_bytes));
-            }
             let nofile = self
                 .nofile_hard
                 .map_or(self.options.nofile, |hard| self.options.nofile.min(hard));
@@ -418,7 +534,10 @@ impl ProcessExecutor {
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &prepared.dir)
             .envs(&run.spec.env)
-            .stdin(Stdio::null())
+            // After the job's own: the same name set again replaces its value, so a job
+            // cannot choose GPUs it was not given.
+            .envs(super::gpu_env(&run.gpu_uuids))
+            .stdin(gate.map_or_else(Stdio::null, Stdio::from))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -428,6 +547,28 @@ impl ProcessExecutor {
             command.uid(uid).gid(uid);
         }
         command
+    }
+
+    /// Stops a spawned process whose job must not run (its gate still closed, or its pid not
+    /// recorded): its group, its uid's processes, its cgroup; then reaps it.
+    async fn abort(&self, child: &mut Child, pid: i32, uid: Option<u32>, cgroup: Option<&str>) {
+        kill_group(pid);
+        if let Some(uid) = uid {
+            kill_uid(uid).await;
+        }
+        let _ = child.wait().await;
+        self.remove_cgroup(cgroup).await;
+    }
+
+    /// Kills what is in an attempt's cgroup and removes it; a failure is logged (a leftover
+    /// cgroup is cleared by the next start of the same attempt).
+    async fn remove_cgroup(&self, name: Option<&str>) {
+        let (Some(cgroups), Some(name)) = (&self.cgroups, name) else {
+            return;
+        };
+        if let Err(error) = cgroups.remove(name).await {
+            tracing::warn!(cgroup = name, %error, "could not remove an attempt's cgroup");
+        }
     }
 
     /// The handle of the attempt's process, if this executor started it and it has not been
@@ -505,6 +646,9 @@ impl ProcessExecutor {
                 kill_group(pid);
             }
         }
+        // Everything the attempt started is in its cgroup, whatever its group or uid.
+        let name = cgroup_name(job_id, attempt);
+        self.remove_cgroup(Some(&name)).await;
         if self.isolated() {
             seal_dir(&dir);
         }
@@ -517,6 +661,40 @@ struct Prepared {
     cwd: PathBuf,
     log: std::fs::File,
     pid_file: std::fs::File,
+    /// The attempt's cgroup (made, empty), when the executor has cgroups.
+    cgroup: Option<String>,
+    /// The gate's stdin (until the command takes it) and gantry's end, which opens the gate.
+    gate_reader: Option<std::io::PipeReader>,
+    gate_writer: Option<std::io::PipeWriter>,
+}
+
+/// The shell the gate runs in.
+const SHELL: &str = "/bin/sh";
+/// The gate (see "Entering the cgroup" in the module doc): waits for gantry's `go`, then
+/// becomes the job. At EOF without it (gantry gave up or died) the job never runs.
+const GATE: &str = "read -r go || exit 125; exec \"$@\" </dev/null";
+const PRIVILEGED: &[&str] = &["-p"];
+const NO_FLAGS: &[&str] = &[];
+
+/// The flags `/bin/sh` runs the gate with: `-p` where it knows it (bash and dash do, busybox
+/// does not); `None` when it does not run at all.
+fn gate_flags() -> Option<&'static [&'static str]> {
+    let runs = |flags: &[&str]| {
+        std::process::Command::new(SHELL)
+            .args(flags)
+            .args(["-c", "exit 0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    [PRIVILEGED, NO_FLAGS].into_iter().find(|flags| runs(flags))
+}
+
+/// The name of an attempt's cgroup under the parent.
+fn cgroup_name(job: JobId, attempt: u32) -> String {
+    format!("{job}-{attempt}")
 }
 
 /// The job's working directory (see the module doc).
@@ -789,14 +967,22 @@ async fn finish(executor: ProcessExecutor, handle: String, live: Live) -> Outcom
         mut child,
         pumps,
         lease,
+        cgroup,
     } = live;
     let waited = child.wait().await;
-    // Whatever the job left running in its group, or under its uid, goes with it.
+    // Whatever the job left running in its group, under its uid, or anywhere in its cgroup,
+    // goes with it.
     if let Ok(pid) = handle.parse() {
         kill_group(pid);
     }
     if let Some(lease) = &lease {
         kill_uid(lease.uid).await;
+    }
+    let cgroups = executor.cgroups.as_ref().zip(cgroup.as_deref());
+    if let Some((cgroups, name)) = cgroups
+        && let Err(error) = cgroups.kill(name).await
+    {
+        tracing::warn!(job = %job_id, attempt, cgroup = name, %error, "could not kill what is left in the attempt's cgroup");
     }
     for mut pump in pumps {
         if tokio::time::timeout(DRAIN, &mut pump).await.is_err() {
@@ -804,6 +990,9 @@ async fn finish(executor: ProcessExecutor, handle: String, live: Live) -> Outcom
             pump.abort();
         }
     }
+    // Read before the cgroup, and its counters, are gone.
+    let oom = cgroups.map(|(cgroups, name)| cgroups.oom(name));
+    executor.remove_cgroup(cgroup.as_deref()).await;
     if lease.is_some() {
         seal_dir(&executor.attempt_dir(job_id, attempt));
     }
@@ -812,14 +1001,24 @@ async fn finish(executor: ProcessExecutor, handle: String, live: Live) -> Outcom
     let outcome = match waited {
         Ok(status) => {
             use std::os::unix::process::ExitStatusExt;
+            let signal = status.signal();
             let code = status
                 .code()
                 .map(i64::from)
-                .unwrap_or_else(|| 128 + i64::from(status.signal().unwrap_or(0)));
-            Outcome::Exited {
-                code,
-                oom_killed: false,
+                .unwrap_or_else(|| 128 + i64::from(signal.unwrap_or(0)));
+            let oom_killed = match oom {
+                Some(Oom::Killed) => true,
+                // No count (an old v1 kernel): the limit was hit and the job died of
+                // SIGKILL, the OOM killer's signal.
+                Some(Oom::Unknown { limit_hit }) => {
+                    limit_hit && signal == Some(Signal::SIGKILL as i32)
+                }
+                Some(Oom::NotKilled) | None => false,
+            };
+            if oom_killed {
+                tracing::info!(job = %job_id, attempt, code, "the OOM killer struck the attempt");
             }
+            Outcome::Exited { code, oom_killed }
         }
         Err(e) => Outcome::Failed {
             message: format!("waiting for process {handle}: {e}"),
@@ -843,6 +1042,10 @@ impl Executor for ProcessExecutor {
         false
     }
 
+    fn limits_enforced(&self) -> bool {
+        self.cgroups.as_ref().is_some_and(|c| c.enforced())
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), String>> {
         async { Ok(()) }.boxed()
     }
@@ -856,20 +1059,34 @@ impl Executor for ProcessExecutor {
             if run.spec.command.is_empty() && run.spec.args.is_empty() {
                 return Err(failed("the process executor needs a command".into()));
             }
+            if let Some(cgroups) = &self.cgroups {
+                // A cgroup of this attempt left by an earlier start (a gantry killed half way):
+                // what still runs in it goes, so the new one starts empty.
+                let name = cgroup_name(run.job_id, run.attempt);
+                if let Err(e) = cgroups.remove(&name).await {
+                    return Err(failed(format!("clearing the attempt's old cgroup: {e}")));
+                }
+            }
             // From here to the registration below nothing awaits but the failure path, which
             // has killed what it started: a dropped `start` either started nothing or left a
-            // registered child that `discard` finds.
+            // registered child that `discard` finds (or, dropped during the failure path, a
+            // gate that never opened and a cgroup that `discard` removes).
             let lease = self.lease().map_err(failed)?;
             let uid = lease.as_ref().map(|l| l.uid);
             let mut prepared = self.prepare(run, uid).map_err(failed)?;
-            let mut command = self.command(run, &prepared, uid);
-            let mut child = match command.spawn() {
+            let mut command = self.command(run, &mut prepared, uid);
+            let spawned = command.spawn();
+            // Our copy of the gate's stdin: only the child may hold it, so the gate sees EOF
+            // when gantry's end closes.
+            drop(command);
+            let mut child = match spawned {
                 Ok(child) => child,
                 Err(e) => {
                     let _ = std::fs::remove_file(self.pid_file(run.job_id, run.attempt));
                     if uid.is_some() {
                         seal_dir(&prepared.dir);
                     }
+                    self.remove_cgroup(prepared.cgroup.as_deref()).await;
                     return Err(failed(format!(
                         "starting {:?} in {}: {e}",
                         run.spec.command.first().or(run.spec.args.first()),
@@ -878,8 +1095,18 @@ impl Executor for ProcessExecutor {
                 }
             };
             let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
+                self.remove_cgroup(prepared.cgroup.as_deref()).await;
                 return Err(failed("the process ended before its pid was read".into()));
             };
+            // The gate holds the job back until this is done (see the module doc).
+            if let (Some(cgroups), Some(name)) = (&self.cgroups, &prepared.cgroup)
+                && let Err(e) = cgroups.place(name, pid.unsigned_abs())
+            {
+                let _ = std::fs::remove_file(self.pid_file(run.job_id, run.attempt));
+                self.abort(&mut child, pid, uid, prepared.cgroup.as_deref())
+                    .await;
+                return Err(failed(format!("moving the process into its cgroup: {e}")));
+            }
             let record = Record {
                 pid,
                 start_time: start_time_now(pid).unwrap_or(0),
@@ -891,12 +1118,18 @@ impl Executor for ProcessExecutor {
                 .and_then(|()| prepared.pid_file.sync_all());
             if let Err(e) = recorded {
                 // No record, no way to find it after a restart: it must not run.
-                kill_group(pid);
-                if let Some(uid) = uid {
-                    kill_uid(uid).await;
-                }
-                let _ = child.wait().await;
+                self.abort(&mut child, pid, uid, prepared.cgroup.as_deref())
+                    .await;
                 return Err(failed(format!("recording the pid: {e}")));
+            }
+            if let Some(mut gate) = prepared.gate_writer.take() {
+                // A fresh pipe takes three bytes without blocking; an error means the gate
+                // is gone (killed): nothing of the job ran.
+                if let Err(e) = gate.write_all(b"go\n") {
+                    self.abort(&mut child, pid, uid, prepared.cgroup.as_deref())
+                        .await;
+                    return Err(failed(format!("opening the start gate: {e}")));
+                }
             }
             let handle = pid.to_string();
             let log = Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(
@@ -918,6 +1151,7 @@ impl Executor for ProcessExecutor {
                     child,
                     pumps,
                     lease,
+                    cgroup: prepared.cgroup,
                 },
             );
             Ok(handle)
@@ -1031,6 +1265,11 @@ mod tests {
                     first: 5000,
                     count: 2,
                 }),
+                // No cgroups: a unit test leaves the host's alone.
+                cgroups: CgroupOptions {
+                    root: PathBuf::from("/nonexistent"),
+                    ..CgroupOptions::default()
+                },
                 ..ProcessOptions::default()
             },
         );
