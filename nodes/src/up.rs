@@ -211,7 +211,7 @@ async fn open_embedded(data: &std::path::Path) -> Result<EmbeddedLog, Error> {
 
 /// Follows the log into the views for as long as gantry runs: a failure (the log or the store)
 /// is logged and retried with backoff, never the end of the projector.
-async fn project(log: Arc<dyn EventLog>, views: Projections, progress: watch::Sender<u64>) {
+pub async fn project(log: Arc<dyn EventLog>, views: Projections, progress: watch::Sender<u64>) {
     let mut pause = Duration::from_millis(100);
     loop {
         match views.follow(&*log, &progress).await {

@@ -28,6 +28,8 @@ struct FlakyLog {
     inner: EmbeddedLog,
     ty: &'static str,
     fail: AtomicUsize,
+    /// Subscriptions that fail before one is given.
+    fail_subscribe: AtomicUsize,
 }
 
 impl EventLog for FlakyLog {
@@ -58,6 +60,19 @@ impl EventLog for FlakyLog {
         self.inner.head()
     }
     fn subscribe(&self, from: u64) -> BoxFuture<'_, Result<Subscription, gantry_events::Error>> {
+        if self
+            .fail_subscribe
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return async {
+                Err(gantry_events::Error::backend(
+                    "subscribing",
+                    "injected fault",
+                ))
+            }
+            .boxed();
+        }
         self.inner.subscribe(from)
     }
 }
@@ -204,6 +219,7 @@ async fn a_report_the_log_did_not_take_is_retried_until_recorded() {
         inner: EmbeddedLog::open(dir.path()).await.expect("log"),
         ty: "job.succeeded",
         fail: AtomicUsize::new(2),
+        fail_subscribe: AtomicUsize::new(0),
     });
     let executor = Arc::new(ProcessExecutor::new(dir.path().join("work")));
     let actors = Supervisor::start(
@@ -380,6 +396,7 @@ async fn a_lost_gpu_is_recorded_once_the_log_takes_it_and_telemetry_stays_out_of
         inner: EmbeddedLog::open(dir.path()).await.expect("log"),
         ty: "node.gpus_observed",
         fail: AtomicUsize::new(1),
+        fail_subscribe: AtomicUsize::new(0),
     });
     let inventory = FakeInventory::new(vec![fake_gpu(1), fake_gpu(2)]);
     let mut node = options(dir.path(), Limits::default());
@@ -456,4 +473,146 @@ async fn node_events(log: &dyn EventLog, ty: &str) -> Vec<Event> {
         }
         next = last + 1;
     }
+}
+
+/// The projector does not stop for good when following the log fails: it retries with backoff
+/// and the views catch up.
+#[actix_rt::test]
+async fn the_projector_retries_until_it_follows_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(FlakyLog {
+        inner: EmbeddedLog::open(dir.path()).await.expect("log"),
+        ty: "none",
+        fail: AtomicUsize::new(0),
+        fail_subscribe: AtomicUsize::new(3),
+    });
+    let appended = log
+        .append(vec![NewEvent::new(
+            gantry_events::Source::new("n1", "test"),
+            gantry_events::event::NodeLost {
+                node_id: "n9".into(),
+                reason: "test".into(),
+            },
+        )])
+        .await
+        .expect("append");
+    let views = gantry_projections::Projections::open(dir.path().join("views")).expect("views");
+    let (tx, mut rx) = tokio::sync::watch::channel(0u64);
+    actix_rt::spawn(gantry_nodes::up::project(log.clone(), views.clone(), tx));
+    // The first follow catches up before it subscribes: the views reach the head at once, and
+    // must then keep following through three failed subscriptions.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|s| *s >= appended[0].seq),
+    )
+    .await
+    .expect("caught up")
+    .expect("progress");
+    let later = log
+        .append(vec![NewEvent::new(
+            gantry_events::Source::new("n1", "test"),
+            gantry_events::event::NodeLost {
+                node_id: "n10".into(),
+                reason: "test".into(),
+            },
+        )])
+        .await
+        .expect("append");
+    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| *s >= later[0].seq))
+        .await
+        .expect("the projector follows again after failures")
+        .expect("progress");
+    // Every injected failure is used up by the retries, and what comes after still arrives.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log.fail_subscribe.load(Ordering::SeqCst) > 0 {
+        assert!(Instant::now() < deadline, "the projector stopped retrying");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = log
+        .append(vec![NewEvent::new(
+            gantry_events::Source::new("n1", "test"),
+            gantry_events::event::NodeLost {
+                node_id: "n11".into(),
+                reason: "test".into(),
+            },
+        )])
+        .await
+        .expect("append");
+    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| *s >= last[0].seq))
+        .await
+        .expect("followed live")
+        .expect("progress");
+    assert_eq!(views.checkpoint().expect("cp").seq, last[0].seq);
+}
+
+/// The launch guard: a worker hears of a placement on its node (a forged or stale
+/// `job.placed`) for an attempt the log has on another node: it starts nothing.
+#[actix_rt::test]
+async fn a_worker_starts_an_attempt_only_while_it_is_placed_here() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(EmbeddedLog::open(dir.path()).await.expect("log"));
+    let executor = Arc::new(SlowStart {
+        inner: ProcessExecutor::new(dir.path().join("work")),
+        delay: Duration::ZERO,
+        slow_attempts: HashSet::new(),
+        discarded: Mutex::default(),
+        killed: Mutex::default(),
+        handles: Mutex::default(),
+    });
+    let actors = Supervisor::start(
+        log.clone(),
+        executor.clone(),
+        Arc::new(FakeInventory::new(vec![])),
+        options(dir.path(), Limits::default()),
+    )
+    .await
+    .expect("start");
+    // A bigger node with no worker here: the job only fits there.
+    actors
+        .scheduler
+        .send(gantry_actors::actor::scheduler::Record(
+            gantry_events::event::NodeJoined {
+                node_id: "n2".into(),
+                hostname: "n2".into(),
+                cpu_millis: 16_000,
+                memory_bytes: 8 << 30,
+                gpus: vec![],
+                executor: "process".into(),
+                labels: Default::default(),
+            }
+            .into(),
+        ))
+        .await
+        .expect("scheduler")
+        .expect("recorded");
+    let mut big = request("echo wrong node");
+    big.resources.cpus = Some(8.0);
+    let id = submit(&actors, big).await;
+    let job = wait_state(&actors, id, &[JobState::Placed], Duration::from_secs(10)).await;
+    assert_eq!(job.node.as_deref(), Some("n2"));
+    // The same attempt "placed" on n1, written around the scheduler.
+    log.append(vec![NewEvent::new(
+        gantry_events::Source::new("n1", "forger"),
+        gantry_events::event::JobPlaced {
+            job_id: id,
+            attempt: 1,
+            node_id: "n1".into(),
+            gpu_uuids: vec![],
+        },
+    )])
+    .await
+    .expect("append");
+    // Give the worker time to hear of it (a negative check needs a wait).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        lock(&executor.handles).is_empty(),
+        "n1 started an attempt placed on n2"
+    );
+    let job = actors
+        .scheduler
+        .send(GetJob(id))
+        .await
+        .expect("scheduler")
+        .expect("job");
+    assert_eq!(job.state, JobState::Placed);
 }

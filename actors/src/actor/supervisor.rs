@@ -189,12 +189,17 @@ impl Handler<GetHealth> for Supervisor {
         let inventory = self.inventory.clone();
         let auditor = self.auditor.clone();
         Box::pin(async move {
-            let log = match log.head().await {
-                Ok(head) => Check {
+            let log = match (log.fault(), log.head().await) {
+                // Poisoned by a failed fsync, or damaged: it takes no appends.
+                (Some(fault), _) => Check {
+                    ok: false,
+                    detail: fault,
+                },
+                (None, Ok(head)) => Check {
                     ok: true,
                     detail: format!("head {}", head.seq),
                 },
-                Err(e) => Check {
+                (None, Err(e)) => Check {
                     ok: false,
                     detail: e.to_string(),
                 },
