@@ -739,8 +739,15 @@ mod tests {
     fn a_report_sent_twice_records_once() {
         let mut job = given(spec(3, true), &[]);
         step(&mut job, |j| j.place("n1", vec![], 0));
-        assert_eq!(step(&mut job, |j| j.started(1, Some("h".into()), None)).len(), 1);
-        assert!(job.started(1, Some("h".into()), None).expect("again").is_empty());
+        assert_eq!(
+            step(&mut job, |j| j.started(1, Some("h".into()), None)).len(),
+            1
+        );
+        assert!(
+            job.started(1, Some("h".into()), None)
+                .expect("again")
+                .is_empty()
+        );
         let exit = FailureCause::NonZeroExit { code: 1 };
         let events = step(&mut job, |j| j.failed(1, exit.clone(), None, 0, BUDGET));
         assert_eq!(types(&events), ["job.failed", "job.retry_scheduled"]);

@@ -311,7 +311,12 @@ impl Cluster {
                     true,
                 );
             }
-            let memory = self.nodes.values().map(|n| n.memory_bytes).max().unwrap_or(0);
+            let memory = self
+                .nodes
+                .values()
+                .map(|n| n.memory_bytes)
+                .max()
+                .unwrap_or(0);
             if memory < r.memory_bytes {
                 return reason(
                     "too_much_memory",

@@ -475,7 +475,7 @@ fn recover(file: &File, path: &Path, format: Format, repair: bool) -> Result<Rec
         }
     }
 
-    // The first frame that is not intact, if any: torn (`Ok`) or damage (`Err`).
+    // The first frame that is not intact, if any: torn (`Ok`, where) or damage (`Err`).
     let verdict: Option<Result<u64, Damage>> = match mismatched {
         Some((frame, mismatch)) => {
             let end = frame.end(format);
@@ -883,7 +883,9 @@ fn read_blocking(inner: &Inner, from: u64, max: usize) -> Result<Vec<Entry>, Err
         let index = read_index(inner);
         let count = index.offsets.len() as u64;
         if from > count || max == 0 {
-            // Past what a damaged store could read lies the damage, not the end of the log.
+            // A damaged store never seems to end cleanly: a read past its last frame meets the
+            // damage, so `verify` names it even when the chain itself holds (only a frame's
+            // checksum was hit), as the refused appends do.
             return match &inner.damage {
                 Some(damage) if max > 0 => Err(damage.error()),
                 _ => Ok(Vec::new()),
@@ -1283,6 +1285,9 @@ mod tests {
     async fn damaged_frame_in_the_middle_stops_appends_and_keeps_every_byte() {
         for (what, at_in_frame) in [
             ("entry byte", FRAME_OVERHEAD + 40),
+            // The entry is intact and chains; only its checksum says otherwise. Still damage,
+            // and `verify` still names it (a read past the last frame meets the damage).
+            ("checksum byte", 6),
             ("flags byte", 4),
             ("length byte", 3),
         ] {

@@ -449,11 +449,13 @@ pub fn verify_file(
         "reading the header of {}",
         path.display()
     )))?;
-    let header = Header::decode(&header).map_err(|reason| gantry_events::Error::NotALog {
-        path: path.to_owned(),
-        reason,
-    })?;
-    let mut frames = FrameReader::new(reader, HEADER_LEN as u64);
+    // Exports written before frame checksums (format 1) still verify.
+    let (header, format) =
+        Header::decode_any(&header).map_err(|reason| gantry_events::Error::NotALog {
+            path: path.to_owned(),
+            reason,
+        })?;
+    let mut frames = FrameReader::with_format(reader, HEADER_LEN as u64, format);
     let to = to.unwrap_or(u64::MAX);
     // Entries before `from` are skipped; the last one skipped anchors the check.
     let mut anchor = header.anchor;

@@ -109,6 +109,14 @@ pub async fn up(
     let data = options.data.clone();
     std::fs::create_dir_all(&data)?;
     let log: Arc<dyn EventLog> = Arc::new(open_embedded(&data).await?);
+    if let Some(fault) = log.fault() {
+        // Damage to acknowledged events is never repaired silently: stop here and let the
+        // operator look (`gantry log verify` names the first bad sequence).
+        return Err(Error::Setup(format!(
+            "the event log takes no appends: {fault}; inspect it with `gantry log verify --data {}`",
+            data.display()
+        )));
+    }
     let views = Projections::open(data.join("views"))?;
 
     // The projector follows the log into the views.

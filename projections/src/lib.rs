@@ -138,8 +138,7 @@ impl JobRecord {
     /// Folds an event into the attempt history.
     fn record_attempt(&mut self, env: &Envelope, event: &JobEvent, gpus: Vec<AttemptGpu>) {
         let at = env.time_ns;
-        let find =
-            |attempts: &[AttemptView], n: u32| attempts.iter().rposition(|a| a.attempt == n);
+        let find = |attempts: &[AttemptView], n: u32| attempts.iter().rposition(|a| a.attempt == n);
         match event {
             JobEvent::Placed(p) => self.attempts.push(AttemptView {
                 attempt: p.attempt,

@@ -30,7 +30,7 @@ async fn fill(log: &dyn EventLog, n: usize) {
 }
 
 fn flip_byte_of_frame(path: &Path, seq: u64) {
-    use gantry_events::file::{FrameReader, HEADER_LEN, Header};
+    use gantry_events::file::{FRAME_OVERHEAD, FrameReader, HEADER_LEN, Header};
     let mut bytes = std::fs::read(path).expect("read");
     let header = Header::decode(&bytes).expect("header");
     let mut frames = FrameReader::new(&bytes[HEADER_LEN..], HEADER_LEN as u64);
@@ -38,7 +38,7 @@ fn flip_byte_of_frame(path: &Path, seq: u64) {
     let mut n = header.first_seq;
     while let Some(frame) = frames.next_frame().expect("io") {
         if n == seq {
-            at = Some(frame.offset as usize + 5 + frame.entry.len() / 3);
+            at = Some(frame.offset as usize + FRAME_OVERHEAD + frame.entry.len() / 3);
         }
         n += 1;
     }

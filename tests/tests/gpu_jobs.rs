@@ -14,7 +14,7 @@ use std::time::Duration;
 use gantry_actors::executor::{Executor, Outcome, RunSpec};
 use gantry_events::event::JobSpec;
 use gantry_nodes::executor::docker::DockerExecutor;
-use gantry_nodes::executor::process::ProcessExecutor;
+use gantry_nodes::executor::process::{ProcessExecutor, ProcessOptions};
 use gantry_tests::services::unavailable;
 use serde_json::json;
 
@@ -96,15 +96,23 @@ fn check(env: &[String], cuda: &str, nvidia: &str) {
 #[test]
 fn a_local_job_sees_exactly_its_gpus() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // As root this runs through the cgroup start gate (its shell passes the environment on).
-    let executor = ProcessExecutor::new(dir.path().join("work"));
+    // As gantry's own user, and (as root) as a uid of its own; as root both go through the
+    // cgroup start gate, whose shell must pass the environment on untouched.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    let executors = [
+        ProcessExecutor::new(dir.path().join("work")),
+        ProcessExecutor::open(&data, ProcessOptions::default()).expect("open"),
+    ];
     runtime().block_on(async {
-        let given = run(&executor, &attempt(&["env"], &GPUS, dir.path())).await;
-        let both = GPUS.join(",");
-        check(&given, &both, &both);
+        for executor in &executors {
+            let given = run(executor, &attempt(&["env"], &GPUS, dir.path())).await;
+            let both = GPUS.join(",");
+            check(&given, &both, &both);
 
-        let none = run(&executor, &attempt(&["env"], &[], dir.path())).await;
-        check(&none, "", "void");
+            let none = run(executor, &attempt(&["env"], &[], dir.path())).await;
+            check(&none, "", "void");
+        }
     });
 }
 

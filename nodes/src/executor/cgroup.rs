@@ -446,8 +446,11 @@ impl Cgroups {
     }
 }
 
+/// A hierarchy's root directory and the controllers gantry uses in it.
+type Mount = (Vec<Controller>, PathBuf);
+
 /// The hierarchies under `root`: v2 when one offers memory, else the v1 controllers mounted.
-fn find(root: &Path) -> Result<(Version, Vec<(Vec<Controller>, PathBuf)>), Error> {
+fn find(root: &Path) -> Result<(Version, Vec<Mount>), Error> {
     for v2 in [root.to_owned(), root.join("unified")] {
         let Ok(text) = std::fs::read_to_string(v2.join("cgroup.controllers")) else {
             continue;
@@ -461,7 +464,7 @@ fn find(root: &Path) -> Result<(Version, Vec<(Vec<Controller>, PathBuf)>), Error
             return Ok((Version::V2, vec![(controllers, v2)]));
         }
     }
-    let mut mounts: Vec<(Vec<Controller>, PathBuf)> = Vec::new();
+    let mut mounts: Vec<Mount> = Vec::new();
     for controller in Controller::ALL {
         let mount = root.join(controller.name());
         if !mount.join("cgroup.procs").exists() {
@@ -613,7 +616,7 @@ mod tests {
 
         cgroups.create("job-1", &LIMITS).expect("create");
         let attempt = root.join("gantry/job-1");
-        assert_eq!(cgroups.dirs("job-1"), [attempt.clone()]);
+        assert_eq!(cgroups.dirs("job-1"), std::slice::from_ref(&attempt));
         assert_eq!(read(&attempt.join("memory.max")), (32u64 << 20).to_string());
         assert_eq!(read(&attempt.join("pids.max")), "64");
         assert_eq!(read(&attempt.join("cpu.max")), "150000 100000");
@@ -781,6 +784,61 @@ mod tests {
                 "{parent}"
             );
         }
+    }
+
+    /// The v2 moves, kills and removals against the kernel, where this host has a writable v2
+    /// hierarchy (a pure v2 host, or the hybrid `unified` one, which may offer no controller:
+    /// none is needed to move and kill processes). Skipped loudly elsewhere.
+    #[test]
+    fn v2_places_kills_and_removes_for_real() {
+        let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .map(PathBuf::from)
+            .into_iter()
+            .find(|d| d.join("cgroup.controllers").exists());
+        let parent = v2.map(|d| d.join(format!("gantry-unit-{}", std::process::id())));
+        let Some(parent) = parent.filter(|p| std::fs::create_dir(p).is_ok()) else {
+            eprintln!("!!! SKIPPED v2_places_kills_and_removes_for_real: no writable cgroup v2");
+            return;
+        };
+        let cgroups = Cgroups {
+            version: Version::V2,
+            hierarchies: vec![Hierarchy {
+                controllers: vec![],
+                parent: parent.clone(),
+            }],
+        };
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .expect("sleep");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let result = runtime.block_on(async {
+            cgroups.create("a-1", &LIMITS)?;
+            cgroups.place("a-1", sleeper.id())?;
+            let ours = std::fs::read_to_string(format!("/proc/{}/cgroup", sleeper.id()))
+                .unwrap_or_default();
+            cgroups.remove("a-1").await.map(|()| ours)
+        });
+        // Already dead when `remove` returns (the cgroup was empty), else killed here.
+        let ended = sleeper.try_wait().ok().flatten();
+        if ended.is_none() {
+            let _ = sleeper.kill();
+            let _ = sleeper.wait();
+        }
+        let _ = std::fs::remove_dir(parent.join("a-1"));
+        let _ = std::fs::remove_dir(&parent);
+        let ours = result.expect("create, place, remove");
+        assert!(ours.contains("/gantry-unit-"), "moved: {ours}");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            ended.and_then(|s| s.signal()),
+            Some(9),
+            "killed through its cgroup"
+        );
+        assert!(!parent.join("a-1").exists());
     }
 
     #[test]

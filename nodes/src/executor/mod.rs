@@ -28,14 +28,23 @@ pub fn gpu_env(gpu_uuids: &[String]) -> [(&'static str, String); 2] {
     ]
 }
 
-/// Whether the executors set `name` themselves (a job's own value is dropped).
+/// Whether the executors set `name` themselves (a job's own value is dropped; submissions
+/// naming one are refused earlier, see [`gantry_actors::spec::RESERVED_ENV`]).
 pub fn is_gpu_env(name: &str) -> bool {
-    name == CUDA_VISIBLE_DEVICES || name == NVIDIA_VISIBLE_DEVICES
+    gantry_actors::spec::RESERVED_ENV.contains(&name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_variables_set_are_the_ones_submissions_cannot_name() {
+        for (name, _) in gpu_env(&[]) {
+            assert!(is_gpu_env(name), "{name}");
+        }
+        assert_eq!(gantry_actors::spec::RESERVED_ENV.len(), 2);
+    }
 
     #[test]
     fn gpu_env_names_the_uuids_or_none() {

@@ -17,7 +17,7 @@
 //!   cgroup can be made (not root, no cgroup filesystem, a read-only one, no delegation), the
 //!   executor warns once when built, [`Executor::limits_enforced`] is false (every attempt's
 //!   start records that), and jobs run without these limits; when the host offers only some
-//!   of the three controllers, the others are applied and `limits_enforced` is false too.
+//!   of the three controllers, those are applied and `limits_enforced` is false too.
 //!   There is no address-space limit (`RLIMIT_AS`): CUDA reserves far more virtual memory
 //!   than it uses, so one would break GPU jobs.
 //! - Rlimits through `prlimit` (util-linux), when it is installed: open files (`--nofile`,
@@ -71,18 +71,19 @@
 //! **Entering the cgroup.** gantry cannot run code of its own in the child between `fork` and
 //! `exec` (that needs `unsafe` `pre_exec`, which the workspace forbids), and moving the job
 //! after it started would let it fork first. So the child first execs a gate,
-//! `/bin/sh -p -c 'read -r go || exit 125; exec "$@" </dev/null' gantry-gate <job argv>`,
-//! with a pipe from gantry as its stdin: the shell blocks in `read` while gantry writes its pid into the attempt's `cgroup.procs` (every hierarchy) and records it, and only
-//! then writes `go` to the pipe; the shell then execs the job in place (same pid, same process
-//! group), its stdin `/dev/null`. Nothing of the job runs before it is in the cgroup, and
-//! every process it starts is forked inside. gantry does the move rather than the job
-//! (`echo $$ > cgroup.procs`) because cgroup v2 lets an unprivileged process move only with
+//! `/bin/sh -p -c 'read -r go || exit 125; exec "$@" </dev/null' gantry-gate [prlimit …] JOB…`,
+//! with a pipe from gantry as its stdin. The shell blocks in `read` while gantry writes its
+//! pid into the attempt's `cgroup.procs` (in every hierarchy) and records it, and only then
+//! writes `go` to the pipe; the shell then execs the job in place (same pid, same process
+//! group), its stdin `/dev/null`. Nothing of the job runs before it is in the cgroup, and every
+//! process it starts is forked inside. gantry does the move rather than the job
+//! (`echo $$ > cgroup.procs`) because cgroup v2 lets a process of another uid move only with
 //! write access to the common ancestor's `cgroup.procs`, and because the cgroup's files then
-//! stay root's: a job can neither loosen its limits nor move itself out. `-p` keeps bash (when
-//! it is `/bin/sh`) from reading `BASH_ENV`, `SHELLOPTS` or functions from the job's
-//! environment before the gate opens; a shell that does not know `-p` (busybox) reads none of
-//! those anyway and is run without it. If gantry fails before writing `go`, the pipe closes
-//! and the shell exits (125) without running the job.
+//! stay gantry's: a job running as a uid of its own can neither loosen its limits nor move
+//! itself out. `-p` keeps bash (when it is `/bin/sh`) from taking `BASH_ENV`, `SHELLOPTS` or
+//! functions from the job's environment before the gate opens; a shell that does not know `-p`
+//! (busybox) reads none of those anyway and is run without it. If gantry gives up or dies
+//! before writing `go`, the pipe closes and the shell exits (125) without running the job.
 //!
 //! **Restarts.** The pid file `<root>/<job>/<attempt>.pid` (outside the job's reach) records
 //! the process's pid, its start time and its uid. A process from before a restart is not
