@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -21,26 +22,32 @@ fn appender(url: &str) -> Child {
         .expect("start log-appender")
 }
 
-/// Every `seq hash` line a process prints: what it was told is stored. Read as it comes (a
-/// full pipe would stall the appender).
-fn acknowledged(child: &mut Child) -> std::thread::JoinHandle<BTreeMap<u64, Hash>> {
+/// What one process was told is stored, filled as its `seq hash` lines come (read as they
+/// come: a full pipe would stall the appender).
+type Acks = Arc<Mutex<BTreeMap<u64, Hash>>>;
+
+fn acknowledged(child: &mut Child) -> (Acks, std::thread::JoinHandle<()>) {
     let stdout = child.stdout.take().expect("stdout");
-    std::thread::spawn(move || read_acks(stdout))
+    let acks = Acks::default();
+    let filled = acks.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some((seq, hash)) = line.split_once(' ')
+                && let (Ok(seq), Some(hash)) = (seq.parse::<u64>(), Hash::from_hex(hash))
+            {
+                let mut acks = filled.lock().unwrap_or_else(|e| e.into_inner());
+                assert!(
+                    acks.insert(seq, hash).is_none(),
+                    "sequence {seq} acknowledged twice to one process"
+                );
+            }
+        }
+    });
+    (acks, reader)
 }
 
-fn read_acks(stdout: std::process::ChildStdout) -> BTreeMap<u64, Hash> {
-    let mut acked = BTreeMap::new();
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        if let Some((seq, hash)) = line.split_once(' ')
-            && let (Ok(seq), Some(hash)) = (seq.parse::<u64>(), Hash::from_hex(hash))
-        {
-            assert!(
-                acked.insert(seq, hash).is_none(),
-                "sequence {seq} acknowledged twice to one process"
-            );
-        }
-    }
-    acked
+fn count(acks: &Acks) -> usize {
+    acks.lock().unwrap_or_else(|e| e.into_inner()).len()
 }
 
 async fn open(url: &str) -> JetStreamLog {
@@ -65,16 +72,18 @@ async fn two_processes_appending_with_pipelining_never_break_the_chain() {
     let log = open(&url).await;
     let mut a = appender(&url);
     let mut b = appender(&url);
-    let (reader_a, reader_b) = (acknowledged(&mut a), acknowledged(&mut b));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let head = log.head().await.expect("head").seq;
-        if head >= 4000 {
-            break;
-        }
+    let (acks_a, reader_a) = acknowledged(&mut a);
+    let (acks_b, reader_b) = acknowledged(&mut b);
+    // Until both have had many appends acknowledged while the other was appending too. Under
+    // this much contention one process can hold the head for long stretches (it pipelines,
+    // the other must read the head and try again), hence the generous deadline.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while count(&acks_a) < 300 || count(&acks_b) < 300 {
         assert!(
             Instant::now() < deadline,
-            "only {head} entries after 60 s\n{}",
+            "after 240 s: a has {} acknowledged, b {} (one starves the other?)\n{}",
+            count(&acks_a),
+            count(&acks_b),
             server.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -83,12 +92,10 @@ async fn two_processes_appending_with_pipelining_never_break_the_chain() {
         child.kill().expect("kill");
         child.wait().expect("reap");
     }
-    let acked_a = reader_a.join().expect("reader a");
-    let acked_b = reader_b.join().expect("reader b");
-    assert!(
-        !acked_a.is_empty() && !acked_b.is_empty(),
-        "both processes appended"
-    );
+    reader_a.join().expect("reader a");
+    reader_b.join().expect("reader b");
+    let acked_a = acks_a.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let acked_b = acks_b.lock().unwrap_or_else(|e| e.into_inner()).clone();
 
     let verified = verify_log(&log, 1, None)
         .await
