@@ -94,6 +94,17 @@ pub trait Executor: Send + Sync + 'static {
     fn find<'a>(&'a self, job_id: JobId, attempt: u32) -> BoxFuture<'a, Option<Found>>;
 }
 
+/// The inventory part of GPUs, as the log records it: utilisation is telemetry, which moves all
+/// the time and never goes into the log.
+pub fn inventory_only(gpus: Vec<gantry_events::event::Gpu>) -> Vec<gantry_events::event::Gpu> {
+    gpus.into_iter()
+        .map(|g| gantry_events::event::Gpu {
+            utilisation_pct: None,
+            ..g
+        })
+        .collect()
+}
+
 /// A node's GPUs: NVML on real nodes, a fixed list in tests.
 pub trait GpuInventory: Send + Sync + 'static {
     /// Where the list comes from: `nvml`, `none` (no NVIDIA library: a CPU-only node) or

@@ -236,16 +236,32 @@ impl World {
 
     /// Attempts placed longer ago than the lease and still not started: each is taken back
     /// (a `job.failed` with `placement_expired`, then a retry or a dead letter).
-    pub fn decide_expired_placements(&self, now_ms: u64) -> Vec<Event> {
+    ///
+    /// The lease counts from the placement or from `since_ms` (when this scheduler started),
+    /// whichever is later, so time gantry was down does not count against a node that is
+    /// picking its attempts up again. At most `max_jobs` are taken back per call (each takes
+    /// two events, and one append holds at most [`gantry_events::log::MAX_BATCH`]).
+    pub fn decide_expired_placements(
+        &self,
+        now_ms: u64,
+        since_ms: u64,
+        max_jobs: usize,
+    ) -> Vec<Event> {
         let lease_ms = self.limits.placement_lease_secs.saturating_mul(1000);
         let mut events = Vec::new();
+        let mut taken = 0;
         for id in &self.placed {
+            if taken >= max_jobs {
+                break;
+            }
             let Some(job) = self.jobs.get(id) else {
                 continue;
             };
-            if now_ms < job.placed_at_ms.saturating_add(lease_ms) {
+            let from = job.placed_at_ms.max(since_ms);
+            if now_ms < from.saturating_add(lease_ms) {
                 continue;
             }
+            taken += 1;
             if let Ok(mut expired) =
                 job.placement_expired(job.attempt, now_ms, lease_ms, self.limits.retry_budget())
             {
@@ -660,5 +676,42 @@ mod tests {
             .expect("reason");
         assert_eq!(reason.code, "too_many_gpus");
         assert!(reason.message.contains("has 1"), "{}", reason.message);
+    }
+
+    #[test]
+    fn leases_count_from_the_schedulers_start_and_expire_in_bounded_batches() {
+        let mut world = World::new(Limits {
+            placement_lease_secs: 60,
+            ..Limits::default()
+        });
+        let mut log = Vec::new();
+        commit(&mut world, &mut log, vec![joined("n1", 1_000_000)]);
+        for i in 0..10 {
+            let Submitted::New { events, .. } = world
+                .decide_submit(&request(&format!("j{i}")))
+                .expect("valid")
+            else {
+                panic!("new job")
+            };
+            commit(&mut world, &mut log, events);
+        }
+        let placed = world.decide_placements(0, 100);
+        // Placed at time 0 (the test's clock).
+        commit(&mut world, &mut log, placed);
+        // A scheduler that started at 50 s counts the lease from there: not expired at 100 s.
+        assert!(
+            world
+                .decide_expired_placements(100_000, 50_000, 100)
+                .is_empty()
+        );
+        // At 110 s it is; at most 3 jobs are taken back per call, two events each.
+        let expired = world.decide_expired_placements(110_000, 50_000, 3);
+        assert_eq!(expired.len(), 6);
+        assert!(
+            expired
+                .iter()
+                .step_by(2)
+                .all(|e| e.type_name() == "job.failed")
+        );
     }
 }

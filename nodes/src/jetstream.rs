@@ -9,10 +9,12 @@
 //! A sequence number alone does not prove the chain: an append sent before the previous one is
 //! acknowledged (pipelined) is sealed after an entry the server may still refuse, and another
 //! writer can fill that sequence with its own entry. So the `Nats-Msg-Id` of every message is
-//! its entry's hash, and a pipelined publish also carries `Nats-Expected-Last-Msg-Id` = the hash
-//! it was sealed after: the server stores it only if the entry it links to is the one stored
-//! last. An append sealed after a head read from the server (and checked to link to its
-//! predecessor) needs only the sequence. JetStream refuses `Nats-Expected-Last-Msg-Id` inside an
+//! its entry's hash, and a single-event publish sealed after an entry this process sent
+//! (acknowledged or not) also carries `Nats-Expected-Last-Msg-Id` = that entry's hash: the
+//! server stores it only if the entry it links to is the one stored last (after a server
+//! restart that forgot it, the publish is refused once and the head read again). An append
+//! sealed after a head read from the server (and checked to link to its predecessor) needs
+//! only the sequence. JetStream refuses `Nats-Expected-Last-Msg-Id` inside an
 //! atomic batch, so a batch of more than one event is never pipelined: it waits until every
 //! earlier send of this process is acknowledged, and then its head is known to be stored.
 //!
@@ -36,6 +38,8 @@ use gantry_events::log::{MAX_ENTRY_BYTES, check_batch};
 use gantry_events::{
     Appended, Entry, Error, EventLog, Hash, Head, NewEvent, Subscription, Verifier, seal,
 };
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use tokio::sync::{Mutex, Notify};
 
 /// The oldest nats-server with atomic batch publish.
@@ -78,8 +82,13 @@ pub struct JetStreamLog {
     /// Serialises this process's sends and remembers the head after the last one, so an
     /// uncontended append costs no extra round trip.
     state: Mutex<AppendState>,
-    /// Woken whenever a send is settled (acknowledged or failed).
+    /// Woken whenever a send is settled (acknowledged, failed or abandoned).
     settled: Notify,
+    /// Sends whose acknowledgement has not come back yet.
+    in_flight: AtomicUsize,
+    /// 1 + the epoch of a send whose append was dropped before its acknowledgement came back
+    /// (0: none): the head it set cannot be trusted, and is forgotten at the next append.
+    abandoned: AtomicU64,
 }
 
 /// What this process believes the head is.
@@ -90,8 +99,6 @@ struct AppendState {
     /// Whether `head` came from a send of ours rather than from the server: an append sealed
     /// after it must name that entry's hash as the last message id.
     head_sent: bool,
-    /// Sends whose acknowledgement has not come back yet.
-    in_flight: usize,
     /// Bumped whenever `head` is forgotten, so a late failure of an append sent before does not
     /// forget a head fetched after it.
     epoch: u64,
@@ -224,6 +231,8 @@ impl JetStreamLog {
             options,
             state: Mutex::new(AppendState::default()),
             settled: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            abandoned: AtomicU64::new(0),
         })
     }
 
@@ -468,18 +477,39 @@ fn is_conflict(error: &jetstream::context::PublishError) -> bool {
         })
 }
 
-impl JetStreamLog {
-    /// One send's acknowledgement came back (`stored`: as expected) or failed.
-    async fn settle(&self, epoch: u64, stored: bool) {
-        let mut state = self.state.lock().await;
-        state.in_flight = state.in_flight.saturating_sub(1);
+/// A send whose acknowledgement is awaited. Settled explicitly; dropped unsettled (the append
+/// future was cancelled), it still gives its place back and marks its head as untrusted.
+struct InFlight<'a> {
+    log: &'a JetStreamLog,
+    epoch: u64,
+    settled: bool,
+}
+
+impl InFlight<'_> {
+    /// The acknowledgement came back (`stored`: as expected) or failed.
+    async fn settle(mut self, stored: bool) {
+        self.settled = true;
+        let mut state = self.log.state.lock().await;
+        self.log.in_flight.fetch_sub(1, Ordering::SeqCst);
         if !stored {
-            state.forget_if(epoch);
+            state.forget_if(self.epoch);
         }
         drop(state);
-        self.settled.notify_waiters();
+        self.log.settled.notify_waiters();
     }
+}
 
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.log.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.log.abandoned.store(self.epoch + 1, Ordering::SeqCst);
+            self.log.settled.notify_waiters();
+        }
+    }
+}
+
+impl JetStreamLog {
     async fn append_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>, Error> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -489,13 +519,20 @@ impl JetStreamLog {
         // have landed, and a later attempt must not store the events a second time.
         let mut uncertain: Option<u64> = None;
         for attempt in 1..=self.options.max_attempts {
+            // Before sealing again: did the uncertain attempt land meanwhile (a publish held
+            // back by a reconnect can arrive after its acknowledgement timed out)?
+            if let Some(before) = uncertain
+                && let Some(appended) = self.landed(&batch, before).await?
+            {
+                return Ok(appended);
+            }
             // Seal and send under the lock, then wait for the acknowledgement without it: the
             // next append goes out after this one (expecting its end) before this one is
             // acknowledged. If this one fails, that one fails too, as it names an entry that
             // never came to be, and both retry.
-            let (ack, appended, epoch, after) = {
+            let (ack, appended, in_flight, after) = {
                 let mut state = self.state.lock().await;
-                while batch.len() > 1 && state.in_flight > 0 {
+                while batch.len() > 1 && self.in_flight.load(Ordering::SeqCst) > 0 {
                     // An atomic batch cannot name the entry it follows, so it is sealed only
                     // after a head known to be stored.
                     let notified = self.settled.notified();
@@ -505,10 +542,16 @@ impl JetStreamLog {
                     notified.await;
                     state = self.state.lock().await;
                 }
+                let abandoned = self.abandoned.swap(0, Ordering::SeqCst);
+                if abandoned != 0 {
+                    state.forget_if(abandoned - 1);
+                }
                 let (head, link) = match state.head {
-                    // Sealed after a send not yet acknowledged: the server must check the link.
-                    Some(head) if state.head_sent && state.in_flight > 0 => (head, Some(head.hash)),
-                    // Read from the server, or acknowledged.
+                    // Sealed after an entry of our own: the server checks the link, so an
+                    // entry it never stored (or lost) cannot be built on. Not possible inside
+                    // an atomic batch, which waited above for every send to be acknowledged.
+                    Some(head) if state.head_sent && batch.len() == 1 => (head, Some(head.hash)),
+                    // Read from the server (and checked), or acknowledged.
                     Some(head) => (head, None),
                     None => {
                         let head = self.fetch_head().await?;
@@ -525,8 +568,13 @@ impl JetStreamLog {
                             hash: a.hash,
                         });
                         state.head_sent = true;
-                        state.in_flight += 1;
-                        (ack, appended, state.epoch, head.seq)
+                        self.in_flight.fetch_add(1, Ordering::SeqCst);
+                        let in_flight = InFlight {
+                            log: self,
+                            epoch: state.epoch,
+                            settled: false,
+                        };
+                        (ack, appended, in_flight, head.seq)
                     }
                     Err(error) => {
                         state.forget();
@@ -544,11 +592,11 @@ impl JetStreamLog {
             let last = appended.last().map_or(0, |a| a.seq);
             match ack.await {
                 Ok(ack) if !ack.duplicate && ack.sequence == last => {
-                    self.settle(epoch, true).await;
+                    in_flight.settle(true).await;
                     return Ok(appended);
                 }
                 Ok(ack) if !ack.duplicate => {
-                    self.settle(epoch, false).await;
+                    in_flight.settle(false).await;
                     return Err(Error::Broken {
                         seq: ack.sequence,
                         reason: format!(
@@ -558,12 +606,7 @@ impl JetStreamLog {
                     });
                 }
                 Err(e) if is_conflict(&e) => {
-                    self.settle(epoch, false).await;
-                    if let Some(before) = uncertain
-                        && let Some(appended) = self.landed(&batch, before).await?
-                    {
-                        return Ok(appended);
-                    }
+                    in_flight.settle(false).await;
                     // Spread out the retries of writers that collided: exponential, capped,
                     // with jitter, so two busy processes take turns instead of refusing
                     // each other's pipelined sends round after round.
@@ -572,7 +615,7 @@ impl JetStreamLog {
                 outcome => {
                     // Timed out, disconnected, or this very entry was stored before (a
                     // duplicate message id): find out what landed.
-                    self.settle(epoch, false).await;
+                    in_flight.settle(false).await;
                     let before = *uncertain.get_or_insert(after);
                     if let Some(appended) = self.landed(&batch, before.min(after)).await? {
                         return Ok(appended);

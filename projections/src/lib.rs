@@ -109,6 +109,7 @@ pub struct AttemptGpu {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct JobRecord {
     job: Job,
+    #[serde(default)]
     attempts: Vec<AttemptView>,
     submitted_ns: u64,
     updated_ns: u64,
@@ -261,6 +262,11 @@ mod kind {
 
 /// The checkpoint's key (kind `m`, metadata).
 const CHECKPOINT: &[u8] = b"mcheckpoint";
+/// The key of the layout version of the stored views.
+const FORMAT: &[u8] = b"mformat";
+/// The layout of the stored views; views of another layout are rebuilt. 2: jobs stored as a
+/// domain job with its attempt history.
+const VIEWS_FORMAT: u32 = 2;
 
 fn job_key(id: &JobId) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
@@ -396,6 +402,7 @@ impl Projections {
         let mut raw = checkpoint.seq.to_be_bytes().to_vec();
         raw.extend_from_slice(&checkpoint.hash.0);
         batch.insert(CHECKPOINT, raw);
+        batch.insert(FORMAT, &VIEWS_FORMAT.to_be_bytes());
         self.tree.apply_batch(batch)?;
         Ok(checkpoint)
     }
@@ -571,10 +578,26 @@ impl Projections {
     pub async fn ensure_built_from(&self, log: &dyn EventLog) -> Result<Option<String>, Error> {
         let checkpoint = self.checkpoint()?;
         if checkpoint.seq == 0 {
+            // Nothing applied, so nothing may be stored: leftovers of a clear cut short by a
+            // crash (the checkpoint sorts first and goes first) are removed.
+            if !self.tree.is_empty() {
+                tracing::warn!("views hold entries but no checkpoint; clearing them");
+                self.clear()?;
+                self.flush().await?;
+            }
             return Ok(None);
         }
+        let format = self
+            .tree
+            .get(FORMAT)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map_or(1, u32::from_be_bytes);
         let head = log.head().await?;
-        let reason = if head.seq < checkpoint.seq {
+        let reason = if format != VIEWS_FORMAT {
+            Some(format!(
+                "the views were written in layout {format} and this gantry writes layout {VIEWS_FORMAT}"
+            ))
+        } else if head.seq < checkpoint.seq {
             Some(format!(
                 "the views were built to sequence {} but the log ends at {}",
                 checkpoint.seq, head.seq
@@ -975,6 +998,24 @@ mod tests {
                 .is_none()
         );
         let built_to = views.checkpoint().expect("cp").seq;
+
+        // Views in the layout of an older gantry (no layout key): rebuilt, not misread.
+        views.tree.remove(FORMAT).expect("remove");
+        let why = views
+            .ensure_built_from(&first)
+            .await
+            .expect("check")
+            .expect("a reason");
+        assert!(why.contains("layout 1"), "{why}");
+        views.catch_up(&first, |_, _| {}).await.expect("rebuild");
+        assert_eq!(views.checkpoint().expect("cp").seq, built_to);
+        assert!(
+            views
+                .ensure_built_from(&first)
+                .await
+                .expect("check")
+                .is_none()
+        );
 
         // A shorter log (its tail cut): rebuilt, and nothing from the longer one stays.
         let shorter = append_all(

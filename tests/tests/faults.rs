@@ -448,6 +448,15 @@ async fn a_lost_gpu_is_recorded_once_the_log_takes_it_and_telemetry_stays_out_of
     };
     assert_eq!(g.gpus.len(), 1);
     assert_eq!(g.gpus[0].uuid, "GPU-fake-1");
+    assert_eq!(
+        g.gpus[0].utilisation_pct, None,
+        "telemetry stays out of the log"
+    );
+    let joined = node_events(&*log, "node.joined").await;
+    let gantry_events::Event::Node(gantry_events::event::NodeEvent::Joined(j)) = &joined[0] else {
+        panic!("not a node.joined event")
+    };
+    assert!(j.gpus.iter().all(|g| g.utilisation_pct.is_none()), "{j:?}");
     // Utilisation moves all the time: it never reaches the log on its own.
     inventory.set(vec![gantry_events::event::Gpu {
         utilisation_pct: Some(99),

@@ -84,7 +84,7 @@ impl GpuProbe {
             return;
         }
         let gpus = match self.inventory.gpus() {
-            Ok(gpus) => gpus,
+            Ok(gpus) => crate::executor::inventory_only(gpus),
             Err(error) => {
                 tracing::warn!(node = %self.node, %error, "GPU probe failed");
                 return;
@@ -129,4 +129,9 @@ impl Actor for GpuProbe {
     }
 }
 
-impl Supervised for GpuProbe {}
+impl Supervised for GpuProbe {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // A record in flight died with the old context: check again.
+        self.recording = false;
+    }
+}

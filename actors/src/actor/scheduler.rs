@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use gantry_events::event::{FailureCause, JobId};
-use gantry_events::{Event, EventLog, NewEvent, Source, record::now_ns};
+use gantry_events::{Appended, Entry, Event, EventLog, NewEvent, Source, record::now_ns};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState};
@@ -29,7 +29,8 @@ pub enum CommandError {
     /// Decided against: invalid, unknown job, wrong state (400/404/409).
     #[error(transparent)]
     Refused(#[from] Refusal),
-    /// The log did not take the events (503). Nothing was applied.
+    /// The log did not take the events (503). Whatever of them landed after all (an unknown
+    /// outcome) was read back and applied; the caller may try again.
     #[error(transparent)]
     Log(#[from] gantry_events::Error),
 }
@@ -51,6 +52,9 @@ pub struct Scheduler {
     world: World,
     source: Source,
     stats: SchedulerStats,
+    /// When this scheduler started (Unix ms): placement leases count from here at the
+    /// earliest, so downtime does not expire them.
+    started_ms: u64,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -94,6 +98,7 @@ impl Scheduler {
             world,
             source,
             stats: SchedulerStats::default(),
+            started_ms: now_ms(),
         })
     }
 
@@ -116,25 +121,45 @@ impl Scheduler {
         let log = self.log.clone();
         let batch = stamp(events, &self.source);
         let stamped = batch.clone();
+        let next = self.world.seq() + 1;
         AtomicResponse::new(Box::pin(
-            async move {
-                if batch.is_empty() {
-                    return Ok(Vec::new());
-                }
-                log.append(batch).await
-            }
-            .into_actor(self)
-            .map(move |appended, act, ctx| {
-                let appended = appended?;
-                let seqs: Vec<u64> = appended.iter().map(|a| a.seq).collect();
-                act.apply_appended(&stamped, &seqs);
-                // A new job or freed capacity: place now rather than at the next tick.
-                if !seqs.is_empty() {
-                    ctx.notify(PlaceNow);
-                }
-                Ok(reply(act))
-            }),
+            append_catching_up(log, batch, next).into_actor(self).map(
+                move |(appended, missing), act, ctx| {
+                    act.apply_entries(&missing);
+                    let appended = appended?;
+                    let seqs: Vec<u64> = appended.iter().map(|a| a.seq).collect();
+                    act.apply_appended(&stamped, &seqs);
+                    // A new job or freed capacity: place now rather than at the next tick.
+                    if !seqs.is_empty() {
+                        ctx.notify(PlaceNow);
+                    }
+                    Ok(reply(act))
+                },
+            ),
         ))
+    }
+
+    /// Applies entries the log has that this scheduler has not applied yet.
+    fn apply_entries(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            match entry.open() {
+                Ok(envelope) => {
+                    self.world
+                        .apply(envelope.seq, envelope.time_ns / 1_000_000, &envelope.event)
+                }
+                Err(error) => {
+                    tracing::error!(seq = entry.seq, %error, "scheduler skipped an undecodable entry")
+                }
+            }
+        }
+        if !entries.is_empty() {
+            tracing::warn!(
+                count = entries.len(),
+                "scheduler applied entries it had not appended itself (an append with an unknown outcome, or another writer)"
+            );
+            self.stats.applied_seq = self.world.seq();
+            self.stats.queued = self.world.queues().len();
+        }
     }
 
     fn refuse<R: 'static>(
@@ -153,7 +178,11 @@ impl Scheduler {
 
     /// Takes back placements whose lease ran out.
     fn expire(&mut self, ctx: &mut Context<Self>) {
-        let events = self.world.decide_expired_placements(now_ms());
+        let events = self.world.decide_expired_placements(
+            now_ms(),
+            self.started_ms,
+            gantry_events::log::MAX_BATCH / 2,
+        );
         let count = events.len() as u64;
         if count > 0 {
             tracing::warn!(
@@ -178,19 +207,60 @@ impl Scheduler {
         let log = self.log.clone();
         let batch = stamp(events, &self.source);
         let stamped = batch.clone();
-        ctx.wait(async move { log.append(batch).await }.into_actor(self).map(
-            move |appended, act, _| match appended {
-                Ok(appended) => {
-                    let seqs: Vec<u64> = appended.iter().map(|a| a.seq).collect();
-                    act.apply_appended(&stamped, &seqs);
-                    done(act);
-                }
-                Err(error) => {
-                    tracing::error!(%error, "decisions not recorded; will retry");
+        let next = self.world.seq() + 1;
+        ctx.wait(append_catching_up(log, batch, next).into_actor(self).map(
+            move |(appended, missing), act, _| {
+                act.apply_entries(&missing);
+                match appended {
+                    Ok(appended) => {
+                        let seqs: Vec<u64> = appended.iter().map(|a| a.seq).collect();
+                        act.apply_appended(&stamped, &seqs);
+                        done(act);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "decisions not recorded; will retry");
+                    }
                 }
             },
         ));
     }
+}
+
+/// Appends `batch`, then reads what the log holds from `next` on that the caller has not
+/// applied: entries before its own (another writer's), or — when the append failed — whatever
+/// landed after all (an append whose outcome was unknown may still have been stored). So the
+/// scheduler's state never lags the log it decides on, even after an error.
+async fn append_catching_up(
+    log: Arc<dyn EventLog>,
+    batch: Vec<NewEvent>,
+    next: u64,
+) -> (Result<Vec<Appended>, gantry_events::Error>, Vec<Entry>) {
+    if batch.is_empty() {
+        return (Ok(Vec::new()), Vec::new());
+    }
+    let appended = log.append(batch).await;
+    let end = match &appended {
+        Ok(appended) => appended.first().map_or(next, |a| a.seq),
+        Err(_) => u64::MAX,
+    };
+    let mut missing = Vec::new();
+    let mut from = next;
+    // Bounded: each read moves `from` forward or stops.
+    while from < end {
+        let entries = match log.read(from, 4096).await {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::error!(%error, from, "scheduler could not read back the log");
+                break;
+            }
+        };
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            break;
+        };
+        missing.extend(entries.into_iter().filter(|e| e.seq < end));
+        from = last + 1;
+    }
+    (appended, missing)
 }
 
 fn now_ms() -> u64 {

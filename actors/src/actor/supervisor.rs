@@ -96,7 +96,7 @@ impl Supervisor {
             .start();
 
         let gpus = match inventory.gpus() {
-            Ok(gpus) => gpus,
+            Ok(gpus) => crate::executor::inventory_only(gpus),
             Err(error) => {
                 tracing::warn!(%error, "GPU inventory failed; joining as a CPU-only node");
                 Vec::new()

@@ -401,6 +401,22 @@ async fn run_attempt(
     let _ = report_until_recorded(&scheduler, report(message)).await;
 }
 
+/// Longest message (an engine's error, a pull failure) a report carries: an event must stay
+/// far below the log's entry limit, or the report could never be recorded.
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(" …(cut)");
+    }
+    message
+}
+
 /// Turns an executor outcome into a report.
 fn failure(outcome: Outcome, duration_ms: Option<u64>, run: &RunSpec) -> Report {
     match outcome {
@@ -423,7 +439,7 @@ fn failure(outcome: Outcome, duration_ms: Option<u64>, run: &RunSpec) -> Report 
         Outcome::ImageUnavailable { reason } => Report::Failed {
             cause: FailureCause::ImageUnavailable {
                 image: run.spec.image.clone(),
-                reason,
+                reason: bounded(reason),
             },
             duration_ms,
         },
@@ -435,7 +451,9 @@ fn failure(outcome: Outcome, duration_ms: Option<u64>, run: &RunSpec) -> Report 
             duration_ms,
         },
         Outcome::Failed { message } => Report::Failed {
-            cause: FailureCause::ExecutorError { message },
+            cause: FailureCause::ExecutorError {
+                message: bounded(message),
+            },
             duration_ms,
         },
     }
