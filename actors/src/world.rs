@@ -153,6 +153,7 @@ impl World {
             JobEvent::Succeeded(_) | JobEvent::Cancelled(_) | JobEvent::DeadLettered(_) => {
                 self.cluster.release(id);
                 self.queues.remove(id);
+                self.explained.remove(&id);
             }
             JobEvent::Submitted(_)
             | JobEvent::Started(_)
@@ -318,6 +319,12 @@ impl World {
             self.cluster.release(id);
         }
         events
+    }
+
+    /// Forgets which pending reasons were worked out: after decisions failed to reach the log,
+    /// the next round works them out (and records them) again.
+    pub fn forget_explanations(&mut self) {
+        self.explained.clear();
     }
 
     /// Jobs with a live attempt on `node`, with that attempt.

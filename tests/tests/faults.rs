@@ -296,21 +296,24 @@ async fn a_placement_not_started_within_its_lease_is_taken_back() {
             .any(|e| matches!(e, JobEvent::Started(s) if s.attempt == 1)),
         "the expired attempt's start is never recorded: {events:?}"
     );
-    // The late start of attempt 1 is refused, and what it started is stopped.
+    // Attempt 1 is stopped: abandoned while still starting (the worker hears it was taken
+    // back) and discarded, or — if its start came first — refused, and what it started killed.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let first = lock(&executor.handles)
             .iter()
             .find(|(a, _)| *a == 1)
             .map(|(_, h)| h.clone());
-        if let Some(handle) = first
-            && lock(&executor.killed).contains(&handle)
-        {
+        let stopped = match first {
+            Some(handle) => lock(&executor.killed).contains(&handle),
+            None => lock(&executor.discarded).contains(&(id, 1)),
+        };
+        if stopped {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "attempt 1 was never stopped after its start was refused"
+            "attempt 1 was never stopped after it was taken back"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

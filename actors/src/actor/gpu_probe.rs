@@ -72,11 +72,21 @@ impl GpuProbe {
         }
     }
 
-    fn sample(&mut self) {
-        match self.inventory.samples() {
-            Ok(samples) => self.telemetry.record(&self.node, samples),
-            Err(error) => tracing::warn!(node = %self.node, %error, "GPU sample failed"),
-        }
+    fn sample(&mut self, ctx: &mut Context<Self>) {
+        // NVML calls block: off the actor's thread, which other actors share.
+        let inventory = self.inventory.clone();
+        let telemetry = self.telemetry.clone();
+        let node = self.node.clone();
+        ctx.spawn(
+            async move {
+                match tokio::task::spawn_blocking(move || inventory.samples()).await {
+                    Ok(Ok(samples)) => telemetry.record(&node, samples),
+                    Ok(Err(error)) => tracing::warn!(%node, %error, "GPU sample failed"),
+                    Err(error) => tracing::warn!(%node, %error, "GPU sample task failed"),
+                }
+            }
+            .into_actor(self),
+        );
     }
 
     fn check(&mut self, ctx: &mut Context<Self>) {
@@ -123,8 +133,8 @@ impl Actor for GpuProbe {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.sample();
-        ctx.run_interval(SAMPLE_EVERY.min(self.every), |act, _| act.sample());
+        self.sample(ctx);
+        ctx.run_interval(SAMPLE_EVERY.min(self.every), |act, ctx| act.sample(ctx));
         ctx.run_interval(self.every, |act, ctx| act.check(ctx));
     }
 }

@@ -218,6 +218,7 @@ impl Scheduler {
                         done(act);
                     }
                     Err(error) => {
+                        act.world.forget_explanations();
                         tracing::error!(%error, "decisions not recorded; will retry");
                     }
                 }

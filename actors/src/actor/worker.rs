@@ -157,6 +157,13 @@ impl Worker {
                     },
                 ));
             }
+            JobEvent::Failed(f) if matches!(f.cause, FailureCause::PlacementExpired { .. }) => {
+                // Taken back while it was still starting here: stop it now rather than when
+                // its start is refused.
+                if let Some(stop) = self.running.get(&(f.job_id, f.attempt)) {
+                    let _ = stop.send(true);
+                }
+            }
             JobEvent::CancelRequested(c) => {
                 for ((id, _), stop) in &self.running {
                     if *id == c.job_id {
