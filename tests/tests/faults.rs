@@ -487,6 +487,21 @@ async fn node_events(log: &dyn EventLog, ty: &str) -> Vec<Event> {
     }
 }
 
+/// Appends one event (any will do) and returns where it landed.
+async fn append_lost(log: &dyn EventLog, node: &str) -> u64 {
+    let appended = log
+        .append(vec![NewEvent::new(
+            gantry_events::Source::new("n1", "test"),
+            gantry_events::event::NodeLost {
+                node_id: node.into(),
+                reason: "test".into(),
+            },
+        )])
+        .await
+        .expect("append");
+    appended[0].seq
+}
+
 /// The projector does not stop for good when following the log fails: it retries with backoff
 /// and the views catch up.
 #[actix_rt::test]
@@ -498,39 +513,18 @@ async fn the_projector_retries_until_it_follows_the_log() {
         fail: AtomicUsize::new(0),
         fail_subscribe: AtomicUsize::new(3),
     });
-    let appended = log
-        .append(vec![NewEvent::new(
-            gantry_events::Source::new("n1", "test"),
-            gantry_events::event::NodeLost {
-                node_id: "n9".into(),
-                reason: "test".into(),
-            },
-        )])
-        .await
-        .expect("append");
+    let appended = append_lost(&*log, "n9").await;
     let views = gantry_projections::Projections::open(dir.path().join("views")).expect("views");
     let (tx, mut rx) = tokio::sync::watch::channel(0u64);
     actix_rt::spawn(gantry_nodes::up::project(log.clone(), views.clone(), tx));
     // The first follow catches up before it subscribes: the views reach the head at once, and
     // must then keep following through three failed subscriptions.
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        rx.wait_for(|s| *s >= appended[0].seq),
-    )
-    .await
-    .expect("caught up")
-    .expect("progress");
-    let later = log
-        .append(vec![NewEvent::new(
-            gantry_events::Source::new("n1", "test"),
-            gantry_events::event::NodeLost {
-                node_id: "n10".into(),
-                reason: "test".into(),
-            },
-        )])
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| *s >= appended))
         .await
-        .expect("append");
-    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| *s >= later[0].seq))
+        .expect("caught up")
+        .expect("progress");
+    let later = append_lost(&*log, "n10").await;
+    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| *s >= later))
         .await
         .expect("the projector follows again after failures")
         .expect("progress");
@@ -540,21 +534,12 @@ async fn the_projector_retries_until_it_follows_the_log() {
         assert!(Instant::now() < deadline, "the projector stopped retrying");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let last = log
-        .append(vec![NewEvent::new(
-            gantry_events::Source::new("n1", "test"),
-            gantry_events::event::NodeLost {
-                node_id: "n11".into(),
-                reason: "test".into(),
-            },
-        )])
-        .await
-        .expect("append");
-    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| *s >= last[0].seq))
+    let last = append_lost(&*log, "n11").await;
+    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| *s >= last))
         .await
         .expect("followed live")
         .expect("progress");
-    assert_eq!(views.checkpoint().expect("cp").seq, last[0].seq);
+    assert_eq!(views.checkpoint().expect("cp").seq, last);
 }
 
 /// The launch guard: a worker hears of a placement on its node (a forged or stale
