@@ -361,6 +361,19 @@ mod tests {
         }
     }
 
+    /// Submits `n` one-CPU jobs `j0`, `j1`, … and commits them.
+    fn submit_jobs(world: &mut World, log: &mut Vec<Event>, n: usize) {
+        for i in 0..n {
+            let Submitted::New { events, .. } = world
+                .decide_submit(&request(&format!("j{i}")))
+                .expect("valid")
+            else {
+                panic!("new job")
+            };
+            commit(world, log, events);
+        }
+    }
+
     /// Appends (in memory) and applies, as the scheduler does.
     fn commit(world: &mut World, log: &mut Vec<Event>, events: Vec<Event>) {
         for e in events {
@@ -388,15 +401,7 @@ mod tests {
         let mut world = World::default();
         let mut log = Vec::new();
         commit(&mut world, &mut log, vec![joined("n1", 2000)]);
-        for i in 0..3 {
-            let Submitted::New { events, .. } = world
-                .decide_submit(&request(&format!("j{i}")))
-                .expect("valid")
-            else {
-                panic!("new job")
-            };
-            commit(&mut world, &mut log, events);
-        }
+        submit_jobs(&mut world, &mut log, 3);
         let placed = world.decide_placements(0, 100);
         // Two one-CPU jobs fit on a two-CPU node; the third waits, and says why.
         let types: Vec<&str> = placed.iter().map(Event::type_name).collect();
@@ -693,15 +698,7 @@ mod tests {
         });
         let mut log = Vec::new();
         commit(&mut world, &mut log, vec![joined("n1", 1_000_000)]);
-        for i in 0..10 {
-            let Submitted::New { events, .. } = world
-                .decide_submit(&request(&format!("j{i}")))
-                .expect("valid")
-            else {
-                panic!("new job")
-            };
-            commit(&mut world, &mut log, events);
-        }
+        submit_jobs(&mut world, &mut log, 10);
         let placed = world.decide_placements(0, 100);
         // Placed at time 0 (the test's clock).
         commit(&mut world, &mut log, placed);

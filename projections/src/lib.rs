@@ -968,6 +968,15 @@ mod tests {
         );
     }
 
+    /// Why `views` must be rebuilt for `log` (there must be a reason).
+    async fn rebuild_reason(views: &Projections, log: &EmbeddedLog) -> String {
+        views
+            .ensure_built_from(log)
+            .await
+            .expect("check")
+            .expect("a reason")
+    }
+
     /// Views built from one log, opened beside another (a restored backup, a cut tail that
     /// new events then refilled): they notice, say why, and rebuild.
     #[tokio::test]
@@ -1001,11 +1010,7 @@ mod tests {
 
         // Views in the layout of an older gantry (no layout key): rebuilt, not misread.
         views.tree.remove(FORMAT).expect("remove");
-        let why = views
-            .ensure_built_from(&first)
-            .await
-            .expect("check")
-            .expect("a reason");
+        let why = rebuild_reason(&views, &first).await;
         assert!(why.contains("layout 1"), "{why}");
         views.catch_up(&first, |_, _| {}).await.expect("rebuild");
         assert_eq!(views.checkpoint().expect("cp").seq, built_to);
@@ -1025,11 +1030,7 @@ mod tests {
             events().into_iter().take(5).collect(),
         )
         .await;
-        let why = views
-            .ensure_built_from(&shorter)
-            .await
-            .expect("check")
-            .expect("a reason");
+        let why = rebuild_reason(&views, &shorter).await;
         assert!(why.contains(&format!("{built_to}")), "{why}");
         views.catch_up(&shorter, |_, _| {}).await.expect("rebuild");
         let fresh = Projections::open(dir.path().join("fresh")).expect("views");
@@ -1044,11 +1045,7 @@ mod tests {
             events().into_iter().take(5).collect(),
         )
         .await;
-        let why = views
-            .ensure_built_from(&other)
-            .await
-            .expect("check")
-            .expect("a reason");
+        let why = rebuild_reason(&views, &other).await;
         assert!(why.contains("another entry"), "{why}");
         assert_eq!(views.checkpoint().expect("cp").seq, 0, "cleared");
     }

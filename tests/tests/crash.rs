@@ -192,6 +192,27 @@ fn wait_container_exited(id: &str) {
     }
 }
 
+/// Starts gantry on `data` with Docker, submits `spec`, and kills gantry with SIGKILL once
+/// the job runs. Returns the job's id.
+fn run_then_kill_9(data: &Path, port: u16, spec: &Value) -> String {
+    let (mut first, client) = start(data, port, "docker");
+    let id = submit(&client, spec);
+    wait_all(&client, std::slice::from_ref(&id), &["running"]);
+    first.kill().expect("kill -9");
+    first.wait().expect("reap");
+    id
+}
+
+/// Waits until the one job ends.
+fn wait_end(client: &Client, id: &str) -> Value {
+    wait_all(
+        client,
+        &[id.to_owned()],
+        &["succeeded", "dead_lettered", "cancelled"],
+    )
+    .remove(0)
+}
+
 fn event_time_ns(events: &[Value], id: &str, ty: &str) -> u64 {
     events
         .iter()
@@ -215,9 +236,9 @@ fn kill_9_then_a_container_that_exited_meanwhile_reports_its_real_exit() {
     let Some(image) = test_image() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let (mut first, client) = start(dir.path(), port, "docker");
-    let id = submit(
-        &client,
+    let id = run_then_kill_9(
+        dir.path(),
+        port,
         &json!({
             "name": "exits-while-down", "image": image,
             "command": ["sh", "-c", "echo begin; sleep 2; echo finished; exit 3"],
@@ -225,18 +246,10 @@ fn kill_9_then_a_container_that_exited_meanwhile_reports_its_real_exit() {
             "retry": { "max_attempts": 1 },
         }),
     );
-    wait_all(&client, std::slice::from_ref(&id), &["running"]);
-    first.kill().expect("kill -9");
-    first.wait().expect("reap");
     wait_container_exited(&id);
 
     let (second, client) = start(dir.path(), port, "docker");
-    let job = wait_all(
-        &client,
-        std::slice::from_ref(&id),
-        &["succeeded", "dead_lettered", "cancelled"],
-    )
-    .remove(0);
+    let job = wait_end(&client, &id);
     assert_eq!(job["state"], "dead_lettered", "{job}");
     assert_eq!(job["attempt"], 1, "not re-run: {job}");
     assert_eq!(
@@ -267,9 +280,9 @@ fn a_timeout_counts_from_the_recorded_start_across_a_restart() {
     let Some(image) = test_image() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let (mut first, client) = start(dir.path(), port, "docker");
-    let id = submit(
-        &client,
+    let id = run_then_kill_9(
+        dir.path(),
+        port,
         &json!({
             "name": "slow", "image": image,
             "command": ["sh", "-c", "sleep 120"],
@@ -278,19 +291,11 @@ fn a_timeout_counts_from_the_recorded_start_across_a_restart() {
             "retry": { "max_attempts": 1 },
         }),
     );
-    wait_all(&client, std::slice::from_ref(&id), &["running"]);
-    first.kill().expect("kill -9");
-    first.wait().expect("reap");
     // Down for longer than the whole timeout.
     std::thread::sleep(Duration::from_secs(5));
 
     let (second, client) = start(dir.path(), port, "docker");
-    let job = wait_all(
-        &client,
-        std::slice::from_ref(&id),
-        &["succeeded", "dead_lettered", "cancelled"],
-    )
-    .remove(0);
+    let job = wait_end(&client, &id);
     assert_eq!(
         job["last_cause"],
         json!({ "kind": "timeout", "after_secs": 4 }),

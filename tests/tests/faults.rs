@@ -88,6 +88,20 @@ struct SlowStart {
     handles: Mutex<Vec<(u32, String)>>,
 }
 
+impl SlowStart {
+    /// The process executor under `dir`, with the starts of `slow_attempts` held `delay`.
+    fn new(dir: &std::path::Path, delay: Duration, slow_attempts: &[u32]) -> Arc<SlowStart> {
+        Arc::new(SlowStart {
+            inner: ProcessExecutor::new(dir.join("work")),
+            delay,
+            slow_attempts: slow_attempts.iter().copied().collect(),
+            discarded: Mutex::default(),
+            killed: Mutex::default(),
+            handles: Mutex::default(),
+        })
+    }
+}
+
 impl Executor for SlowStart {
     fn kind(&self) -> &'static str {
         self.inner.kind()
@@ -143,6 +157,23 @@ fn options(dir: &std::path::Path, limits: Limits) -> NodeOptions {
     }
 }
 
+/// The actors of node `n1` on this log and executor, with no GPUs.
+async fn start_node(
+    dir: &std::path::Path,
+    log: Arc<dyn EventLog>,
+    executor: Arc<dyn Executor>,
+    limits: Limits,
+) -> Actors {
+    Supervisor::start(
+        log,
+        executor,
+        Arc::new(FakeInventory::new(vec![])),
+        options(dir, limits),
+    )
+    .await
+    .expect("start")
+}
+
 fn request(command: &str) -> SubmitRequest {
     serde_json::from_value(serde_json::json!({
         "name": "fault",
@@ -185,7 +216,8 @@ async fn wait_state(actors: &Actors, id: JobId, want: &[JobState], within: Durat
     }
 }
 
-async fn job_events(log: &dyn EventLog, id: JobId) -> Vec<JobEvent> {
+/// Every envelope in the log, in order.
+async fn envelopes(log: &dyn EventLog) -> Vec<gantry_events::Envelope> {
     let mut out = Vec::new();
     let mut next = 1;
     loop {
@@ -193,15 +225,20 @@ async fn job_events(log: &dyn EventLog, id: JobId) -> Vec<JobEvent> {
         let Some(last) = entries.last().map(|e| e.seq) else {
             return out;
         };
-        for entry in entries {
-            if let Event::Job(e) = entry.open().expect("decode").event
-                && e.job_id() == id
-            {
-                out.push(e);
-            }
-        }
+        out.extend(entries.iter().map(|e| e.open().expect("decode")));
         next = last + 1;
     }
+}
+
+async fn job_events(log: &dyn EventLog, id: JobId) -> Vec<JobEvent> {
+    envelopes(log)
+        .await
+        .into_iter()
+        .filter_map(|env| match env.event {
+            Event::Job(e) if e.job_id() == id => Some(e),
+            _ => None,
+        })
+        .collect()
 }
 
 const TERMINAL: &[JobState] = &[
@@ -222,14 +259,7 @@ async fn a_report_the_log_did_not_take_is_retried_until_recorded() {
         fail_subscribe: AtomicUsize::new(0),
     });
     let executor = Arc::new(ProcessExecutor::new(dir.path().join("work")));
-    let actors = Supervisor::start(
-        log.clone(),
-        executor,
-        Arc::new(FakeInventory::new(vec![])),
-        options(dir.path(), Limits::default()),
-    )
-    .await
-    .expect("start");
+    let actors = start_node(dir.path(), log.clone(), executor, Limits::default()).await;
     let id = submit(&actors, request("echo done")).await;
     let job = wait_state(&actors, id, TERMINAL, Duration::from_secs(30)).await;
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
@@ -249,26 +279,12 @@ async fn a_report_the_log_did_not_take_is_retried_until_recorded() {
 async fn a_placement_not_started_within_its_lease_is_taken_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Arc::new(EmbeddedLog::open(dir.path()).await.expect("log"));
-    let executor = Arc::new(SlowStart {
-        inner: ProcessExecutor::new(dir.path().join("work")),
-        delay: Duration::from_secs(4),
-        slow_attempts: HashSet::from([1]),
-        discarded: Mutex::default(),
-        killed: Mutex::default(),
-        handles: Mutex::default(),
-    });
+    let executor = SlowStart::new(dir.path(), Duration::from_secs(4), &[1]);
     let limits = Limits {
         placement_lease_secs: 1,
         ..Limits::default()
     };
-    let actors = Supervisor::start(
-        log.clone(),
-        executor.clone(),
-        Arc::new(FakeInventory::new(vec![])),
-        options(dir.path(), limits),
-    )
-    .await
-    .expect("start");
+    let actors = start_node(dir.path(), log.clone(), executor.clone(), limits).await;
     // max_attempts 1: the lost placement must not use up the job's only attempt. The retry
     // waits 5 s, so attempt 1's start (4 s late) ends before attempt 2 exists: the scheduler
     // refuses that start, and the worker must stop what it started.
@@ -325,22 +341,8 @@ async fn a_placement_not_started_within_its_lease_is_taken_back() {
 async fn cancel_and_timeout_take_effect_while_an_attempt_is_starting() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Arc::new(EmbeddedLog::open(dir.path()).await.expect("log"));
-    let executor = Arc::new(SlowStart {
-        inner: ProcessExecutor::new(dir.path().join("work")),
-        delay: Duration::from_secs(120),
-        slow_attempts: HashSet::from([1]),
-        discarded: Mutex::default(),
-        killed: Mutex::default(),
-        handles: Mutex::default(),
-    });
-    let actors = Supervisor::start(
-        log.clone(),
-        executor.clone(),
-        Arc::new(FakeInventory::new(vec![])),
-        options(dir.path(), Limits::default()),
-    )
-    .await
-    .expect("start");
+    let executor = SlowStart::new(dir.path(), Duration::from_secs(120), &[1]);
+    let actors = start_node(dir.path(), log.clone(), executor.clone(), Limits::default()).await;
 
     let cancelled = submit(&actors, request("echo never")).await;
     wait_state(
@@ -470,21 +472,12 @@ async fn a_lost_gpu_is_recorded_once_the_log_takes_it_and_telemetry_stays_out_of
 }
 
 async fn node_events(log: &dyn EventLog, ty: &str) -> Vec<Event> {
-    let mut out = Vec::new();
-    let mut next = 1;
-    loop {
-        let entries = log.read(next, 1024).await.expect("read");
-        let Some(last) = entries.last().map(|e| e.seq) else {
-            return out;
-        };
-        for entry in entries {
-            let envelope = entry.open().expect("decode");
-            if envelope.type_name == ty {
-                out.push(envelope.event);
-            }
-        }
-        next = last + 1;
-    }
+    envelopes(log)
+        .await
+        .into_iter()
+        .filter(|env| env.type_name == ty)
+        .map(|env| env.event)
+        .collect()
 }
 
 /// Appends one event (any will do) and returns where it landed.
@@ -548,22 +541,8 @@ async fn the_projector_retries_until_it_follows_the_log() {
 async fn a_worker_starts_an_attempt_only_while_it_is_placed_here() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Arc::new(EmbeddedLog::open(dir.path()).await.expect("log"));
-    let executor = Arc::new(SlowStart {
-        inner: ProcessExecutor::new(dir.path().join("work")),
-        delay: Duration::ZERO,
-        slow_attempts: HashSet::new(),
-        discarded: Mutex::default(),
-        killed: Mutex::default(),
-        handles: Mutex::default(),
-    });
-    let actors = Supervisor::start(
-        log.clone(),
-        executor.clone(),
-        Arc::new(FakeInventory::new(vec![])),
-        options(dir.path(), Limits::default()),
-    )
-    .await
-    .expect("start");
+    let executor = SlowStart::new(dir.path(), Duration::ZERO, &[]);
+    let actors = start_node(dir.path(), log.clone(), executor.clone(), Limits::default()).await;
     // A bigger node with no worker here: the job only fits there.
     actors
         .scheduler
