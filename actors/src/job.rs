@@ -135,6 +135,11 @@ pub enum Rejection {
     /// A retry's backoff has not passed yet; 409.
     #[error("job is backing off until {not_before_ms}")]
     BackingOff { not_before_ms: u64 },
+    /// A node reported on an attempt that is not placed on it (a partitioned node coming back
+    /// after its attempt was re-placed, or a node naming another's); 409. Recorded by the
+    /// scheduler's counters and logs, never applied.
+    #[error("attempt {attempt} is not on node {node}")]
+    OtherNode { attempt: u32, node: String },
 }
 
 impl Job {

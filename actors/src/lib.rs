@@ -7,6 +7,8 @@
 //! defined here and implemented in `gantry-nodes`.
 //!
 //! - [`job`], [`spec`], [`placement`], [`world`]: the decisions, as plain functions and data;
+//! - [`control`]: how a node's actors and the gateway reach the control plane, in-process or
+//!   over NATS;
 //! - [`executor`]: the traits workers run attempts and read GPUs through;
 //! - [`telemetry`]: the latest GPU samples, kept beside the views, never in the log;
 //! - [`actor`]: the five actix actors, one file each, thin wrappers around the above.
@@ -15,6 +17,7 @@
 //! NATS.
 
 pub mod actor;
+pub mod control;
 pub mod executor;
 pub mod job;
 pub mod placement;

@@ -16,8 +16,32 @@ const SCAN_LIMIT: usize = 256;
 /// Image-holding nodes tried first.
 const AFFINITY_LIMIT: usize = 32;
 
+/// Where a node stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Ready,
+    /// An operator stopped new work going there.
+    Cordoned,
+    /// Leaving: no new work; what runs there finishes or is handed back.
+    Draining,
+    /// Silent past the heartbeat timeout; its attempts were re-placed.
+    Lost,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Ready => "ready",
+            NodeStatus::Cordoned => "cordoned",
+            NodeStatus::Draining => "draining",
+            NodeStatus::Lost => "lost",
+        }
+    }
+}
+
 /// A node as the scheduler sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Node {
     pub id: String,
     pub executor: String,
@@ -29,6 +53,8 @@ pub struct Node {
     /// UUIDs of GPUs not reserved by a job.
     pub free_gpus: BTreeSet<String>,
     pub schedulable: bool,
+    /// `ready`, `cordoned`, `draining` or `lost`: what the log last said of it.
+    pub status: NodeStatus,
     /// Images this node pulled or ran.
     pub images: HashSet<String>,
 }
@@ -103,7 +129,13 @@ impl Cluster {
             .filter(|r| r.node == id)
             .cloned()
             .collect();
-        let images = self.nodes.remove(id).map(|n| n.images).unwrap_or_default();
+        let before = self.nodes.remove(id);
+        // A cordon outlives the node's restarts; lost and draining end with a join.
+        let status = match before.as_ref().map(|n| n.status) {
+            Some(NodeStatus::Cordoned) => NodeStatus::Cordoned,
+            _ => NodeStatus::Ready,
+        };
+        let images = before.map(|n| n.images).unwrap_or_default();
         let mut node = Node {
             id: id.to_owned(),
             executor: executor.to_owned(),
@@ -113,7 +145,8 @@ impl Cluster {
             gpus,
             free_cpu_millis: cpu_millis,
             free_memory_bytes: memory_bytes,
-            schedulable: true,
+            schedulable: status == NodeStatus::Ready,
+            status,
             images,
         };
         for r in &held {
@@ -132,16 +165,23 @@ impl Cluster {
     pub fn observe_gpus(&mut self, id: &str, gpus: Vec<Gpu>) {
         if let Some(n) = self.nodes.get(id) {
             let (executor, cpu, mem) = (n.executor.clone(), n.cpu_millis, n.memory_bytes);
+            let status = n.status;
             self.join(id, &executor, cpu, mem, gpus);
+            if status != NodeStatus::Ready {
+                self.set_status(id, status);
+            }
         }
     }
 
-    /// The node takes no new work (drained or lost).
-    pub fn unschedulable(&mut self, id: &str) {
+    /// The node's status changed: only a `ready` node takes new work; the reservations of
+    /// what runs there stay until those attempts end.
+    pub fn set_status(&mut self, id: &str, status: NodeStatus) {
         self.unindex(id);
         if let Some(n) = self.nodes.get_mut(id) {
-            n.schedulable = false;
+            n.status = status;
+            n.schedulable = status == NodeStatus::Ready;
         }
+        self.index(id);
         self.generation += 1;
     }
 
@@ -625,7 +665,7 @@ mod tests {
             c.place("trainer", &r).map(|p| p.0).as_deref(),
             Some("cpu-2")
         );
-        c.unschedulable("cpu-2");
+        c.set_status("cpu-2", NodeStatus::Draining);
         assert_eq!(
             c.place("trainer", &r).map(|p| p.0).as_deref(),
             Some("cpu-1")

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One GPU, sampled once. A field the driver did not answer is `None`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuSample {
     pub uuid: String,
     pub utilisation_pct: Option<u8>,
@@ -24,6 +24,8 @@ pub struct GpuSample {
 #[derive(Debug, Clone, Default)]
 pub struct Telemetry {
     nodes: Arc<RwLock<BTreeMap<String, Vec<GpuSample>>>>,
+    /// When each node's last heartbeat arrived (Unix ms); fleet mode only.
+    heard: Arc<RwLock<BTreeMap<String, u64>>>,
 }
 
 impl Telemetry {
@@ -48,5 +50,17 @@ impl Telemetry {
             .filter(|s| uuids.contains(&s.uuid))
             .cloned()
             .collect()
+    }
+
+    /// A heartbeat from `node` arrived at `at_ms` (Unix ms).
+    pub fn heard(&self, node: &str, at_ms: u64) {
+        let mut heard = self.heard.write().unwrap_or_else(|e| e.into_inner());
+        heard.insert(node.to_owned(), at_ms);
+    }
+
+    /// When `node`'s last heartbeat arrived (Unix ms), if this process heard one.
+    pub fn last_heard(&self, node: &str) -> Option<u64> {
+        let heard = self.heard.read().unwrap_or_else(|e| e.into_inner());
+        heard.get(node).copied()
     }
 }

@@ -12,7 +12,7 @@ use gantry_events::event::{
 use gantry_events::{Event, NewEvent, Source};
 
 use crate::job::{Job, JobState, Rejection};
-use crate::placement::{Cluster, Queues};
+use crate::placement::{Cluster, NodeStatus, Queues};
 use crate::spec::{Invalid, Limits, SubmitRequest, validate};
 
 /// Why a command produced no events.
@@ -27,6 +27,9 @@ pub enum Refusal {
     /// The job's state does not allow it; 409.
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    /// No such node; 404.
+    #[error("no node {0}")]
+    UnknownNode(String),
     /// The submission asked to be refused if no node could ever run it, and none could; 422
     /// with the reason.
     #[error("unschedulable: {}", .0.message)]
@@ -107,8 +110,10 @@ impl World {
                     j.gpus.clone(),
                 ),
                 NodeEvent::GpusObserved(g) => self.cluster.observe_gpus(&g.node_id, g.gpus.clone()),
-                NodeEvent::Lost(l) => self.cluster.unschedulable(&l.node_id),
-                NodeEvent::Drained(d) => self.cluster.unschedulable(&d.node_id),
+                NodeEvent::Lost(l) => self.cluster.set_status(&l.node_id, NodeStatus::Lost),
+                NodeEvent::Drained(d) => self.cluster.set_status(&d.node_id, NodeStatus::Draining),
+                NodeEvent::Cordoned(c) => self.cluster.set_status(&c.node_id, NodeStatus::Cordoned),
+                NodeEvent::Uncordoned(u) => self.cluster.set_status(&u.node_id, NodeStatus::Ready),
             },
             Event::Artifact(_) | Event::Audit(_) => {}
         }
@@ -325,6 +330,96 @@ impl World {
     /// the next round works them out (and records them) again.
     pub fn forget_explanations(&mut self) {
         self.explained.clear();
+    }
+
+    /// Refuses a report from `node` about an attempt that is not placed on it: reports are
+    /// fenced by (node, attempt), so a node that was partitioned away and whose attempt was
+    /// re-placed elsewhere cannot change it.
+    pub fn check_reporter(&self, id: JobId, attempt: u32, node: &str) -> Result<(), Refusal> {
+        let job = self.existing(id)?;
+        if job.attempt == attempt && job.node.as_deref() == Some(node) {
+            return Ok(());
+        }
+        if job.attempt != attempt {
+            return Err(Rejection::StaleAttempt {
+                reported: attempt,
+                current: job.attempt,
+            }
+            .into());
+        }
+        Err(Rejection::OtherNode {
+            attempt,
+            node: node.to_owned(),
+        }
+        .into())
+    }
+
+    /// A node went silent: `node.lost` (once), then each attempt live on it fails with
+    /// `node_lost` — an infrastructure loss that does not use the job's own retries — and is
+    /// queued again. At most `max_attempts` attempts per call: call again until it returns
+    /// nothing.
+    pub fn decide_node_lost(
+        &self,
+        node: &str,
+        reason: &str,
+        now_ms: u64,
+        max_attempts: usize,
+    ) -> Vec<Event> {
+        let Some(known) = self.cluster.node(node) else {
+            return Vec::new();
+        };
+        let mut events: Vec<Event> = Vec::new();
+        if known.status != NodeStatus::Lost {
+            events.push(
+                gantry_events::event::NodeLost {
+                    node_id: node.to_owned(),
+                    reason: reason.to_owned(),
+                }
+                .into(),
+            );
+        }
+        let cause = FailureCause::NodeLost {
+            node_id: node.to_owned(),
+        };
+        let mut live = self.live_on(node);
+        live.sort_by_key(|(id, _, _)| *id);
+        for (id, attempt, _) in live.into_iter().take(max_attempts) {
+            if let Ok(mut failed) = self.decide_failed(id, attempt, cause.clone(), None, now_ms) {
+                events.append(&mut failed);
+            }
+        }
+        events
+    }
+
+    /// An operator's change to a node (cordon, uncordon, drain).
+    pub fn decide_node_status(
+        &self,
+        node: &str,
+        status: NodeStatus,
+        reason: String,
+    ) -> Result<Vec<Event>, Refusal> {
+        use gantry_events::event::{NodeCordoned, NodeDrained, NodeUncordoned};
+        let known = self
+            .cluster
+            .node(node)
+            .ok_or_else(|| Refusal::UnknownNode(node.to_owned()))?;
+        if known.status == status {
+            return Ok(Vec::new());
+        }
+        let node_id = node.to_owned();
+        Ok(vec![match status {
+            NodeStatus::Ready if known.status == NodeStatus::Lost => {
+                return Err(Rejection::WrongState {
+                    state: "lost",
+                    action: "uncordon (a lost node takes work again when it rejoins)",
+                }
+                .into());
+            }
+            NodeStatus::Ready => NodeUncordoned { node_id }.into(),
+            NodeStatus::Cordoned => NodeCordoned { node_id, reason }.into(),
+            NodeStatus::Draining => NodeDrained { node_id, reason }.into(),
+            NodeStatus::Lost => gantry_events::event::NodeLost { node_id, reason }.into(),
+        }])
     }
 
     /// Jobs with a live attempt on `node`, with that attempt.

@@ -59,6 +59,8 @@ pub enum NodeEvent {
     GpusObserved(NodeGpusObserved),
     Lost(NodeLost),
     Drained(NodeDrained),
+    Cordoned(NodeCordoned),
+    Uncordoned(NodeUncordoned),
 }
 
 /// Files produced by jobs.
@@ -353,11 +355,25 @@ pub struct NodeLost {
     pub reason: String,
 }
 
-/// A node takes no more work (shutdown or maintenance).
+/// A node takes no more work (shutdown or maintenance); the attempts running there finish
+/// or are handed back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeDrained {
     pub node_id: String,
     pub reason: String,
+}
+
+/// An operator stopped new work going to a node; what runs there goes on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeCordoned {
+    pub node_id: String,
+    pub reason: String,
+}
+
+/// A cordoned or drained node takes work again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeUncordoned {
+    pub node_id: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -469,6 +485,8 @@ event_types! {
     Node(NodeEvent)::GpusObserved(NodeGpusObserved) = "node.gpus_observed" v 1;
     Node(NodeEvent)::Lost(NodeLost) = "node.lost" v 1;
     Node(NodeEvent)::Drained(NodeDrained) = "node.drained" v 1;
+    Node(NodeEvent)::Cordoned(NodeCordoned) = "node.cordoned" v 1;
+    Node(NodeEvent)::Uncordoned(NodeUncordoned) = "node.uncordoned" v 1;
     Artifact(ArtifactEvent)::Stored(ArtifactStored) = "artifact.stored" v 1;
     Audit(AuditEvent)::Checkpointed(AuditCheckpointed) = "audit.checkpointed" v 1;
 }

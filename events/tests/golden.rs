@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use gantry_events::event::{
     ALL_TYPES, ArtifactStored, AuditCheckpointed, FailureCause, Gpu, GpuRequest,
     JobCancelRequested, JobCancelled, JobDeadLettered, JobFailed, JobPlaced, JobRetryScheduled,
-    JobSpec, JobStarted, JobSubmitted, JobSucceeded, JobWaiting, Network, NodeDrained,
-    NodeGpusObserved, NodeJoined, NodeLost, PendingReason, Resources, RetryPolicy,
+    JobSpec, JobStarted, JobSubmitted, JobSucceeded, JobWaiting, Network, NodeCordoned,
+    NodeDrained, NodeGpusObserved, NodeJoined, NodeLost, NodeUncordoned, PendingReason, Resources,
+    RetryPolicy,
 };
 use gantry_events::{Entry, Event, Hash, NewEvent, Source, seal};
 use uuid::Uuid;
@@ -171,6 +172,15 @@ fn samples() -> Vec<Event> {
                 message: "no node has a GPU matching model 'A100' (the fleet has: H100 ×2)".into(),
                 unschedulable: true,
             },
+        }
+        .into(),
+        NodeCordoned {
+            node_id: "node-a".into(),
+            reason: "disk replacement".into(),
+        }
+        .into(),
+        NodeUncordoned {
+            node_id: "node-a".into(),
         }
         .into(),
     ]

@@ -18,12 +18,15 @@ use std::time::Duration;
 use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError, web};
-use gantry_actors::actor::scheduler::{Cancel, CommandError, Scheduler, Submit};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use gantry_actors::actor::scheduler::{CommandError, NodeChange};
 use gantry_actors::actor::supervisor::{GetHealth, Supervisor};
 use gantry_actors::actor::worker::Worker;
+use gantry_actors::control::Control;
+use gantry_actors::placement::NodeStatus;
 use gantry_actors::spec::SubmitRequest;
 use gantry_actors::telemetry::Telemetry;
-use gantry_actors::world::Refusal;
 use gantry_events::EventLog;
 use gantry_events::event::JobId;
 use gantry_projections::{JobFilter, Projections};
@@ -33,11 +36,14 @@ use tokio::sync::watch;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct Gateway {
-    pub scheduler: Addr<Scheduler>,
-    pub supervisor: Addr<Supervisor>,
+    /// Where commands go: the scheduler in this process, or the leading control plane.
+    pub control: Arc<dyn Control>,
+    /// This process's node health, where it runs a node (embedded).
+    pub supervisor: Option<Addr<Supervisor>>,
     pub views: Projections,
     pub log: Arc<dyn EventLog>,
-    pub logs_dir: PathBuf,
+    /// Where attempts' output is read from.
+    pub output: Arc<dyn AttemptOutput>,
     /// The projections' checkpoint sequence, as the projector advances it.
     pub views_seq: watch::Receiver<u64>,
     /// Largest request body accepted.
@@ -91,29 +97,12 @@ impl ResponseError for ApiError {
 
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> ApiError {
-        match e {
-            CommandError::Refused(Refusal::Invalid(i)) => {
-                ApiError::new(400, i.code, i.message, Some(i.field))
-            }
-            CommandError::Refused(Refusal::UnknownJob(id)) => {
-                ApiError::new(404, "not_found", format!("no job {id}"), None)
-            }
-            CommandError::Refused(Refusal::Rejected(r)) => {
-                ApiError::new(409, "conflict", r.to_string(), None)
-            }
-            CommandError::Refused(Refusal::Unschedulable(reason)) => ApiError::new(
-                422,
-                "unschedulable",
-                format!("{} ({})", reason.message, reason.code),
-                Some("resources".into()),
-            ),
-            CommandError::Log(e) => match e {
-                gantry_events::Error::EntryTooLarge { .. }
-                | gantry_events::Error::BatchTooLarge { .. } => {
-                    ApiError::new(413, "too_large", e.to_string(), None)
-                }
-                e => ApiError::unavailable(e),
-            },
+        let fault = e.fault();
+        ApiError {
+            status: fault.status,
+            code: fault.code,
+            message: fault.message,
+            field: fault.field,
         }
     }
 }
@@ -125,7 +114,31 @@ impl From<gantry_projections::Error> for ApiError {
 }
 
 fn mailbox(e: actix::MailboxError) -> ApiError {
-    ApiError::unavailable(format!("scheduler: {e}"))
+    ApiError::unavailable(format!("supervisor: {e}"))
+}
+
+/// Where an attempt's output (stdout and stderr together) is read from.
+pub trait AttemptOutput: Send + Sync + 'static {
+    /// The output kept so far; empty when there is none (yet).
+    fn read(&self, job: JobId, attempt: u32) -> BoxFuture<'_, Result<Vec<u8>, String>>;
+}
+
+/// Output on this machine's disk, where the local Worker writes it (embedded).
+#[derive(Debug, Clone)]
+pub struct LocalOutput(pub PathBuf);
+
+impl AttemptOutput for LocalOutput {
+    fn read(&self, job: JobId, attempt: u32) -> BoxFuture<'_, Result<Vec<u8>, String>> {
+        let path = Worker::log_path(&self.0, job, attempt);
+        async move {
+            match tokio::fs::read(&path).await {
+                Ok(bytes) => Ok(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        .boxed()
+    }
 }
 
 /// Registers the routes.
@@ -148,6 +161,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
         .route("/v1/jobs/{id}/cancel", web::post().to(cancel))
         .route("/v1/jobs/{id}/logs", web::get().to(logs))
         .route("/v1/nodes", web::get().to(nodes))
+        .route("/v1/nodes/{id}/{action}", web::post().to(change_node))
         .route("/v1/queues", web::get().to(queues))
         .route("/v1/events", web::get().to(events))
         .route("/v1/events/ws", web::get().to(events_ws));
@@ -185,7 +199,10 @@ async fn healthz() -> HttpResponse {
 async fn readyz(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let head = gateway.log.head().await.map_err(ApiError::unavailable)?;
     let views = *gateway.views_seq.borrow();
-    let health = gateway.supervisor.send(GetHealth).await.map_err(mailbox)?;
+    let health = match &gateway.supervisor {
+        Some(supervisor) => Some(supervisor.send(GetHealth).await.map_err(mailbox)?),
+        None => None,
+    };
     let caught_up = views >= head.seq;
     // A log that refuses appends (damage found at open, poisoned by a failed fsync) cannot
     // take a submission, however current the views are.
@@ -210,11 +227,7 @@ async fn submit(
     gateway: web::Data<Gateway>,
     body: web::Json<SubmitRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let reply = gateway
-        .scheduler
-        .send(Submit(body.into_inner()))
-        .await
-        .map_err(mailbox)??;
+    let reply = gateway.control.submit(body.into_inner()).await?;
     views_reach(&gateway, reply.seq).await;
     Ok(HttpResponse::Accepted().json(serde_json::json!({
         "id": reply.job_id,
@@ -315,13 +328,9 @@ async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let reason = body.and_then(|b| b.into_inner().reason);
-    let (state, seq) = gateway
-        .scheduler
-        .send(Cancel { job_id: id, reason })
-        .await
-        .map_err(mailbox)??;
-    views_reach(&gateway, seq).await;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "state": state })))
+    let reply = gateway.control.cancel(id, reason).await?;
+    views_reach(&gateway, reply.seq).await;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "state": reply.state })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -345,12 +354,11 @@ async fn logs(
         ));
     };
     let attempt = query.attempt.unwrap_or(view.attempt);
-    let path = Worker::log_path(&gateway.logs_dir, id, attempt);
-    let text = match tokio::fs::read(&path).await {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(ApiError::unavailable(e)),
-    };
+    let text = gateway
+        .output
+        .read(id, attempt)
+        .await
+        .map_err(ApiError::unavailable)?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
         .insert_header(("Gantry-Attempt", attempt.to_string()))
@@ -358,18 +366,78 @@ async fn logs(
 }
 
 async fn nodes(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    // Free resources come from the scheduler (the leading control plane in a fleet); without
+    // one the views still answer, without them.
+    let live: std::collections::HashMap<String, gantry_actors::placement::Node> =
+        match gateway.control.nodes().await {
+            Ok(nodes) => nodes.into_iter().map(|n| (n.id.clone(), n)).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "free resources unavailable");
+                Default::default()
+            }
+        };
     let nodes: Vec<serde_json::Value> = gateway
         .views
         .nodes()?
         .into_iter()
         .map(|node| {
             let samples = gateway.telemetry.node(&node.id);
+            let heard = gateway.telemetry.last_heard(&node.id);
+            let free = live.get(&node.id).map(|n| {
+                serde_json::json!({
+                    "cpu_millis": n.free_cpu_millis,
+                    "memory_bytes": n.free_memory_bytes,
+                    "gpus": n.free_gpus,
+                })
+            });
             let mut value = serde_json::to_value(node).unwrap_or_default();
             value["gpu_telemetry"] = serde_json::to_value(samples).unwrap_or_default();
+            value["last_heartbeat_ms"] = serde_json::to_value(heard).unwrap_or_default();
+            value["free"] = free.unwrap_or_default();
             value
         })
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "nodes": nodes })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeChangeBody {
+    reason: Option<String>,
+}
+
+/// `POST /v1/nodes/{id}/{cordon|uncordon|drain}`.
+async fn change_node(
+    gateway: web::Data<Gateway>,
+    path: web::Path<(String, String)>,
+    body: Option<web::Json<NodeChangeBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let (node, action) = path.into_inner();
+    let status = match action.as_str() {
+        "cordon" => NodeStatus::Cordoned,
+        "uncordon" => NodeStatus::Ready,
+        "drain" => NodeStatus::Draining,
+        _ => {
+            return Err(ApiError::new(
+                404,
+                "not_found",
+                format!("no node action {action:?} (cordon, uncordon, drain)"),
+                Some("action".into()),
+            ));
+        }
+    };
+    let reason = body
+        .and_then(|b| b.into_inner().reason)
+        .unwrap_or_else(|| format!("{action} by an operator"));
+    gateway
+        .control
+        .change_node(NodeChange {
+            node: node.clone(),
+            status,
+            reason,
+        })
+        .await?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": node, "status": status })))
 }
 
 async fn queues(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {

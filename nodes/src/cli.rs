@@ -93,6 +93,15 @@ pub enum Command {
         reason: Option<String>,
         id: String,
     },
+    /// Run a worker node that joins a fleet over NATS (`gantry node --nats URL --name NAME`),
+    /// or change one (`gantry node drain|cordon|uncordon NAME`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Node {
+        #[command(subcommand)]
+        change: Option<NodeCommand>,
+        #[command(flatten)]
+        run: Box<NodeArgs>,
+    },
     /// List nodes.
     Nodes {
         #[command(flatten)]
@@ -113,6 +122,47 @@ pub enum Command {
     /// Inspect, verify and export the event log.
     #[command(subcommand)]
     Log(LogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// No new work; what runs there finishes.
+    Drain(NodeChangeArgs),
+    /// No new work until uncordoned; what runs there goes on.
+    Cordon(NodeChangeArgs),
+    /// Takes work again.
+    Uncordon(NodeChangeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeChangeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[arg(long)]
+    pub reason: Option<String>,
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub nats: crate::nats::NatsArgs,
+    /// The node's name in the fleet (letters, digits, '-', '_').
+    #[arg(long, env = "GANTRY_NODE_NAME")]
+    pub name: Option<String>,
+    #[arg(long, env = "GANTRY_DATA", default_value = "gantry-node-data")]
+    pub data: PathBuf,
+    #[arg(long, value_enum, env = "GANTRY_EXECUTOR", default_value_t = ExecutorChoice::Auto)]
+    pub executor: ExecutorChoice,
+    /// Report these GPUs (JSON list) instead of asking NVML.
+    #[arg(long, env = "GANTRY_FAKE_GPUS")]
+    pub fake_gpus: Option<String>,
+    /// KEY=VALUE, repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// On Ctrl-C, how long running attempts may take to finish before the node leaves.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub drain_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +189,17 @@ pub struct UpArgs {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+    /// Fleet mode: keep the log on this NATS JetStream server and run as a control plane
+    /// (no local worker: nodes join with `gantry node`).
+    #[command(flatten)]
+    pub nats: crate::nats::NatsArgs,
+    /// Fleet mode: a node silent this long is lost and its attempts re-placed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub node_timeout: std::time::Duration,
+    /// Fleet mode: the leader lease's time to live (a follower takes over this long after the
+    /// leader's last renewal).
+    #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
+    pub lease_ttl: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +319,18 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Err
         } => commands::logs(&server, id, follow, attempt, out).await,
         Command::Cancel { server, reason, id } => commands::cancel(&server, id, reason, out).await,
         Command::Nodes { server } => commands::nodes(&server, out).await,
+        Command::Node { change, run } => match change {
+            Some(NodeCommand::Drain(a)) => {
+                commands::change_node(&a.server, a.name, "drain", a.reason, out).await
+            }
+            Some(NodeCommand::Cordon(a)) => {
+                commands::change_node(&a.server, a.name, "cordon", a.reason, out).await
+            }
+            Some(NodeCommand::Uncordon(a)) => {
+                commands::change_node(&a.server, a.name, "uncordon", a.reason, out).await
+            }
+            None => node(*run).await,
+        },
         Command::Events {
             server,
             after,
@@ -309,14 +382,61 @@ fn write_out(out: &mut (dyn Write + Send), text: std::fmt::Arguments<'_>) -> Res
     out.write_fmt(text).map_err(io_context("writing output"))
 }
 
+fn fake_gpus(json: Option<&str>) -> Result<Option<Vec<gantry_events::event::Gpu>>, Error> {
+    json.map(|json| {
+        serde_json::from_str(json)
+            .map_err(|e| Error::Usage(format!("--fake-gpus is not a JSON list of GPUs: {e}")))
+    })
+    .transpose()
+}
+
+async fn node(args: NodeArgs) -> Result<ExitCode, Error> {
+    let Some(name) = args.name else {
+        return Err(Error::Usage(
+            "gantry node needs --name NAME (and --nats URL)".into(),
+        ));
+    };
+    if args.nats.url.is_none() {
+        return Err(Error::Usage("gantry node needs --nats URL".into()));
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for label in &args.labels {
+        let (k, v) = label
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--label {label:?} is not KEY=VALUE")))?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    let options = crate::fleet::NodeRunOptions {
+        nats: args.nats,
+        name,
+        data: args.data,
+        executor: args.executor,
+        fake_gpus: fake_gpus(args.fake_gpus.as_deref())?,
+        labels,
+        drain_timeout: args.drain_timeout,
+    };
+    crate::fleet::node(options, crate::up::shutdown_signal())
+        .await
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn up(args: UpArgs) -> Result<ExitCode, Error> {
-    let fake_gpus =
-        match &args.fake_gpus {
-            Some(json) => Some(serde_json::from_str(json).map_err(|e| {
-                Error::Usage(format!("--fake-gpus is not a JSON list of GPUs: {e}"))
-            })?),
-            None => None,
+    if args.nats.url.is_some() {
+        let options = crate::fleet::ControlPlaneOptions {
+            nats: args.nats,
+            data: args.data,
+            listen: args.listen,
+            max_body_bytes: args.max_body_bytes,
+            node_timeout: args.node_timeout,
+            lease_ttl: args.lease_ttl,
         };
+        crate::fleet::control_plane(options, None, crate::up::shutdown_signal())
+            .await
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let fake_gpus = fake_gpus(args.fake_gpus.as_deref())?;
     let options = UpOptions {
         data: args.data,
         listen: args.listen,

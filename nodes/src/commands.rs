@@ -458,10 +458,11 @@ pub async fn nodes(server: &ServerArgs, out: &mut (dyn Write + Send)) -> Result<
     out_line(
         out,
         format!(
-            "{:<28}  {:<8}  {:>5}  {:>9}  {:>4}  {:<8}  {}",
-            "NODE", "STATUS", "CPUS", "MEMORY", "GPUS", "EXECUTOR", "NOTE"
+            "{:<28}  {:<8}  {:>9}  {:>15}  {:>5}  {:>9}  {:<8}  {}",
+            "NODE", "STATUS", "HEARTBEAT", "FREE CPU/MEM", "GPUS", "FREE GPUS", "EXECUTOR", "NOTE"
         ),
     )?;
+    let now_ms = gantry_events::record::now_ns() / 1_000_000;
     for n in reply["nodes"].as_array().into_iter().flatten() {
         let executor = n["executor"].as_str().unwrap_or("");
         let note = if executor == "process" {
@@ -472,12 +473,31 @@ pub async fn nodes(server: &ServerArgs, out: &mut (dyn Write + Send)) -> Result<
         out_line(
             out,
             format!(
-                "{:<28}  {:<8}  {:>5}  {:>6}MiB  {:>4}  {:<8}  {note}",
+                "{:<28}  {:<8}  {:>9}  {:>15}  {:>5}  {:>9}  {:<8}  {note}",
                 n["id"].as_str().unwrap_or(""),
                 n["status"].as_str().unwrap_or(""),
-                n["cpu_millis"].as_u64().unwrap_or(0) / 1000,
-                n["memory_bytes"].as_u64().unwrap_or(0) >> 20,
+                match n["last_heartbeat_ms"].as_u64() {
+                    Some(ms) => format!("{:.1}s ago", now_ms.saturating_sub(ms) as f64 / 1000.0),
+                    None => "-".into(),
+                },
+                match n["free"]["cpu_millis"].as_u64() {
+                    Some(cpu) => format!(
+                        "{}/{} {}/{}G",
+                        cpu / 1000,
+                        n["cpu_millis"].as_u64().unwrap_or(0) / 1000,
+                        n["free"]["memory_bytes"].as_u64().unwrap_or(0) >> 30,
+                        n["memory_bytes"].as_u64().unwrap_or(0) >> 30,
+                    ),
+                    None => format!(
+                        "-/{} -/{}G",
+                        n["cpu_millis"].as_u64().unwrap_or(0) / 1000,
+                        n["memory_bytes"].as_u64().unwrap_or(0) >> 30
+                    ),
+                },
                 n["gpus"].as_array().map_or(0, Vec::len),
+                n["free"]["gpus"]
+                    .as_array()
+                    .map_or("-".to_owned(), |g| g.len().to_string()),
                 executor,
             ),
         )?;
@@ -555,6 +575,34 @@ pub async fn events(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// `gantry node drain|cordon|uncordon NAME`.
+pub async fn change_node(
+    server: &ServerArgs,
+    name: String,
+    action: &'static str,
+    reason: Option<String>,
+    out: &mut (dyn Write + Send),
+) -> Result<ExitCode, Error> {
+    let client = Client::new(&server.server);
+    let body = serde_json::json!({ "reason": reason });
+    let reply = blocking(move || client.post(&format!("/v1/nodes/{name}/{action}"), &body))
+        .await
+        .map_err(api)?;
+    if server.json {
+        out_line(out, &reply)?;
+    } else {
+        out_line(
+            out,
+            format!(
+                "{}: {}",
+                reply["id"].as_str().unwrap_or(""),
+                reply["status"].as_str().unwrap_or("")
+            ),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

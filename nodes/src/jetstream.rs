@@ -75,6 +75,8 @@ impl Default for JetStreamOptions {
 /// The JetStream-backed event log.
 #[derive(Debug)]
 pub struct JetStreamLog {
+    /// Largest entry this server takes (its `max_payload` less room for headers).
+    max_entry: usize,
     client: async_nats::Client,
     js: jetstream::Context,
     stream: stream::Stream,
@@ -145,17 +147,21 @@ fn version_at_least(version: &str, min: (u64, u64)) -> bool {
 }
 
 /// Seals `batch` after `head`.
-fn seal_batch(batch: &[NewEvent], head: Head) -> Result<(Vec<Entry>, Vec<Appended>), Error> {
+fn seal_batch(
+    batch: &[NewEvent],
+    head: Head,
+    max_entry: usize,
+) -> Result<(Vec<Entry>, Vec<Appended>), Error> {
     let mut sealed = Vec::with_capacity(batch.len());
     let mut appended = Vec::with_capacity(batch.len());
     let mut prev = head;
     for event in batch {
         let (entry, hash) = seal(prev.seq + 1, &prev.hash, event)?;
-        if entry.bytes.len() > MAX_ENTRY_BYTES {
+        if entry.bytes.len() > max_entry {
             return Err(Error::EntryTooLarge {
                 type_name: event.event.type_name(),
                 size: entry.bytes.len(),
-                max: MAX_ENTRY_BYTES,
+                max: max_entry,
             });
         }
         prev = Head {
@@ -180,6 +186,16 @@ impl JetStreamLog {
             .connect(options.url.as_str())
             .await
             .map_err(|e| Error::backend("connecting to NATS", e))?;
+        JetStreamLog::open(client, options, true).await
+    }
+
+    /// Opens the log over an existing connection. `create`: make the stream when it does not
+    /// exist (a control plane); a worker node only reads the log its control plane made.
+    pub async fn open(
+        client: async_nats::Client,
+        options: JetStreamOptions,
+        create: bool,
+    ) -> Result<JetStreamLog, Error> {
         let version = client.server_info().version;
         if !version_at_least(&version, MIN_SERVER) {
             return Err(Error::backend(
@@ -204,10 +220,15 @@ impl JetStreamLog {
             allow_atomic_publish: true,
             ..Default::default()
         };
-        let mut stream = js
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| Error::backend("creating the event stream", e))?;
+        let mut stream = if create {
+            js.get_or_create_stream(config)
+                .await
+                .map_err(|e| Error::backend("creating the event stream", e))?
+        } else {
+            js.get_stream(&options.stream)
+                .await
+                .map_err(|e| Error::backend("opening the event stream", e))?
+        };
         let info = stream
             .info()
             .await
@@ -224,7 +245,14 @@ impl JetStreamLog {
                 ),
             ));
         }
+        let max_entry = MAX_ENTRY_BYTES.min(
+            client
+                .server_info()
+                .max_payload
+                .saturating_sub(crate::nats::HEADER_ROOM),
+        );
         Ok(JetStreamLog {
+            max_entry,
             client,
             js,
             stream,
@@ -560,7 +588,7 @@ impl JetStreamLog {
                         (head, None)
                     }
                 };
-                let (sealed, appended) = seal_batch(&batch, head)?;
+                let (sealed, appended) = seal_batch(&batch, head, self.max_entry)?;
                 match self.send(&batch, &sealed, &appended, head.seq, link).await {
                     Ok(ack) => {
                         state.head = appended.last().map(|a| Head {

@@ -1,6 +1,8 @@
 //! gantry's adapters to the outside world, and the processes assembled from them.
 //!
 //! - [`jetstream`]: the [`gantry_events::EventLog`] on a NATS JetStream server (fleet mode).
+//! - [`nats`]: the fleet's traffic over NATS (wire contract, services, lease, heartbeats).
+//! - [`fleet`]: `gantry up --nats` (a control plane) and `gantry node` (a worker node).
 //! - [`node`]: this machine as a node: its stable id and capacity.
 //! - [`cli`]: the `gantry` command line (`src/main.rs` only parses and calls it).
 //!
@@ -13,7 +15,9 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod executor;
+pub mod fleet;
 pub mod gpu;
 pub mod jetstream;
+pub mod nats;
 pub mod node;
 pub mod up;

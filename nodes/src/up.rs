@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer};
 use gantry_actors::actor::supervisor::{Drain, NodeOptions, Supervisor};
+use gantry_actors::control::Local;
 use gantry_actors::executor::{Executor, GpuInventory};
 use gantry_actors::spec::Limits;
 use gantry_events::event::Gpu;
 use gantry_events::{EmbeddedLog, EventLog};
-use gantry_gateway::Gateway;
+use gantry_gateway::{Gateway, LocalOutput};
 use gantry_projections::Projections;
 use tokio::sync::watch;
 
@@ -143,16 +144,17 @@ pub async fn up(
             limits: Limits::default(),
             gpu_probe_every: Duration::from_secs(30),
             checkpoint_every: Duration::from_secs(60),
+            join_patience: Duration::from_secs(30),
         },
     )
     .await?;
 
     let gateway = Gateway {
-        scheduler: actors.scheduler.clone(),
-        supervisor: actors.supervisor.clone(),
+        control: Arc::new(Local(actors.scheduler.clone())),
+        supervisor: Some(actors.supervisor.clone()),
         views,
         log: log.clone(),
-        logs_dir: data.join("logs"),
+        output: Arc::new(LocalOutput(data.join("logs"))),
         views_seq,
         max_body_bytes: options.max_body_bytes,
         telemetry: actors.telemetry.clone(),

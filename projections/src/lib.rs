@@ -212,7 +212,7 @@ pub struct NodeView {
     pub cpu_millis: u32,
     pub memory_bytes: u64,
     pub gpus: Vec<Gpu>,
-    /// `ready`, `drained` or `lost`.
+    /// `ready`, `cordoned`, `draining` or `lost`.
     pub status: String,
     pub reason: Option<String>,
     pub updated_ns: u64,
@@ -266,7 +266,7 @@ const CHECKPOINT: &[u8] = b"mcheckpoint";
 const FORMAT: &[u8] = b"mformat";
 /// The layout of the stored views; views of another layout are rebuilt. 2: jobs stored as a
 /// domain job with its attempt history.
-const VIEWS_FORMAT: u32 = 2;
+const VIEWS_FORMAT: u32 = 3;
 
 fn job_key(id: &JobId) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
@@ -537,17 +537,28 @@ impl Projections {
             self.tree.get(key)?.map(|raw| decode(&raw)).transpose()
         };
         let view = match event {
-            NodeEvent::Joined(j) => Some(NodeView {
-                id: j.node_id.clone(),
-                hostname: j.hostname.clone(),
-                executor: j.executor.clone(),
-                cpu_millis: j.cpu_millis,
-                memory_bytes: j.memory_bytes,
-                gpus: j.gpus.clone(),
-                status: "ready".into(),
-                reason: None,
-                updated_ns: env.time_ns,
-            }),
+            NodeEvent::Joined(j) => {
+                // A cordon outlives the node's restarts; lost and draining end with a join.
+                let cordoned = existing(&j.node_id, overlay)?
+                    .filter(|v| v.status == "cordoned")
+                    .map(|v| v.reason);
+                Some(NodeView {
+                    id: j.node_id.clone(),
+                    hostname: j.hostname.clone(),
+                    executor: j.executor.clone(),
+                    cpu_millis: j.cpu_millis,
+                    memory_bytes: j.memory_bytes,
+                    gpus: j.gpus.clone(),
+                    status: if cordoned.is_some() {
+                        "cordoned"
+                    } else {
+                        "ready"
+                    }
+                    .into(),
+                    reason: cordoned.flatten(),
+                    updated_ns: env.time_ns,
+                })
+            }
             NodeEvent::GpusObserved(g) => existing(&g.node_id, overlay)?.map(|mut v| {
                 v.gpus = g.gpus.clone();
                 v.updated_ns = env.time_ns;
@@ -560,8 +571,20 @@ impl Projections {
                 v
             }),
             NodeEvent::Drained(d) => existing(&d.node_id, overlay)?.map(|mut v| {
-                v.status = "drained".into();
+                v.status = "draining".into();
                 v.reason = Some(d.reason.clone());
+                v.updated_ns = env.time_ns;
+                v
+            }),
+            NodeEvent::Cordoned(c) => existing(&c.node_id, overlay)?.map(|mut v| {
+                v.status = "cordoned".into();
+                v.reason = Some(c.reason.clone());
+                v.updated_ns = env.time_ns;
+                v
+            }),
+            NodeEvent::Uncordoned(u) => existing(&u.node_id, overlay)?.map(|mut v| {
+                v.status = "ready".into();
+                v.reason = None;
                 v.updated_ns = env.time_ns;
                 v
             }),

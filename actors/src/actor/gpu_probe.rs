@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use gantry_events::event::{Gpu, NodeGpusObserved};
 
-use crate::actor::scheduler::{Record, Scheduler};
+use crate::control::Control;
 use crate::executor::GpuInventory;
 use crate::telemetry::Telemetry;
 
@@ -20,7 +20,7 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 pub struct GpuProbe {
     node: String,
     inventory: Arc<dyn GpuInventory>,
-    scheduler: Addr<Scheduler>,
+    control: Arc<dyn Control>,
     every: Duration,
     telemetry: Telemetry,
     /// The inventory as the log has it (what the node joined with, then each recorded change).
@@ -56,7 +56,7 @@ impl GpuProbe {
     pub fn new(
         node: String,
         inventory: Arc<dyn GpuInventory>,
-        scheduler: Addr<Scheduler>,
+        control: Arc<dyn Control>,
         every: Duration,
         telemetry: Telemetry,
         initial: Vec<Gpu>,
@@ -64,7 +64,7 @@ impl GpuProbe {
         GpuProbe {
             node,
             inventory,
-            scheduler,
+            control,
             every,
             telemetry,
             recorded: initial,
@@ -109,19 +109,16 @@ impl GpuProbe {
             node_id: self.node.clone(),
             gpus: gpus.clone(),
         };
+        let control = self.control.clone();
         ctx.spawn(
-            self.scheduler
-                .send(Record(event.into()))
+            async move { control.record(event.into()).await }
                 .into_actor(self)
                 .map(move |result, act, _| {
                     act.recording = false;
                     match result {
-                        Ok(Ok(())) => act.recorded = gpus,
-                        Ok(Err(error)) => {
-                            tracing::warn!(node = %act.node, %error, "GPU change not recorded; will retry")
-                        }
+                        Ok(()) => act.recorded = gpus,
                         Err(error) => {
-                            tracing::warn!(node = %act.node, %error, "GPU change not delivered; will retry")
+                            tracing::warn!(node = %act.node, %error, "GPU change not recorded; will retry")
                         }
                     }
                 }),

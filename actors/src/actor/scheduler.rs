@@ -12,7 +12,7 @@ use gantry_events::{Appended, Entry, Event, EventLog, NewEvent, Source, record::
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState};
-use crate::placement::Node;
+use crate::placement::{Node, NodeStatus};
 use crate::spec::{Limits, SubmitRequest};
 use crate::world::{Refusal, Submitted, World, stamp};
 
@@ -33,6 +33,13 @@ pub enum CommandError {
     /// outcome) was read back and applied; the caller may try again.
     #[error(transparent)]
     Log(#[from] gantry_events::Error),
+    /// No control plane answered (the scheduler stopped, no leader yet, NATS unreachable);
+    /// 503, try again.
+    #[error("control plane unavailable: {0}")]
+    Unavailable(String),
+    /// Answered by a control plane across the wire.
+    #[error(transparent)]
+    Remote(#[from] crate::control::Fault),
 }
 
 /// Counters tests and `/readyz` look at.
@@ -45,6 +52,10 @@ pub struct SchedulerStats {
     pub queued: usize,
     /// Placements taken back because their lease ran out.
     pub expired: u64,
+    /// Reports refused because their attempt is no longer that node's (fenced).
+    pub fenced: u64,
+    /// Nodes declared lost.
+    pub lost_nodes: u64,
 }
 
 pub struct Scheduler {
@@ -297,7 +308,7 @@ impl Handler<PlaceNow> for Scheduler {
 pub struct Submit(pub SubmitRequest);
 
 /// The job a submission created or found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitReply {
     pub job_id: JobId,
     /// Sequence of the `job.submitted` event (of the earlier one, for an existing job: 0).
@@ -375,6 +386,8 @@ pub enum Report {
 #[derive(Debug, Clone, PartialEq, Message, Serialize, Deserialize)]
 #[rtype(result = "Result<(), CommandError>")]
 pub struct AttemptReport {
+    /// The node reporting: reports are fenced by (node, attempt).
+    pub node: String,
     pub job_id: JobId,
     pub attempt: u32,
     pub report: Report,
@@ -385,6 +398,14 @@ impl Handler<AttemptReport> for Scheduler {
 
     fn handle(&mut self, msg: AttemptReport, _: &mut Context<Self>) -> Self::Result {
         let (id, attempt) = (msg.job_id, msg.attempt);
+        if let Err(refusal) = self.world.check_reporter(id, attempt, &msg.node) {
+            // Fenced: a late report from a node whose attempt was taken away (or a node naming
+            // another's attempt). Logged and counted, never applied. A repeat of the current
+            // attempt's own report passes this check and is answered idempotently below.
+            self.stats.fenced += 1;
+            tracing::warn!(job = %id, attempt, node = %msg.node, %refusal, "report fenced: not this node's current attempt");
+            return self.refuse(refusal);
+        }
         let decided = match msg.report {
             Report::Started {
                 handle,
@@ -466,5 +487,85 @@ impl Handler<Stats> for Scheduler {
 
     fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
         MessageResult((self.stats, self.world.cluster().nodes().cloned().collect()))
+    }
+}
+
+/// A node has been silent past the heartbeat timeout: record it lost and re-place what ran
+/// there. Sent by the fleet's heartbeat tracker; harmless for a node already lost with nothing
+/// left on it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), CommandError>")]
+pub struct NodeSilent {
+    pub node: String,
+    pub reason: String,
+}
+
+/// Attempts failed per `node.lost` append (each takes two events).
+const LOST_PER_APPEND: usize = gantry_events::log::MAX_BATCH / 2 - 1;
+
+impl Handler<NodeSilent> for Scheduler {
+    type Result = AtomicResponse<Self, Result<(), CommandError>>;
+
+    fn handle(&mut self, msg: NodeSilent, ctx: &mut Context<Self>) -> Self::Result {
+        let events = self
+            .world
+            .decide_node_lost(&msg.node, &msg.reason, now_ms(), LOST_PER_APPEND);
+        if events.is_empty() {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(()))));
+        }
+        let first = self
+            .world
+            .cluster()
+            .node(&msg.node)
+            .is_some_and(|n| n.status != NodeStatus::Lost);
+        if first {
+            self.stats.lost_nodes += 1;
+            tracing::warn!(node = %msg.node, reason = %msg.reason, "node lost; re-placing its attempts");
+        }
+        // More attempts than one append holds: the rest follow in the next message.
+        if self.world.live_on(&msg.node).len() > LOST_PER_APPEND {
+            ctx.notify(NodeSilent {
+                node: msg.node.clone(),
+                reason: msg.reason.clone(),
+            });
+        }
+        self.commit(events, |_| ())
+    }
+}
+
+/// An operator's change to a node: cordon, uncordon or drain.
+#[derive(Debug, Clone, PartialEq, Eq, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<(), CommandError>")]
+pub struct NodeChange {
+    pub node: String,
+    pub status: NodeStatus,
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl Handler<NodeChange> for Scheduler {
+    type Result = AtomicResponse<Self, Result<(), CommandError>>;
+
+    fn handle(&mut self, msg: NodeChange, _: &mut Context<Self>) -> Self::Result {
+        match self
+            .world
+            .decide_node_status(&msg.node, msg.status, msg.reason)
+        {
+            Ok(events) => self.commit(events, |_| ()),
+            Err(refusal) => self.refuse(refusal),
+        }
+    }
+}
+
+/// Stops the scheduler (a control plane that no longer leads).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use gantry_events::event::{NodeDrained, NodeJoined};
-use gantry_events::{EventLog, Source};
+use gantry_events::{Event, EventLog, Source};
 use serde::Serialize;
 
 use crate::actor::auditor::{AuditStatus, Auditor, GetAudit};
 use crate::actor::gpu_probe::GpuProbe;
-use crate::actor::scheduler::{Record, Scheduler};
-use crate::actor::worker::Worker;
+use crate::actor::scheduler::{CommandError, Scheduler};
+use crate::actor::worker::{Rejoin, Worker};
+use crate::control::{Control, Local};
 use crate::executor::{Executor, GpuInventory};
 use crate::spec::Limits;
 use crate::telemetry::Telemetry;
@@ -33,6 +34,8 @@ pub struct NodeOptions {
     pub limits: Limits,
     pub gpu_probe_every: Duration,
     pub checkpoint_every: Duration,
+    /// How long joining waits for a control plane to answer.
+    pub join_patience: Duration,
 }
 
 /// Addresses of the running actors.
@@ -70,7 +73,8 @@ pub struct Supervisor {
     log: Arc<dyn EventLog>,
     executor: Arc<dyn Executor>,
     inventory: Arc<dyn GpuInventory>,
-    scheduler: Addr<Scheduler>,
+    control: Arc<dyn Control>,
+    /// The auditor, where this process runs one (a control plane, or embedded).
     auditor: Option<Addr<Auditor>>,
 }
 
@@ -82,8 +86,162 @@ impl std::fmt::Debug for Supervisor {
     }
 }
 
+/// The actors of a worker node: Worker, GpuProbe and the Supervisor answering health.
+#[derive(Debug, Clone)]
+pub struct NodeActors {
+    pub worker: Addr<Worker>,
+    pub gpu_probe: Addr<GpuProbe>,
+    pub supervisor: Addr<Supervisor>,
+    pub telemetry: Telemetry,
+}
+
+/// The control plane's actors: the Scheduler (the one appender) and the Auditor.
+#[derive(Debug, Clone)]
+pub struct ControlActors {
+    pub scheduler: Addr<Scheduler>,
+    pub auditor: Addr<Auditor>,
+}
+
+/// Rebuilds the Scheduler from the log and starts it with the Auditor. Must run inside an
+/// actix System.
+pub async fn start_control_plane(
+    log: Arc<dyn EventLog>,
+    limits: Limits,
+    source: Source,
+    checkpoint_every: Duration,
+) -> Result<ControlActors, gantry_events::Error> {
+    let scheduler = Scheduler::rebuild(log.clone(), limits, source)
+        .await?
+        .start();
+    let auditor = {
+        let scheduler = scheduler.clone();
+        actix::Supervisor::start(move |_| Auditor::new(log, scheduler, checkpoint_every))
+    };
+    Ok(ControlActors { scheduler, auditor })
+}
+
+/// Records this node joining (retried until a control plane answers) and starts its Worker
+/// and GpuProbe. `auditor`: the control plane's, when it runs in this process.
+pub async fn start_node(
+    control: Arc<dyn Control>,
+    log: Arc<dyn EventLog>,
+    executor: Arc<dyn Executor>,
+    inventory: Arc<dyn GpuInventory>,
+    options: NodeOptions,
+    auditor: Option<Addr<Auditor>>,
+) -> Result<NodeActors, CommandError> {
+    let gpus = match inventory.gpus() {
+        Ok(gpus) => crate::executor::inventory_only(gpus),
+        Err(error) => {
+            tracing::warn!(%error, "GPU inventory failed; joining as a CPU-only node");
+            Vec::new()
+        }
+    };
+    if !executor.sandboxed() {
+        tracing::warn!(
+            executor = executor.kind(),
+            "no container engine: jobs run as local processes, NOT in a sandbox"
+        );
+    }
+    let joined = {
+        let (options, executor, inventory) = (options.clone(), executor.clone(), inventory.clone());
+        move || -> Event {
+            let gpus = inventory
+                .gpus()
+                .map(crate::executor::inventory_only)
+                .unwrap_or_default();
+            NodeJoined {
+                node_id: options.node_id.clone(),
+                hostname: options.hostname.clone(),
+                cpu_millis: options.cpu_millis,
+                memory_bytes: options.memory_bytes,
+                gpus,
+                executor: executor.kind().to_owned(),
+                labels: options.labels.clone(),
+            }
+            .into()
+        }
+    };
+    let first = NodeJoined {
+        node_id: options.node_id.clone(),
+        hostname: options.hostname.clone(),
+        cpu_millis: options.cpu_millis,
+        memory_bytes: options.memory_bytes,
+        gpus: gpus.clone(),
+        executor: executor.kind().to_owned(),
+        labels: options.labels.clone(),
+    };
+    record_until_answered(&*control, first.into(), options.join_patience).await?;
+
+    let rejoin: Rejoin = Arc::new(joined);
+    let worker = {
+        let (node, executor, control, log, dir) = (
+            options.node_id.clone(),
+            executor.clone(),
+            control.clone(),
+            log.clone(),
+            options.logs_dir.clone(),
+        );
+        actix::Supervisor::start(move |_| {
+            Worker::new(node, executor, control, log, dir).rejoin_with(rejoin.clone())
+        })
+    };
+    let telemetry = Telemetry::default();
+    let gpu_probe = {
+        let (node, inventory, control, every) = (
+            options.node_id.clone(),
+            inventory.clone(),
+            control.clone(),
+            options.gpu_probe_every,
+        );
+        let telemetry = telemetry.clone();
+        actix::Supervisor::start(move |_| {
+            GpuProbe::new(node, inventory, control, every, telemetry.clone(), gpus)
+        })
+    };
+    let supervisor = Supervisor {
+        options,
+        log,
+        executor,
+        inventory,
+        control,
+        auditor,
+    }
+    .start();
+    Ok(NodeActors {
+        worker,
+        gpu_probe,
+        supervisor,
+        telemetry,
+    })
+}
+
+/// Records `event`, retrying while no control plane answers, for at most `patience`.
+async fn record_until_answered(
+    control: &dyn Control,
+    event: Event,
+    patience: Duration,
+) -> Result<(), CommandError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match control.record(event.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_refusal() || tokio::time::Instant::now() >= deadline => {
+                return Err(error);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "joining: no control plane answered yet; retrying");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
 impl Supervisor {
-    /// Rebuilds state from the log and starts every actor. Must run inside an actix System.
+    /// Embedded: rebuilds state from the log and starts every actor in this process. Must run
+    /// inside an actix System.
     pub async fn start(
         log: Arc<dyn EventLog>,
         executor: Arc<dyn Executor>,
@@ -91,82 +249,31 @@ impl Supervisor {
         options: NodeOptions,
     ) -> Result<Actors, gantry_events::Error> {
         let source = Source::new(&options.node_id, "scheduler");
-        let scheduler = Scheduler::rebuild(log.clone(), options.limits.clone(), source)
-            .await?
-            .start();
-
-        let gpus = match inventory.gpus() {
-            Ok(gpus) => crate::executor::inventory_only(gpus),
-            Err(error) => {
-                tracing::warn!(%error, "GPU inventory failed; joining as a CPU-only node");
-                Vec::new()
-            }
-        };
-        if !executor.sandboxed() {
-            tracing::warn!(
-                executor = executor.kind(),
-                "no container engine: jobs run as local processes, NOT in a sandbox"
-            );
-        }
-        let joined = NodeJoined {
-            node_id: options.node_id.clone(),
-            hostname: options.hostname.clone(),
-            cpu_millis: options.cpu_millis,
-            memory_bytes: options.memory_bytes,
-            gpus: gpus.clone(),
-            executor: executor.kind().to_owned(),
-            labels: options.labels.clone(),
-        };
-        scheduler
-            .send(Record(joined.into()))
-            .await
-            .map_err(|e| gantry_events::Error::backend("scheduler", e.to_string()))?
-            .map_err(|e| gantry_events::Error::backend("recording the node", e.to_string()))?;
-
-        let worker = {
-            let (node, executor, scheduler, log, dir) = (
-                options.node_id.clone(),
-                executor.clone(),
-                scheduler.clone(),
-                log.clone(),
-                options.logs_dir.clone(),
-            );
-            actix::Supervisor::start(move |_| Worker::new(node, executor, scheduler, log, dir))
-        };
-        let auditor = {
-            let (log, scheduler, every) =
-                (log.clone(), scheduler.clone(), options.checkpoint_every);
-            actix::Supervisor::start(move |_| Auditor::new(log, scheduler, every))
-        };
-        let telemetry = Telemetry::default();
-        let gpu_probe = {
-            let (node, inventory, scheduler, every) = (
-                options.node_id.clone(),
-                inventory.clone(),
-                scheduler.clone(),
-                options.gpu_probe_every,
-            );
-            let telemetry = telemetry.clone();
-            actix::Supervisor::start(move |_| {
-                GpuProbe::new(node, inventory, scheduler, every, telemetry.clone(), gpus)
-            })
-        };
-        let supervisor = Supervisor {
-            options,
+        let ControlActors { scheduler, auditor } = start_control_plane(
+            log.clone(),
+            options.limits.clone(),
+            source,
+            options.checkpoint_every,
+        )
+        .await?;
+        let control: Arc<dyn Control> = Arc::new(Local(scheduler.clone()));
+        let node = start_node(
+            control,
             log,
             executor,
             inventory,
-            scheduler: scheduler.clone(),
-            auditor: Some(auditor.clone()),
-        }
-        .start();
+            options,
+            Some(auditor.clone()),
+        )
+        .await
+        .map_err(|e| gantry_events::Error::backend("recording the node", e.to_string()))?;
         Ok(Actors {
             scheduler,
-            worker,
+            worker: node.worker,
             auditor,
-            gpu_probe,
-            supervisor,
-            telemetry,
+            gpu_probe: node.gpu_probe,
+            supervisor: node.supervisor,
+            telemetry: node.telemetry,
         })
     }
 }
@@ -246,8 +353,8 @@ impl Handler<GetHealth> for Supervisor {
                     },
                 },
                 None => Check {
-                    ok: false,
-                    detail: "not running".into(),
+                    ok: true,
+                    detail: "runs on the control plane".into(),
                 },
             };
             let all_ok = log.ok && executor.ok && gpus.ok && audit.ok;
@@ -271,14 +378,14 @@ impl Handler<Drain> for Supervisor {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, msg: Drain, _: &mut Context<Self>) -> Self::Result {
-        let scheduler = self.scheduler.clone();
+        let control = self.control.clone();
         let node_id = self.options.node_id.clone();
         Box::pin(async move {
             let drained = NodeDrained {
                 node_id,
                 reason: msg.0,
             };
-            if let Ok(Err(e)) = scheduler.send(Record(drained.into())).await {
+            if let Err(e) = control.record(drained.into()).await {
                 tracing::warn!(error = %e, "could not record the node draining");
             }
         })

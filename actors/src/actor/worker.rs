@@ -22,15 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use gantry_events::event::{FailureCause, JobEvent, JobId};
+use gantry_events::event::{FailureCause, JobEvent, JobId, NodeEvent};
 use gantry_events::{Entry, Event, EventLog};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::actor::scheduler::{AttemptReport, CommandError, GetJob, LiveOn, Report, Scheduler};
+use crate::actor::scheduler::{AttemptReport, CommandError, Report};
+use crate::control::Control;
 use crate::executor::{Executor, Found, Outcome, RunSpec};
 use crate::job::{Job, JobState};
-use crate::world::Refusal;
 
 /// Counters tests look at.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -41,11 +41,19 @@ pub struct WorkerStats {
     pub running: usize,
 }
 
+/// Builds the `node.joined` event a node records when it joins (again, after it was declared
+/// lost), from what it has now.
+pub type Rejoin = Arc<dyn Fn() -> Event + Send + Sync>;
+
 pub struct Worker {
     node: String,
     executor: Arc<dyn Executor>,
-    scheduler: Addr<Scheduler>,
+    control: Arc<dyn Control>,
     log: Arc<dyn EventLog>,
+    /// Records this node joining again when the log says it was lost.
+    rejoin: Option<Rejoin>,
+    /// A rejoin is being recorded.
+    rejoining: bool,
     logs_dir: PathBuf,
     /// Live attempts and the switch that stops each one.
     running: HashMap<(JobId, u32), watch::Sender<bool>>,
@@ -67,20 +75,29 @@ impl Worker {
     pub fn new(
         node: String,
         executor: Arc<dyn Executor>,
-        scheduler: Addr<Scheduler>,
+        control: Arc<dyn Control>,
         log: Arc<dyn EventLog>,
         logs_dir: PathBuf,
     ) -> Worker {
         Worker {
             node,
             executor,
-            scheduler,
+            control,
             log,
+            rejoin: None,
+            rejoining: false,
             logs_dir,
             running: HashMap::new(),
             stats: WorkerStats::default(),
             restarts: 0,
         }
+    }
+
+    /// When the log says this node was lost (it was partitioned away, or silent too long),
+    /// record it joining again with what `rejoin` builds.
+    pub fn rejoin_with(mut self, rejoin: Rejoin) -> Worker {
+        self.rejoin = Some(rejoin);
+        self
     }
 
     /// Where an attempt's output is kept.
@@ -128,10 +145,11 @@ impl Worker {
             self.stats.started += 1;
         }
         let executor = self.executor.clone();
-        let scheduler = self.scheduler.clone();
+        let control = self.control.clone();
+        let node = self.node.clone();
         let job_id = job.id;
         ctx.spawn(
-            run_attempt(executor, scheduler, run, found, recorded_start, stop_rx)
+            run_attempt(executor, control, node, run, found, recorded_start, stop_rx)
                 .into_actor(self)
                 .map(move |(), act, _| {
                     act.running.remove(&(job_id, attempt));
@@ -141,26 +159,50 @@ impl Worker {
         );
     }
 
-    fn on_event(&mut self, event: &Event, ctx: &mut Context<Self>) {
-        let Event::Job(event) = event else { return };
+    fn on_event(&mut self, seq: u64, event: &Event, ctx: &mut Context<Self>) {
+        let event = match event {
+            Event::Job(event) => event,
+            Event::Node(NodeEvent::Lost(lost)) if lost.node_id == self.node => {
+                self.rejoin(ctx);
+                return;
+            }
+            _ => return,
+        };
         match event {
             JobEvent::Placed(p) if p.node_id == self.node => {
-                // The scheduler holds the spec (and is never behind the log it appends to).
+                // The spec comes from the control plane's state (embedded: the scheduler, which
+                // is never behind the log it appends to; fleet: this node's replica of the log,
+                // caught up to this entry). Asked until answered: a placement is never dropped
+                // because the answer was late.
                 let (id, attempt) = (p.job_id, p.attempt);
-                ctx.spawn(self.scheduler.send(GetJob(id)).into_actor(self).map(
-                    move |job, act, ctx| match job {
-                        Ok(Some(job)) if job.attempt == attempt => act.launch(&job, None, ctx),
-                        Ok(_) => {
-                            tracing::debug!(job = %id, attempt, "placement already superseded")
+                let control = self.control.clone();
+                ctx.spawn(
+                    async move {
+                        let mut pause = Duration::from_millis(50);
+                        loop {
+                            match control.job(id, seq).await {
+                                Ok(job) => return job,
+                                Err(error) => {
+                                    tracing::warn!(job = %id, attempt, %error, "placement seen; job not readable yet, retrying");
+                                }
+                            }
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(5));
                         }
-                        Err(error) => tracing::error!(job = %id, %error, "scheduler unreachable"),
-                    },
-                ));
+                    }
+                    .into_actor(self)
+                    .map(move |job, act, ctx| match job {
+                        Some(job) if job.attempt == attempt => act.launch(&job, None, ctx),
+                        _ => tracing::debug!(job = %id, attempt, "placement already superseded"),
+                    }),
+                );
             }
-            JobEvent::Failed(f) if matches!(f.cause, FailureCause::PlacementExpired { .. }) => {
-                // Taken back while it was still starting here: stop it now rather than when
-                // its start is refused.
+            JobEvent::Failed(f) => {
+                // Taken back while it still runs here: its placement lease ran out, or the node
+                // was declared lost (partitioned away) and the attempt re-placed elsewhere.
+                // Stop it now; its own reports will be fenced.
                 if let Some(stop) = self.running.get(&(f.job_id, f.attempt)) {
+                    tracing::warn!(job = %f.job_id, attempt = f.attempt, cause = ?f.cause, "attempt ended in the log while it runs here; stopping it");
                     let _ = stop.send(true);
                 }
             }
@@ -174,6 +216,38 @@ impl Worker {
             _ => {}
         }
     }
+
+    /// Records this node joining again, retried until the control plane answers.
+    fn rejoin(&mut self, ctx: &mut Context<Self>) {
+        let Some(rejoin) = self.rejoin.clone() else {
+            return;
+        };
+        if self.rejoining {
+            return;
+        }
+        self.rejoining = true;
+        tracing::warn!(node = %self.node, "the log says this node was lost; joining again");
+        let control = self.control.clone();
+        ctx.spawn(
+            async move {
+                let mut pause = Duration::from_millis(100);
+                loop {
+                    match control.record(rejoin()).await {
+                        Ok(()) => return,
+                        Err(error) if error.is_refusal() => {
+                            tracing::error!(%error, "rejoin refused");
+                            return;
+                        }
+                        Err(error) => tracing::warn!(%error, "rejoin not recorded; retrying"),
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+            .into_actor(self)
+            .map(|(), act, _| act.rejoining = false),
+        );
+    }
 }
 
 impl Actor for Worker {
@@ -185,7 +259,7 @@ impl Actor for Worker {
                 restart_backoff(self.restarts),
             )));
         }
-        let scheduler = self.scheduler.clone();
+        let control = self.control.clone();
         let log = self.log.clone();
         let executor = self.executor.clone();
         let node = self.node.clone();
@@ -194,7 +268,19 @@ impl Actor for Worker {
         ctx.wait(
             async move {
                 let head = log.head().await.map(|h| h.seq).unwrap_or(0);
-                let live = scheduler.send(LiveOn(node)).await.unwrap_or_default();
+                // Asked until answered: reconciling against an empty answer would miss
+                // attempts still running here.
+                let mut pause = Duration::from_millis(50);
+                let live = loop {
+                    match control.live_on(&node).await {
+                        Ok(live) => break live,
+                        Err(error) => {
+                            tracing::warn!(%error, "worker cannot learn what is live on its node yet; retrying");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                };
                 let mut found = Vec::new();
                 for job in live {
                     let handle = executor.find(job.id, job.attempt).await;
@@ -217,6 +303,7 @@ impl Actor for Worker {
                         None => {
                             tracing::warn!(job = %job.id, attempt = job.attempt, "attempt did not survive the restart");
                             let lost = AttemptReport {
+                                node: act.node.clone(),
                                 job_id: job.id,
                                 attempt: job.attempt,
                                 report: Report::Failed {
@@ -226,10 +313,10 @@ impl Actor for Worker {
                                     duration_ms: None,
                                 },
                             };
-                            let scheduler = act.scheduler.clone();
+                            let control = act.control.clone();
                             ctx.spawn(
                                 async move {
-                                    let _ = report_until_recorded(&scheduler, lost).await;
+                                    let _ = report_until_recorded(&*control, lost).await;
                                 }
                                 .into_actor(act),
                             );
@@ -268,7 +355,7 @@ pub fn restart_backoff(restarts: u32) -> Duration {
 impl StreamHandler<Result<Entry, gantry_events::Error>> for Worker {
     fn handle(&mut self, item: Result<Entry, gantry_events::Error>, ctx: &mut Context<Self>) {
         match item.map(|e| e.open()) {
-            Ok(Ok(envelope)) => self.on_event(&envelope.event, ctx),
+            Ok(Ok(envelope)) => self.on_event(envelope.seq, &envelope.event, ctx),
             Ok(Err(error)) => tracing::error!(%error, "worker skipped an undecodable entry"),
             Err(error) => tracing::error!(%error, "worker lost the log"),
         }
@@ -280,23 +367,21 @@ impl StreamHandler<Result<Entry, gantry_events::Error>> for Worker {
     }
 }
 
-/// Sends a report until the scheduler answers: `Ok` once the fact is in the log, `Err` when
-/// it is refused (final: the attempt is no longer current). Lost deliveries and log errors are
-/// retried with backoff, without end; the task dies with the worker.
+/// Sends a report until the control plane answers: `Ok` once the fact is in the log, `Err`
+/// when it is refused (final: the attempt is no longer this node's current one). Lost
+/// deliveries, an unreachable control plane and log errors are retried with backoff, without
+/// end; the task dies with the worker.
 pub async fn report_until_recorded(
-    scheduler: &Addr<Scheduler>,
+    control: &dyn Control,
     report: AttemptReport,
-) -> Result<(), Refusal> {
+) -> Result<(), CommandError> {
     let mut pause = Duration::from_millis(50);
     loop {
-        match scheduler.send(report.clone()).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(CommandError::Refused(refusal))) => return Err(refusal),
-            Ok(Err(CommandError::Log(error))) => {
-                tracing::warn!(job = %report.job_id, attempt = report.attempt, %error, "report not recorded; retrying");
-            }
+        match control.report(report.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_refusal() => return Err(error),
             Err(error) => {
-                tracing::warn!(job = %report.job_id, attempt = report.attempt, %error, "report not delivered; retrying");
+                tracing::warn!(job = %report.job_id, attempt = report.attempt, %error, "report not recorded; retrying");
             }
         }
         tokio::time::sleep(pause).await;
@@ -320,13 +405,16 @@ fn clock_start(started_at_ms: Option<u64>) -> Instant {
 /// end, retried until recorded, or stops the attempt when the scheduler refuses its start.
 async fn run_attempt(
     executor: Arc<dyn Executor>,
-    scheduler: Addr<Scheduler>,
+    control: Arc<dyn Control>,
+    node: String,
     run: RunSpec,
     found: Option<Found>,
     recorded_start: bool,
     mut stop: watch::Receiver<bool>,
 ) {
+    let scheduler = &*control;
     let report = |report: Report| AttemptReport {
+        node: node.clone(),
         job_id: run.job_id,
         attempt: run.attempt,
         report,
@@ -357,7 +445,7 @@ async fn run_attempt(
                 Ok(Ok(handle)) => handle,
                 Ok(Err(outcome)) => {
                     let failed = report(failure(outcome, None, &run));
-                    let _ = report_until_recorded(&scheduler, failed).await;
+                    let _ = report_until_recorded(scheduler, failed).await;
                     return;
                 }
                 Err(cause) => {
@@ -365,7 +453,7 @@ async fn run_attempt(
                     executor.discard(run.job_id, run.attempt).await;
                     let duration_ms = Some(began.elapsed().as_millis() as u64);
                     let failed = report(Report::Failed { cause, duration_ms });
-                    let _ = report_until_recorded(&scheduler, failed).await;
+                    let _ = report_until_recorded(scheduler, failed).await;
                     return;
                 }
             }
@@ -376,7 +464,7 @@ async fn run_attempt(
             handle: Some(handle.clone()),
             limits_enforced: Some(executor.limits_enforced()),
         });
-        if let Err(refusal) = report_until_recorded(&scheduler, started).await {
+        if let Err(refusal) = report_until_recorded(scheduler, started).await {
             // The attempt was taken back or cancelled before its start was recorded.
             tracing::warn!(job = %run.job_id, attempt = run.attempt, %refusal, "start refused; stopping the attempt");
             executor.kill(&handle).await;
@@ -405,7 +493,7 @@ async fn run_attempt(
             Report::Failed { cause, duration_ms }
         }
     };
-    let _ = report_until_recorded(&scheduler, report(message)).await;
+    let _ = report_until_recorded(scheduler, report(message)).await;
 }
 
 /// Longest message (an engine's error, a pull failure) a report carries: an event must stay

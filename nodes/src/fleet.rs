@@ -1,0 +1,391 @@
+//! Fleet mode: `gantry up --nats` (a control plane) and `gantry node` (a worker node), the
+//! same actors as embedded mode with NATS between them.
+//!
+//! A control plane keeps the log of record on JetStream, its own sled views and gateway, and
+//! campaigns for the leader lease; while it leads it runs the Scheduler and Auditor, serves
+//! node and gateway messages, and declares silent nodes lost. A worker node follows the log
+//! (read-only: nodes never append), keeps a replica of it, runs what is placed on it, and
+//! sends reports, records and heartbeats.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use gantry_actors::actor::scheduler::Stop;
+use gantry_actors::actor::supervisor::{
+    ControlActors, Drain, NodeOptions, start_control_plane, start_node,
+};
+use gantry_actors::actor::worker::GetWorkerStats;
+use gantry_actors::control::Control;
+use gantry_actors::executor::GpuInventory;
+use gantry_actors::spec::Limits;
+use gantry_actors::telemetry::Telemetry;
+use gantry_events::event::Gpu;
+use gantry_events::{Appended, Entry, EventLog, Head, NewEvent, Source, Subscription};
+use gantry_gateway::Gateway;
+use gantry_projections::Projections;
+use tokio::sync::watch;
+
+use crate::gpu::{FakeInventory, NvmlInventory};
+use crate::jetstream::{JetStreamLog, JetStreamOptions};
+use crate::nats::lease::{Lease, Validity};
+use crate::nats::output::{self, ShippedOutput};
+use crate::nats::remote::Remote;
+use crate::nats::replica::Replica;
+use crate::nats::{NatsArgs, heartbeat, serve, wire};
+use crate::up::{Error, ExecutorChoice, choose_executor, project};
+
+/// Settings of a fleet control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneOptions {
+    pub nats: NatsArgs,
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    /// Silence after which a node is lost.
+    pub node_timeout: Duration,
+    /// The leader lease's time to live.
+    pub lease_ttl: Duration,
+}
+
+/// Settings of a worker node.
+#[derive(Debug, Clone)]
+pub struct NodeRunOptions {
+    pub nats: NatsArgs,
+    pub name: String,
+    pub data: PathBuf,
+    pub executor: ExecutorChoice,
+    pub fake_gpus: Option<Vec<Gpu>>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// On Ctrl-C: let running attempts finish (up to this long) before leaving.
+    pub drain_timeout: Duration,
+}
+
+fn setup(e: impl std::fmt::Display) -> Error {
+    Error::Setup(e.to_string())
+}
+
+/// The log as a leader writes it: appends only while its lease holds, so a deposed leader
+/// cannot append (the chain's expected-last-sequence fences it besides).
+struct FencedLog {
+    log: Arc<JetStreamLog>,
+    lease: Validity,
+}
+
+impl EventLog for FencedLog {
+    fn append(
+        &self,
+        batch: Vec<NewEvent>,
+    ) -> BoxFuture<'_, Result<Vec<Appended>, gantry_events::Error>> {
+        if !self.lease.is_valid() {
+            return futures::future::ready(Err(gantry_events::Error::backend(
+                "appending",
+                "this control plane no longer leads",
+            )))
+            .boxed();
+        }
+        self.log.append(batch)
+    }
+
+    fn read(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<Entry>, gantry_events::Error>> {
+        self.log.read(from, max)
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<Head, gantry_events::Error>> {
+        self.log.head()
+    }
+
+    fn subscribe(&self, from: u64) -> BoxFuture<'_, Result<Subscription, gantry_events::Error>> {
+        self.log.subscribe(from)
+    }
+}
+
+/// `gantry up --nats`: runs a control plane until `shutdown` resolves.
+pub async fn control_plane(
+    options: ControlPlaneOptions,
+    started: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let data = options.data.clone();
+    std::fs::create_dir_all(&data)?;
+    let this = crate::node::this_node(&data)?;
+    let client = options
+        .nats
+        .connect(&format!("gantry control plane {}", this.id))
+        .await
+        .map_err(setup)?;
+    let log =
+        Arc::new(JetStreamLog::open(client.clone(), JetStreamOptions::default(), true).await?);
+    let js = async_nats::jetstream::new(client.clone());
+    output::ensure_stream(&js).await.map_err(setup)?;
+    let lease = Lease::open(&js, &this.id, options.lease_ttl)
+        .await
+        .map_err(setup)?;
+
+    let views = Projections::open(data.join("views"))?;
+    let (views_tx, views_seq) = watch::channel(0u64);
+    actix_rt::spawn(project(log.clone(), views.clone(), views_tx));
+
+    let telemetry = Telemetry::default();
+    heartbeat::listen(client.clone(), telemetry.clone())
+        .await
+        .map_err(setup)?;
+
+    let gateway = Gateway {
+        control: Arc::new(Remote::gateway(client.clone())),
+        supervisor: None,
+        views,
+        log: log.clone(),
+        output: Arc::new(ShippedOutput::new(js.clone())),
+        views_seq,
+        max_body_bytes: options.max_body_bytes,
+        telemetry: telemetry.clone(),
+    };
+    let server = HttpServer::new(move || {
+        let gateway = gateway.clone();
+        App::new().configure(move |cfg| gantry_gateway::routes(cfg, gateway))
+    })
+    .workers(2)
+    .disable_signals()
+    .bind(options.listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Setup("the gateway bound no address".into()))?;
+    let server = server.run();
+    let handle = server.handle();
+    let server_task = actix_rt::spawn(server);
+    tracing::info!(%addr, me = lease.me(), "gantry control plane is up; campaigning to lead");
+    eprintln!(
+        "gantry control plane is up: gateway on http://{addr}, log on NATS JetStream, data in {}",
+        data.display()
+    );
+    if let Some(started) = started {
+        let _ = started.send(addr);
+    }
+
+    let leading = lead(
+        client,
+        log,
+        lease,
+        telemetry,
+        &this.id,
+        options.node_timeout,
+    );
+    tokio::pin!(leading);
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut leading => result?,
+    }
+    tracing::info!("gantry control plane: stopping");
+    handle.stop(true).await;
+    let _ = server_task.await;
+    Ok(())
+}
+
+/// Campaigns, leads while the lease holds, and campaigns again after losing it. Never returns
+/// `Ok`; dropping it gives up a lease held (a follower takes over at once).
+async fn lead(
+    client: async_nats::Client,
+    log: Arc<JetStreamLog>,
+    lease: Lease,
+    telemetry: Telemetry,
+    name: &str,
+    node_timeout: Duration,
+) -> Result<(), Error> {
+    loop {
+        let held = lease.acquire().await;
+        let began = std::time::Instant::now();
+        let fenced: Arc<dyn EventLog> = Arc::new(FencedLog {
+            log: log.clone(),
+            lease: held.validity(),
+        });
+        let ControlActors { scheduler, auditor } = match start_control_plane(
+            fenced,
+            Limits::default(),
+            Source::new(name, "scheduler"),
+            Duration::from_secs(60),
+        )
+        .await
+        {
+            Ok(actors) => actors,
+            Err(error) => {
+                tracing::error!(%error, "could not rebuild the scheduler; giving the lease up");
+                held.resign().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let services = serve::serve(client.clone(), scheduler.clone())
+            .await
+            .map_err(setup)?;
+        let tracker = actix_rt::spawn(heartbeat::track(
+            scheduler.clone(),
+            telemetry.clone(),
+            node_timeout,
+        ));
+        tracing::info!(
+            me = lease.me(),
+            took_ms = began.elapsed().as_millis() as u64,
+            "this control plane leads"
+        );
+        eprintln!("gantry control plane {} leads", lease.me());
+        // Resigns on drop (shutdown) through the guard below.
+        let mut held = ResignOnDrop(Some(held));
+        if let Some(h) = held.0.as_mut() {
+            h.lost().await;
+        }
+        tracing::error!(
+            "leadership lost; the scheduler stops and this control plane follows again"
+        );
+        for task in services {
+            task.abort();
+        }
+        tracker.abort();
+        scheduler.do_send(Stop);
+        drop(auditor);
+        held.0.take();
+    }
+}
+
+/// Gives the lease up when the leading future is dropped (a clean shutdown), so a follower
+/// takes over at once instead of after the lease runs out.
+struct ResignOnDrop(Option<crate::nats::lease::Held>);
+
+impl Drop for ResignOnDrop {
+    fn drop(&mut self) {
+        if let Some(held) = self.0.take() {
+            // Best effort: the runtime may be stopping.
+            actix_rt::spawn(held.resign());
+        }
+    }
+}
+
+/// `gantry node`: runs a worker node until `shutdown` resolves, then drains.
+pub async fn node(
+    options: NodeRunOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    if !wire::valid_node_name(&options.name) {
+        return Err(Error::Setup(format!(
+            "node name {:?}: use 1 to 64 letters, digits, '-' or '_'",
+            options.name
+        )));
+    }
+    let data = options.data.clone();
+    std::fs::create_dir_all(&data)?;
+    let this = crate::node::this_node(&data)?;
+    let client = options
+        .nats
+        .connect(&format!("gantry node {}", options.name))
+        .await
+        .map_err(setup)?;
+    // Nodes read the log their control plane made; they never append to it.
+    let log: Arc<dyn EventLog> = Arc::new(open_existing(client.clone()).await?);
+    let replica = Replica::follow(log.clone());
+    let control: Arc<dyn Control> =
+        Arc::new(Remote::node(client.clone(), options.name.clone(), replica));
+
+    let executor = choose_executor(options.executor, &data).await?;
+    let inventory: Arc<dyn GpuInventory> = match options.fake_gpus.clone() {
+        Some(gpus) => Arc::new(FakeInventory::new(gpus)),
+        None => Arc::new(NvmlInventory::detect()),
+    };
+    let logs_dir = data.join("logs");
+    let actors = start_node(
+        control,
+        log,
+        executor.clone(),
+        inventory,
+        NodeOptions {
+            node_id: options.name.clone(),
+            hostname: this.hostname.clone(),
+            cpu_millis: this.cpu_millis,
+            memory_bytes: this.memory_bytes,
+            labels: options.labels.clone(),
+            logs_dir: logs_dir.clone(),
+            limits: Limits::default(),
+            gpu_probe_every: Duration::from_secs(30),
+            checkpoint_every: Duration::from_secs(60),
+            join_patience: Duration::from_secs(60),
+        },
+        None,
+    )
+    .await
+    .map_err(|e| Error::Setup(format!("joining the fleet: {e}")))?;
+    let beats = actix_rt::spawn(heartbeat::send(
+        client.clone(),
+        options.name.clone(),
+        actors.worker.clone(),
+        actors.telemetry.clone(),
+    ));
+    let js = async_nats::jetstream::new(client.clone());
+    let shipping = actix_rt::spawn(output::ship(js, options.name.clone(), logs_dir));
+    tracing::info!(node = %options.name, executor = executor.kind(), sandboxed = executor.sandboxed(), "gantry node is up");
+    eprintln!(
+        "gantry node {} joined (executor {}{}), data in {}",
+        options.name,
+        executor.kind(),
+        if executor.sandboxed() {
+            ""
+        } else {
+            ", NOT a sandbox"
+        },
+        data.display()
+    );
+    shutdown.await;
+    // Drain: no new work; what runs here finishes (up to the drain timeout), its end
+    // reported and its output shipped; then leave.
+    eprintln!("gantry node {}: draining", options.name);
+    let _ = actors.supervisor.send(Drain("node stopping".into())).await;
+    let deadline = tokio::time::Instant::now() + options.drain_timeout;
+    loop {
+        let running = actors
+            .worker
+            .send(GetWorkerStats)
+            .await
+            .map(|s| s.running)
+            .unwrap_or(0);
+        if running == 0 || tokio::time::Instant::now() >= deadline {
+            if running > 0 {
+                tracing::warn!(
+                    running,
+                    "drain timeout: leaving with attempts still running"
+                );
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // One more round of output shipping and heartbeats for what just ended.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    beats.abort();
+    shipping.abort();
+    Ok(())
+}
+
+async fn open_existing(client: async_nats::Client) -> Result<JetStreamLog, Error> {
+    // The control plane makes the stream; a node started first waits for it.
+    let mut said = false;
+    loop {
+        match JetStreamLog::open(client.clone(), JetStreamOptions::default(), false).await {
+            Ok(log) => return Ok(log),
+            Err(error) => {
+                if !said {
+                    tracing::warn!(%error, "the event log is not there yet; waiting for a control plane");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

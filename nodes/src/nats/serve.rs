@@ -1,0 +1,154 @@
+//! The leading control plane's side of the wire: commands from gateways, reports and records
+//! from nodes, each decoded, checked and handed to the Scheduler, and answered.
+//!
+//! Who sent a node message is read from its subject (`gantry.node.<node>.…`), which NATS
+//! permissions tie to the node's account; a payload naming another node is refused (403).
+
+use actix::Addr;
+use futures::StreamExt;
+use gantry_actors::actor::scheduler::{AttemptReport, CommandError, Scheduler};
+use gantry_actors::control::{Control, Fault, Local};
+use gantry_events::Event;
+use gantry_events::event::NodeEvent;
+use serde::Serialize;
+
+use super::wire::{self, Answer, Command, WireEvent};
+
+/// Serves until the returned handle is dropped or aborted.
+pub async fn serve(
+    client: async_nats::Client,
+    scheduler: Addr<Scheduler>,
+) -> Result<Vec<actix_rt::task::JoinHandle<()>>, super::Error> {
+    let local = Local(scheduler);
+    let subscribe = |subject: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .subscribe(subject)
+                .await
+                .map_err(|e| super::Error::Setup(format!("subscribing to {subject}: {e}")))
+        }
+    };
+    let mut commands = subscribe(wire::COMMANDS).await?;
+    let mut reports = subscribe(wire::NODE_REPORTS).await?;
+    let mut records = subscribe(wire::NODE_RECORDS).await?;
+    let mut tasks = Vec::new();
+    {
+        let (client, local) = (client.clone(), local.clone());
+        tasks.push(actix_rt::spawn(async move {
+            while let Some(message) = commands.next().await {
+                let (client, local) = (client.clone(), local.clone());
+                actix_rt::spawn(async move { command(&client, &local, message).await });
+            }
+        }));
+    }
+    {
+        let (client, local) = (client.clone(), local.clone());
+        tasks.push(actix_rt::spawn(async move {
+            while let Some(message) = reports.next().await {
+                let (client, local) = (client.clone(), local.clone());
+                actix_rt::spawn(async move {
+                    let answer = report(&local, &message.subject, &message.payload).await;
+                    reply(&client, message.reply, answer).await;
+                });
+            }
+        }));
+    }
+    {
+        let (client, local) = (client.clone(), local.clone());
+        tasks.push(actix_rt::spawn(async move {
+            while let Some(message) = records.next().await {
+                let (client, local) = (client.clone(), local.clone());
+                actix_rt::spawn(async move {
+                    let answer = record(&local, &message.subject, &message.payload).await;
+                    reply(&client, message.reply, answer).await;
+                });
+            }
+        }));
+    }
+    Ok(tasks)
+}
+
+fn bad_message(error: wire::WireError) -> Fault {
+    Fault::new(400, "bad_message", error.to_string(), None)
+}
+
+fn forbidden(message: String) -> Fault {
+    Fault::new(403, "forbidden", message, None)
+}
+
+fn answered<T>(result: Result<T, CommandError>) -> Answer<T> {
+    result.map_err(|e| e.fault())
+}
+
+async fn reply<T: Serialize>(
+    client: &async_nats::Client,
+    to: Option<async_nats::Subject>,
+    answer: Answer<T>,
+) {
+    let Some(to) = to else { return };
+    match wire::encode(&answer) {
+        Ok(bytes) => {
+            if let Err(error) = client.publish(to, bytes.into()).await {
+                tracing::warn!(%error, "answer not sent");
+            }
+        }
+        Err(error) => tracing::error!(%error, "answer not encodable"),
+    }
+}
+
+/// Decodes a command, has it carried out, and answers with the type the asking side expects.
+async fn command(client: &async_nats::Client, local: &Local, message: async_nats::Message) {
+    let to = message.reply;
+    let command: Command = match wire::decode(&message.payload) {
+        Ok(command) => command,
+        Err(error) => return reply::<()>(client, to, Err(bad_message(error))).await,
+    };
+    match command {
+        Command::Submit { request } => {
+            reply(client, to, answered(local.submit(*request).await)).await
+        }
+        Command::Cancel { job_id, reason } => {
+            reply(client, to, answered(local.cancel(job_id, reason).await)).await
+        }
+        Command::ChangeNode { change } => {
+            reply(client, to, answered(local.change_node(change).await)).await
+        }
+        Command::Nodes => reply(client, to, answered(local.nodes().await)).await,
+    }
+}
+
+async fn report(local: &Local, subject: &str, payload: &[u8]) -> Answer<()> {
+    let report: AttemptReport = wire::decode(payload).map_err(bad_message)?;
+    let from = wire::node_of(subject).unwrap_or_default();
+    if report.node != from {
+        return Err(forbidden(format!(
+            "node {from} cannot report for node {}",
+            report.node
+        )));
+    }
+    answered(local.report(report).await)
+}
+
+async fn record(local: &Local, subject: &str, payload: &[u8]) -> Answer<()> {
+    let event: WireEvent = wire::decode(payload).map_err(bad_message)?;
+    let event = event.event().map_err(bad_message)?;
+    let from = wire::node_of(subject).unwrap_or_default();
+    // A node records only facts about itself: joining, its GPUs, leaving.
+    let about = match &event {
+        Event::Node(NodeEvent::Joined(j)) => Some(&j.node_id),
+        Event::Node(NodeEvent::GpusObserved(g)) => Some(&g.node_id),
+        Event::Node(NodeEvent::Drained(d)) => Some(&d.node_id),
+        _ => None,
+    };
+    match about {
+        Some(node) if node == from => answered(local.record(event).await),
+        Some(node) => Err(forbidden(format!(
+            "node {from} cannot record facts about node {node}"
+        ))),
+        None => Err(forbidden(format!(
+            "a node cannot record {} events",
+            event.type_name()
+        ))),
+    }
+}
