@@ -50,6 +50,8 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// The latest GPU samples (not in the log), shown beside node and job views.
     pub telemetry: Telemetry,
+    /// Fleet mode: whether this control plane leads now (`None` embedded).
+    pub leading: Option<watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -215,6 +217,7 @@ async fn readyz(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
         "projection_lag": head.seq.saturating_sub(views),
         "log_fault": log_fault,
         "health": health,
+        "leading": gateway.leading.as_ref().map(|l| *l.borrow()),
     });
     Ok(if ready {
         HttpResponse::Ok().json(body)

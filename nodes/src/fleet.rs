@@ -135,6 +135,7 @@ pub async fn control_plane(
     actix_rt::spawn(project(log.clone(), views.clone(), views_tx));
 
     let telemetry = Telemetry::default();
+    let (leading_tx, leading) = watch::channel(false);
     heartbeat::listen(client.clone(), telemetry.clone())
         .await
         .map_err(setup)?;
@@ -148,6 +149,7 @@ pub async fn control_plane(
         views_seq,
         max_body_bytes: options.max_body_bytes,
         telemetry: telemetry.clone(),
+        leading: Some(leading),
     };
     let server = HttpServer::new(move || {
         let gateway = gateway.clone();
@@ -173,18 +175,19 @@ pub async fn control_plane(
         let _ = started.send(addr);
     }
 
-    let leading = lead(
+    let campaign = lead(
         client,
         log,
         lease,
         telemetry,
         &this.id,
         options.node_timeout,
+        leading_tx,
     );
-    tokio::pin!(leading);
+    tokio::pin!(campaign);
     tokio::select! {
         () = shutdown => {}
-        result = &mut leading => result?,
+        result = &mut campaign => result?,
     }
     tracing::info!("gantry control plane: stopping");
     handle.stop(true).await;
@@ -201,6 +204,7 @@ async fn lead(
     telemetry: Telemetry,
     name: &str,
     node_timeout: Duration,
+    leading: watch::Sender<bool>,
 ) -> Result<(), Error> {
     loop {
         let held = lease.acquire().await;
@@ -239,6 +243,7 @@ async fn lead(
             "this control plane leads"
         );
         eprintln!("gantry control plane {} leads", lease.me());
+        leading.send_replace(true);
         // Resigns on drop (shutdown) through the guard below.
         let mut held = ResignOnDrop(Some(held));
         if let Some(h) = held.0.as_mut() {

@@ -158,6 +158,7 @@ pub async fn up(
         views_seq,
         max_body_bytes: options.max_body_bytes,
         telemetry: actors.telemetry.clone(),
+        leading: None,
     };
     let server = HttpServer::new(move || {
         let gateway = gateway.clone();

@@ -42,11 +42,18 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     log: Arc<Mutex<Vec<String>>>,
+    /// A configuration file (authorization, …) the server is started with.
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
     /// Starts a server, or reports it unavailable (see [`unavailable`]).
     pub fn start() -> Option<NatsServer> {
+        NatsServer::start_with_config(None)
+    }
+
+    /// Starts a server with `config` (nats-server configuration text) besides the usual flags.
+    pub fn start_with_config(config: Option<&str>) -> Option<NatsServer> {
         let binary = match find_nats_server() {
             Ok(binary) => binary,
             Err(why) => return unavailable("nats-server", &why),
@@ -55,12 +62,23 @@ impl NatsServer {
             Ok(store) => store,
             Err(e) => return unavailable("nats-server", &format!("no temp dir: {e}")),
         };
+        let config = match config {
+            Some(text) => {
+                let path = store.path().join("gantry-test.conf");
+                if let Err(e) = std::fs::write(&path, text) {
+                    return unavailable("nats-server", &format!("cannot write its config: {e}"));
+                }
+                Some(path)
+            }
+            None => None,
+        };
         let mut server = NatsServer {
             binary,
             child: None,
             port: 0,
             store,
             log: Arc::default(),
+            config,
         };
         match server.spawn(None) {
             Ok(()) => Some(server),
@@ -104,7 +122,11 @@ impl NatsServer {
 
     fn spawn(&mut self, port: Option<u16>) -> Result<(), String> {
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        let mut child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let mut child = command
             .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(self.store.path())
             .stdin(Stdio::null())

@@ -72,7 +72,6 @@ impl NatsArgs {
             .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
         let mut options = async_nats::ConnectOptions::new()
             .name(name)
-            .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)))
             .event_callback(|event| async move {

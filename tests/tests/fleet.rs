@@ -1,0 +1,544 @@
+//! Fleet mode end to end: real `nats-server` processes, and control planes and worker nodes as
+//! separate `gantry` processes (the `gantry-node` binary), started the way users start them.
+//!
+//! - placement by GPU count, model and memory lands on the right one of three nodes;
+//! - `kill -9` of a node mid-job: `node.lost` within the timeout, the job finishes elsewhere,
+//!   exactly once, with both attempts in its history;
+//! - `kill -9` of the leading control plane: the other leads within 3 s, nothing is lost or
+//!   run twice, the chain verifies;
+//! - a NATS server restart mid-run loses nothing acknowledged;
+//! - with NATS authorization, a node's account runs jobs but cannot publish events or speak
+//!   for another node.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gantry_nodes::client::Client;
+use gantry_tests::services::NatsServer;
+use gantry_tests::system::{all_events, job_event_types};
+use serde_json::{Value, json};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A gantry process, killed (SIGKILL) when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn gantry() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gantry-node"));
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .env("GANTRY_LOG", "error");
+    command
+}
+
+/// Starts a control plane; waits for its gateway.
+fn control_plane(nats: &str, data: &Path, auth: &[(&str, &str)]) -> (Proc, Client) {
+    let port = free_port();
+    let mut child = gantry()
+        .args(["up", "--nats", nats, "--node-timeout", "3s", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data")
+        .arg(data)
+        .envs(auth.iter().copied())
+        .spawn()
+        .expect("start a control plane");
+    let client = Client::new(&format!("http://127.0.0.1:{port}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get("/healthz").is_err() {
+        assert!(Instant::now() < deadline, "control plane never answered");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the control plane exited: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Proc(child), client)
+}
+
+/// Starts a worker node with a fake GPU inventory (`[]`: CPU-only).
+fn node(nats: &str, name: &str, data: &Path, gpus: &Value, auth: &[(&str, &str)]) -> Proc {
+    let child = gantry()
+        .args([
+            "node",
+            "--nats",
+            nats,
+            "--name",
+            name,
+            "--executor",
+            "process",
+        ])
+        .arg("--data")
+        .arg(data)
+        .env("GANTRY_FAKE_GPUS", gpus.to_string())
+        .envs(auth.iter().copied())
+        .spawn()
+        .expect("start a node");
+    Proc(child)
+}
+
+fn wait_until<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn nodes_ready(client: &Client, names: &[&str]) {
+    wait_until("nodes to join", Duration::from_secs(60), || {
+        let nodes = client.get("/v1/nodes").ok()?;
+        let ready = names.iter().all(|name| {
+            nodes["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n["id"] == *name && n["status"] == "ready")
+        });
+        ready.then_some(())
+    });
+}
+
+fn leads(client: &Client) -> bool {
+    client
+        .get("/readyz")
+        .ok()
+        .is_some_and(|r| r["leading"] == true)
+}
+
+fn submit(client: &Client, spec: Value) -> String {
+    let reply = wait_until(
+        "a control plane to take the job",
+        Duration::from_secs(30),
+        || client.post("/v1/jobs", &spec).ok(),
+    );
+    reply["id"].as_str().expect("id").to_owned()
+}
+
+fn job(client: &Client, id: &str) -> Value {
+    client.get(&format!("/v1/jobs/{id}")).unwrap_or(Value::Null)
+}
+
+fn wait_state(client: &Client, id: &str, states: &[&str], within: Duration) -> Value {
+    wait_until(&format!("job {id} to reach {states:?}"), within, || {
+        let job = job(client, id);
+        states.iter().any(|s| job["state"] == *s).then_some(job)
+    })
+}
+
+fn spec(name: &str, command: &str, gpus: Value) -> Value {
+    json!({
+        "name": name, "image": "busybox",
+        "command": ["sh", "-c", command],
+        "resources": { "cpus": 0.1, "memory_bytes": 32u64 << 20, "gpus": gpus },
+        "retry": { "max_attempts": 1 },
+    })
+}
+
+fn gpu(uuid: &str, name: &str, gib: u64) -> Value {
+    json!({ "uuid": uuid, "name": name, "memory_bytes": gib << 30, "driver_version": "580.65.06" })
+}
+
+/// The node the job's last attempt ran on.
+fn ran_on(job: &Value) -> Value {
+    job["attempts"]
+        .as_array()
+        .and_then(|a| a.last())
+        .map_or(Value::Null, |a| a["node"].clone())
+}
+
+fn terminal_count(events: &[Value], id: &str) -> usize {
+    job_event_types(events, id)
+        .iter()
+        .filter(|t| ["job.succeeded", "job.dead_lettered", "job.cancelled"].contains(&t.as_str()))
+        .count()
+}
+
+fn verify_chain(nats: &str) {
+    let out = gantry()
+        .args(["log", "verify", "--nats", nats])
+        .stdout(Stdio::piped())
+        .output()
+        .expect("gantry log verify");
+    assert!(
+        out.status.success(),
+        "the chain does not verify: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn placement_by_gpu_count_model_and_memory_lands_on_the_right_node() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_cp, client) = control_plane(&nats.url(), &dir.path().join("cp"), &[]);
+    let h100s = json!([
+        gpu("GPU-h100-0", "NVIDIA H100 80GB HBM3", 80),
+        gpu("GPU-h100-1", "NVIDIA H100 80GB HBM3", 80)
+    ]);
+    let a100 = json!([gpu("GPU-a100-0", "NVIDIA A100-SXM4-40GB", 40)]);
+    let _a = node(&nats.url(), "h100-node", &dir.path().join("a"), &h100s, &[]);
+    let _b = node(&nats.url(), "a100-node", &dir.path().join("b"), &a100, &[]);
+    let _c = node(
+        &nats.url(),
+        "cpu-node",
+        &dir.path().join("c"),
+        &json!([]),
+        &[],
+    );
+    nodes_ready(&client, &["h100-node", "a100-node", "cpu-node"]);
+
+    let cases = [
+        ("two-gpus", json!({ "count": 2 }), "h100-node"),
+        ("a100", json!({ "count": 1, "model": "A100" }), "a100-node"),
+        (
+            "big-memory",
+            json!({ "count": 1, "min_memory_bytes": 60u64 << 30 }),
+            "h100-node",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (name, gpus, want) in &cases {
+        let id = submit(
+            &client,
+            spec(name, &format!("echo ran-{name}"), gpus.clone()),
+        );
+        ids.push((id, *name, *want));
+    }
+    for (id, name, want) in &ids {
+        let job = wait_state(
+            &client,
+            id,
+            &["succeeded", "failed", "dead_lettered"],
+            Duration::from_secs(60),
+        );
+        assert_eq!(job["state"], "succeeded", "{name}: {job}");
+        assert_eq!(ran_on(&job), *want, "{name} ran on the wrong node: {job}");
+        // The output left the node: any gateway reads it from NATS.
+        let output = wait_until("the output to be shipped", Duration::from_secs(20), || {
+            let text = client.get_raw(&format!("/v1/jobs/{id}/logs")).ok()?;
+            let text = String::from_utf8_lossy(&text).into_owned();
+            text.contains(&format!("ran-{name}")).then_some(text)
+        });
+        assert!(output.contains(&format!("ran-{name}")), "{output}");
+    }
+    // A GPU job never lands on the CPU-only node, and the fleet shows free resources.
+    let nodes = client.get("/v1/nodes").expect("nodes");
+    let cpu = nodes["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["id"] == "cpu-node")
+        .expect("cpu node")
+        .clone();
+    assert!(cpu["last_heartbeat_ms"].as_u64().is_some(), "{cpu}");
+    assert!(cpu["free"]["cpu_millis"].as_u64().is_some(), "{cpu}");
+    verify_chain(&nats.url());
+}
+
+#[test]
+fn a_node_killed_mid_job_is_lost_and_its_job_finishes_elsewhere_once() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_cp, client) = control_plane(&nats.url(), &dir.path().join("cp"), &[]);
+    let mut one = node(&nats.url(), "one", &dir.path().join("one"), &json!([]), &[]);
+    let mut two = node(&nats.url(), "two", &dir.path().join("two"), &json!([]), &[]);
+    nodes_ready(&client, &["one", "two"]);
+
+    let id = submit(&client, spec("survivor", "sleep 3; echo done", json!(null)));
+    let running = wait_state(&client, &id, &["running"], Duration::from_secs(60));
+    let first = running["node"].as_str().expect("node").to_owned();
+    let killed_at = Instant::now();
+    if first == "one" {
+        one.kill9();
+    } else {
+        two.kill9();
+    }
+    wait_until("node.lost", Duration::from_secs(30), || {
+        all_events(&client)
+            .iter()
+            .any(|e| e["type"] == "node.lost" && e["event"]["node_id"] == first.as_str())
+            .then_some(())
+    });
+    let lost_after = killed_at.elapsed();
+    eprintln!(
+        "node.lost recorded {} ms after the kill (timeout 3 s)",
+        lost_after.as_millis()
+    );
+    assert!(
+        lost_after >= Duration::from_secs(3),
+        "lost before its timeout: {lost_after:?}"
+    );
+    assert!(
+        lost_after < Duration::from_secs(8),
+        "lost after {lost_after:?}"
+    );
+    let finished = wait_state(
+        &client,
+        &id,
+        &["succeeded", "dead_lettered"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    assert_ne!(ran_on(&finished), first.as_str(), "{finished}");
+    let events = all_events(&client);
+    assert_eq!(
+        terminal_count(&events, &id),
+        1,
+        "{:?}",
+        job_event_types(&events, &id)
+    );
+    let attempts = finished["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{finished}");
+    assert_eq!(attempts[0]["node"], first.as_str(), "{finished}");
+    assert_eq!(attempts[0]["cause"]["kind"], "node_lost", "{finished}");
+    verify_chain(&nats.url());
+}
+
+#[test]
+fn the_leading_control_plane_killed_mid_run_is_replaced_within_seconds() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cp1, client1) = control_plane(&nats.url(), &dir.path().join("cp1"), &[]);
+    wait_until("a leader", Duration::from_secs(30), || {
+        leads(&client1).then_some(())
+    });
+    let (cp2, client2) = control_plane(&nats.url(), &dir.path().join("cp2"), &[]);
+    let _n = node(
+        &nats.url(),
+        "worker",
+        &dir.path().join("n"),
+        &json!([]),
+        &[],
+    );
+    nodes_ready(&client2, &["worker"]);
+    assert!(!leads(&client2), "two leaders");
+
+    let ids: Vec<String> = (0..4)
+        .map(|i| {
+            submit(
+                &client2,
+                spec(&format!("job-{i}"), "sleep 2; echo done", json!(null)),
+            )
+        })
+        .collect();
+    wait_state(&client2, &ids[0], &["running"], Duration::from_secs(60));
+    let (mut leader, follower) = (cp1, client2);
+    let _keep = cp2;
+    leader.kill9();
+    let killed = Instant::now();
+    wait_until("the follower to lead", Duration::from_secs(10), || {
+        leads(&follower).then_some(())
+    });
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(3), "takeover took {took:?}");
+    eprintln!(
+        "failover: the follower led {} ms after the leader was killed",
+        took.as_millis()
+    );
+
+    let events = wait_until("every job to end", Duration::from_secs(90), || {
+        let done = ids
+            .iter()
+            .all(|id| job(&follower, id)["state"] == "succeeded");
+        done.then(|| all_events(&follower))
+    });
+    for id in &ids {
+        assert_eq!(
+            terminal_count(&events, id),
+            1,
+            "{:?}",
+            job_event_types(&events, id)
+        );
+        let starts = job_event_types(&events, id)
+            .iter()
+            .filter(|t| *t == "job.started")
+            .count();
+        assert_eq!(
+            starts,
+            1,
+            "job {id} ran twice: {:?}",
+            job_event_types(&events, id)
+        );
+    }
+    verify_chain(&nats.url());
+}
+
+#[test]
+fn a_nats_server_restart_mid_run_loses_nothing_acknowledged() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_cp, client) = control_plane(&nats.url(), &dir.path().join("cp"), &[]);
+    let _n = node(
+        &nats.url(),
+        "worker",
+        &dir.path().join("n"),
+        &json!([]),
+        &[],
+    );
+    nodes_ready(&client, &["worker"]);
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            submit(
+                &client,
+                spec(&format!("job-{i}"), "sleep 2; echo done", json!(null)),
+            )
+        })
+        .collect();
+    wait_state(&client, &ids[0], &["running"], Duration::from_secs(60));
+    nats.restart();
+    // Accepted after the restart too.
+    let late = submit(&client, spec("late", "echo late", json!(null)));
+    let mut all = ids.clone();
+    all.push(late);
+    let events = wait_until("every job to end", Duration::from_secs(120), || {
+        let done = all
+            .iter()
+            .all(|id| job(&client, id)["state"] == "succeeded");
+        done.then(|| all_events(&client))
+    });
+    for id in &all {
+        assert_eq!(
+            terminal_count(&events, id),
+            1,
+            "{:?}",
+            job_event_types(&events, id)
+        );
+    }
+    verify_chain(&nats.url());
+}
+
+/// What a node's account may do (the same list `deploy/nats.conf` gives each node).
+fn node_permissions(name: &str) -> String {
+    format!(
+        r#"{{ publish: {{ allow: [
+            "gantry.node.{name}.>", "gantry.logs.{name}.>",
+            "$JS.API.INFO", "$JS.API.STREAM.INFO.GANTRY_EVENTS", "$JS.API.STREAM.MSG.GET.GANTRY_EVENTS",
+            "$JS.API.DIRECT.GET.GANTRY_EVENTS.>",
+            "$JS.API.CONSUMER.CREATE.GANTRY_EVENTS", "$JS.API.CONSUMER.CREATE.GANTRY_EVENTS.>",
+            "$JS.API.CONSUMER.MSG.NEXT.GANTRY_EVENTS.>", "$JS.API.CONSUMER.DELETE.GANTRY_EVENTS.>",
+            "$JS.API.CONSUMER.INFO.GANTRY_EVENTS.>",
+            "$JS.API.STREAM.INFO.GANTRY_LOGS", "$JS.API.STREAM.MSG.GET.GANTRY_LOGS",
+            "$JS.API.DIRECT.GET.GANTRY_LOGS.>"
+          ] }}, subscribe: {{ allow: ["_INBOX.>"] }} }}"#
+    )
+}
+
+#[test]
+fn a_node_account_runs_jobs_but_cannot_publish_events_or_speak_for_another_node() {
+    let config = format!(
+        "authorization {{ users = [\n  {{ user: control, password: control-secret }}\n  {{ user: node-a, password: node-secret, permissions: {} }}\n] }}\n",
+        node_permissions("a")
+    );
+    let Some(nats) = NatsServer::start_with_config(Some(&config)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = [
+        ("GANTRY_NATS_USER", "control"),
+        ("GANTRY_NATS_PASSWORD", "control-secret"),
+    ];
+    let node_auth = [
+        ("GANTRY_NATS_USER", "node-a"),
+        ("GANTRY_NATS_PASSWORD", "node-secret"),
+    ];
+    let (_cp, client) = control_plane(&nats.url(), &dir.path().join("cp"), &control);
+    let _a = node(
+        &nats.url(),
+        "a",
+        &dir.path().join("a"),
+        &json!([]),
+        &node_auth,
+    );
+    nodes_ready(&client, &["a"]);
+    let id = submit(&client, spec("restricted", "echo fine", json!(null)));
+    let done = wait_state(
+        &client,
+        &id,
+        &["succeeded", "dead_lettered"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    // The same account, used directly: NATS refuses what a node may not do.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (errors_tx, mut errors) = tokio::sync::mpsc::unbounded_channel();
+        let nc = async_nats::ConnectOptions::with_user_and_password(
+            "node-a".into(),
+            "node-secret".into(),
+        )
+        .event_callback(move |event| {
+            let errors_tx = errors_tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = errors_tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(nats.url())
+        .await
+        .expect("connect as node-a");
+        for subject in [
+            "gantry.events.job.succeeded",
+            "gantry.node.b.report",
+            "gantry.cp.command",
+        ] {
+            nc.publish(subject, "forged".into()).await.expect("publish");
+            nc.flush().await.expect("flush");
+            let refused = tokio::time::timeout(Duration::from_secs(5), errors.recv())
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            assert!(
+                refused.to_lowercase().contains("permissions violation"),
+                "{subject}: {refused:?}"
+            );
+        }
+        // Its own heartbeat subject is allowed: no error follows.
+        nc.publish("gantry.node.a.heartbeat", "x".into())
+            .await
+            .expect("publish");
+        nc.flush().await.expect("flush");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), errors.recv())
+                .await
+                .is_err(),
+            "its own subject was refused"
+        );
+    });
+    // Nothing forged reached the log.
+    let events = all_events(&client);
+    assert!(events.iter().all(|e| e.get("undecodable").is_none()));
+}
