@@ -58,3 +58,16 @@ ensure_docker() {
     rm -rf "$root"
   fi
 }
+
+# docker-compose (Debian's 1.29) for tests/tests/compose.rs, which checks docker-compose.yml.
+ensure_docker_compose() {
+  command -v "${GANTRY_DOCKER_COMPOSE:-docker-compose}" >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing docker-compose from Debian" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends docker-compose >&2 \
+      || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends docker-compose >&2; }
+  else
+    echo "no docker-compose here: compose tests will be skipped (or fail in CI)" >&2; return 1
+  fi
+}

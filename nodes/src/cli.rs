@@ -200,6 +200,10 @@ pub struct UpArgs {
     /// leader's last renewal).
     #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
     pub lease_ttl: std::time::Duration,
+    /// Fleet mode: copies JetStream keeps of gantry's streams when it creates them (3 on a
+    /// three-server cluster).
+    #[arg(long, env = "GANTRY_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -430,6 +434,7 @@ async fn up(args: UpArgs) -> Result<ExitCode, Error> {
             max_body_bytes: args.max_body_bytes,
             node_timeout: args.node_timeout,
             lease_ttl: args.lease_ttl,
+            replicas: args.nats_replicas,
         };
         crate::fleet::control_plane(options, None, crate::up::shutdown_signal())
             .await

@@ -50,6 +50,8 @@ pub struct ControlPlaneOptions {
     pub node_timeout: Duration,
     /// The leader lease's time to live.
     pub lease_ttl: Duration,
+    /// Copies JetStream keeps of gantry's streams (3 on a three-server cluster).
+    pub replicas: usize,
 }
 
 /// Settings of a worker node.
@@ -122,11 +124,34 @@ pub async fn control_plane(
         .connect(&format!("gantry control plane {}", this.id))
         .await
         .map_err(setup)?;
-    let log =
-        Arc::new(JetStreamLog::open(client.clone(), JetStreamOptions::default(), true).await?);
+    // A JetStream cluster that is still electing its leader refuses for a moment: wait.
+    let log = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let opened = JetStreamLog::open(
+                client.clone(),
+                JetStreamOptions {
+                    replicas: options.replicas,
+                    ..JetStreamOptions::default()
+                },
+                true,
+            )
+            .await;
+            match opened {
+                Ok(log) => break Arc::new(log),
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(%error, "the event log cannot be opened yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    };
     let js = async_nats::jetstream::new(client.clone());
-    output::ensure_stream(&js).await.map_err(setup)?;
-    let lease = Lease::open(&js, &this.id, options.lease_ttl)
+    output::ensure_stream(&js, options.replicas)
+        .await
+        .map_err(setup)?;
+    let lease = Lease::open(&js, &this.id, options.lease_ttl, options.replicas)
         .await
         .map_err(setup)?;
 

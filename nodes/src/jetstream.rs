@@ -58,6 +58,9 @@ pub struct JetStreamOptions {
     pub ack_timeout: Duration,
     /// Attempts before an append contended by other writers gives up.
     pub max_attempts: u32,
+    /// Copies of the stream a JetStream cluster keeps (1, or 3 on a three-server cluster);
+    /// used when the stream is created.
+    pub replicas: usize,
 }
 
 impl Default for JetStreamOptions {
@@ -68,6 +71,7 @@ impl Default for JetStreamOptions {
             subject_prefix: "gantry.events".into(),
             ack_timeout: Duration::from_secs(10),
             max_attempts: 2_000,
+            replicas: 1,
         }
     }
 }
@@ -183,7 +187,14 @@ impl JetStreamLog {
     pub async fn connect(options: JetStreamOptions) -> Result<JetStreamLog, Error> {
         let client = async_nats::ConnectOptions::new()
             .name("gantry")
-            .connect(options.url.as_str())
+            .connect(
+                options
+                    .url
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>(),
+            )
             .await
             .map_err(|e| Error::backend("connecting to NATS", e))?;
         JetStreamLog::open(client, options, true).await
@@ -218,6 +229,7 @@ impl JetStreamLog {
             deny_delete: true,
             deny_purge: true,
             allow_atomic_publish: true,
+            num_replicas: options.replicas.max(1),
             ..Default::default()
         };
         let mut stream = if create {

@@ -220,3 +220,45 @@ fn find_nats_server() -> Result<PathBuf, String> {
         )),
     }
 }
+
+/// A three-server (or `size`-server) NATS cluster with JetStream, on loopback.
+#[derive(Debug)]
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts the servers, or reports them unavailable (see [`unavailable`]).
+    pub fn start(size: usize) -> Option<NatsCluster> {
+        let ports: Vec<u16> = (0..size)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .unwrap_or(0)
+            })
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|p| format!("\"nats://127.0.0.1:{p}\""))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let config = format!(
+                "server_name: gantry-{i}\ncluster {{\n  name: gantry-test\n  listen: \"127.0.0.1:{port}\"\n  routes: [{}]\n}}\n",
+                routes.join(", ")
+            );
+            servers.push(NatsServer::start_with_config(Some(&config))?);
+        }
+        Some(NatsCluster { servers })
+    }
+
+    /// Every server's URL, comma separated, as clients take them.
+    pub fn url(&self) -> String {
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}

@@ -542,3 +542,63 @@ fn a_node_account_runs_jobs_but_cannot_publish_events_or_speak_for_another_node(
     let events = all_events(&client);
     assert!(events.iter().all(|e| e.get("undecodable").is_none()));
 }
+
+#[test]
+fn one_server_of_a_three_server_cluster_killed_mid_run_loses_nothing() {
+    let Some(mut cluster) = gantry_tests::services::NatsCluster::start(3) else {
+        return;
+    };
+    let url = cluster.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut child = gantry()
+        .args(["up", "--nats", &url, "--nats-replicas", "3", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data")
+        .arg(dir.path().join("cp"))
+        .spawn()
+        .expect("start a control plane");
+    let client = Client::new(&format!("http://127.0.0.1:{port}"));
+    wait_until(
+        "the control plane on the cluster",
+        Duration::from_secs(90),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the control plane exited: {status}");
+            }
+            leads(&client).then_some(())
+        },
+    );
+    let _cp = Proc(child);
+    let _n = node(&url, "worker", &dir.path().join("n"), &json!([]), &[]);
+    nodes_ready(&client, &["worker"]);
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            submit(
+                &client,
+                spec(&format!("job-{i}"), "sleep 2; echo done", json!(null)),
+            )
+        })
+        .collect();
+    wait_state(&client, &ids[0], &["running"], Duration::from_secs(60));
+    cluster.servers[0].stop();
+    let late = submit(&client, spec("late", "echo late", json!(null)));
+    let mut all = ids.clone();
+    all.push(late);
+    let events = wait_until("every job to end", Duration::from_secs(120), || {
+        let done = all
+            .iter()
+            .all(|id| job(&client, id)["state"] == "succeeded");
+        done.then(|| all_events(&client))
+    });
+    for id in &all {
+        assert_eq!(
+            terminal_count(&events, id),
+            1,
+            "{:?}",
+            job_event_types(&events, id)
+        );
+    }
+    let survivors = format!("{},{}", cluster.servers[1].url(), cluster.servers[2].url());
+    verify_chain(&survivors);
+}

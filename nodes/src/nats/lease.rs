@@ -43,6 +43,7 @@ impl Lease {
         js: &async_nats::jetstream::Context,
         name: &str,
         ttl: Duration,
+        replicas: usize,
     ) -> Result<Lease, super::Error> {
         let kv = match js.get_key_value(BUCKET).await {
             Ok(kv) => kv,
@@ -51,6 +52,7 @@ impl Lease {
                     bucket: BUCKET.into(),
                     history: 1,
                     storage: async_nats::jetstream::stream::StorageType::File,
+                    num_replicas: replicas.max(1),
                     ..Default::default()
                 })
                 .await

@@ -102,7 +102,12 @@ impl NatsArgs {
         if let Some(ca) = &self.nats_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
-        let client = tokio::time::timeout(Duration::from_secs(30), options.connect(url.as_str()))
+        let servers: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let client = tokio::time::timeout(Duration::from_secs(30), options.connect(servers))
             .await
             .map_err(|_| Error::Connect {
                 url: url.clone(),

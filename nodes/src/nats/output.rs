@@ -36,7 +36,10 @@ fn subject(node: &str, job: &str, attempt: u32) -> String {
 
 /// Creates the output stream if it does not exist (a control plane's job): file storage,
 /// output older than 7 days or beyond 10 GiB in all dropped oldest first.
-pub async fn ensure_stream(js: &async_nats::jetstream::Context) -> Result<(), super::Error> {
+pub async fn ensure_stream(
+    js: &async_nats::jetstream::Context,
+    replicas: usize,
+) -> Result<(), super::Error> {
     js.get_or_create_stream(stream::Config {
         name: STREAM.into(),
         subjects: vec!["gantry.logs.>".into()],
@@ -44,6 +47,7 @@ pub async fn ensure_stream(js: &async_nats::jetstream::Context) -> Result<(), su
         max_age: Duration::from_secs(7 * 24 * 3600),
         max_bytes: 10 << 30,
         duplicate_window: Duration::from_secs(120),
+        num_replicas: replicas.max(1),
         ..Default::default()
     })
     .await

@@ -100,6 +100,11 @@ async fn reply<T: Serialize>(
 /// Decodes a command, has it carried out, and answers with the type the asking side expects.
 async fn command(client: &async_nats::Client, local: &Local, message: async_nats::Message) {
     let to = message.reply;
+    // Only what was published to the command subject itself (a consumer can deliver log
+    // entries to any subject it names).
+    if message.subject.as_str() != wire::COMMANDS {
+        return;
+    }
     let command: Command = match wire::decode(&message.payload) {
         Ok(command) => command,
         Err(error) => return reply::<()>(client, to, Err(bad_message(error))).await,
