@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use gantry_actors::actor::scheduler::Stop;
@@ -37,7 +36,7 @@ use crate::nats::output::{self, ShippedOutput};
 use crate::nats::remote::Remote;
 use crate::nats::replica::Replica;
 use crate::nats::{NatsArgs, heartbeat, serve, wire};
-use crate::up::{Error, ExecutorChoice, choose_executor, project};
+use crate::up::{Error, ExecutorChoice, bind_gateway, choose_executor, project};
 
 /// Settings of a fleet control plane.
 #[derive(Debug, Clone)]
@@ -176,19 +175,7 @@ pub async fn control_plane(
         telemetry: telemetry.clone(),
         leading: Some(leading),
     };
-    let server = HttpServer::new(move || {
-        let gateway = gateway.clone();
-        App::new().configure(move |cfg| gantry_gateway::routes(cfg, gateway))
-    })
-    .workers(2)
-    .disable_signals()
-    .bind(options.listen)?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| Error::Setup("the gateway bound no address".into()))?;
-    let server = server.run();
+    let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();
     let server_task = actix_rt::spawn(server);
     tracing::info!(%addr, me = lease.me(), "gantry control plane is up; campaigning to lead");

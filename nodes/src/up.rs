@@ -160,19 +160,7 @@ pub async fn up(
         telemetry: actors.telemetry.clone(),
         leading: None,
     };
-    let server = HttpServer::new(move || {
-        let gateway = gateway.clone();
-        App::new().configure(move |cfg| gantry_gateway::routes(cfg, gateway))
-    })
-    .workers(2)
-    .disable_signals()
-    .bind(options.listen)?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| Error::Setup("the gateway bound no address".into()))?;
-    let server = server.run();
+    let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();
     tracing::info!(%addr, node = %this.id, executor = executor.kind(), sandboxed = executor.sandboxed(), "gantry is up");
     eprintln!(
@@ -196,6 +184,26 @@ pub async fn up(
     handle.stop(true).await;
     let _ = server_task.await;
     Ok(())
+}
+
+/// Binds the REST gateway on `listen`; the server runs once spawned.
+pub fn bind_gateway(
+    gateway: Gateway,
+    listen: SocketAddr,
+) -> Result<(SocketAddr, actix_web::dev::Server), Error> {
+    let server = HttpServer::new(move || {
+        let gateway = gateway.clone();
+        App::new().configure(move |cfg| gantry_gateway::routes(cfg, gateway))
+    })
+    .workers(2)
+    .disable_signals()
+    .bind(listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Setup("the gateway bound no address".into()))?;
+    Ok((addr, server.run()))
 }
 
 /// How long a start waits for a gantry that is still exiting on the same data dir (after a

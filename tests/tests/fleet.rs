@@ -392,6 +392,37 @@ fn the_leading_control_plane_killed_mid_run_is_replaced_within_seconds() {
     verify_chain(&nats.url());
 }
 
+/// Runs three jobs, disrupts the fleet while the first runs, submits one more, and checks that
+/// every job ends exactly once.
+fn jobs_survive(client: &Client, disrupt: impl FnOnce()) {
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            submit(
+                client,
+                spec(&format!("job-{i}"), "sleep 2; echo done", json!(null)),
+            )
+        })
+        .collect();
+    wait_state(client, &ids[0], &["running"], Duration::from_secs(60));
+    disrupt();
+    // Accepted after the disruption too.
+    let late = submit(client, spec("late", "echo late", json!(null)));
+    let mut all = ids.clone();
+    all.push(late);
+    let events = wait_until("every job to end", Duration::from_secs(120), || {
+        let done = all.iter().all(|id| job(client, id)["state"] == "succeeded");
+        done.then(|| all_events(client))
+    });
+    for id in &all {
+        assert_eq!(
+            terminal_count(&events, id),
+            1,
+            "{:?}",
+            job_event_types(&events, id)
+        );
+    }
+}
+
 #[test]
 fn a_nats_server_restart_mid_run_loses_nothing_acknowledged() {
     let Some(mut nats) = NatsServer::start() else {
@@ -407,34 +438,7 @@ fn a_nats_server_restart_mid_run_loses_nothing_acknowledged() {
         &[],
     );
     nodes_ready(&client, &["worker"]);
-    let ids: Vec<String> = (0..3)
-        .map(|i| {
-            submit(
-                &client,
-                spec(&format!("job-{i}"), "sleep 2; echo done", json!(null)),
-            )
-        })
-        .collect();
-    wait_state(&client, &ids[0], &["running"], Duration::from_secs(60));
-    nats.restart();
-    // Accepted after the restart too.
-    let late = submit(&client, spec("late", "echo late", json!(null)));
-    let mut all = ids.clone();
-    all.push(late);
-    let events = wait_until("every job to end", Duration::from_secs(120), || {
-        let done = all
-            .iter()
-            .all(|id| job(&client, id)["state"] == "succeeded");
-        done.then(|| all_events(&client))
-    });
-    for id in &all {
-        assert_eq!(
-            terminal_count(&events, id),
-            1,
-            "{:?}",
-            job_event_types(&events, id)
-        );
-    }
+    jobs_survive(&client, || nats.restart());
     verify_chain(&nats.url());
 }
 
@@ -572,33 +576,7 @@ fn one_server_of_a_three_server_cluster_killed_mid_run_loses_nothing() {
     let _cp = Proc(child);
     let _n = node(&url, "worker", &dir.path().join("n"), &json!([]), &[]);
     nodes_ready(&client, &["worker"]);
-    let ids: Vec<String> = (0..3)
-        .map(|i| {
-            submit(
-                &client,
-                spec(&format!("job-{i}"), "sleep 2; echo done", json!(null)),
-            )
-        })
-        .collect();
-    wait_state(&client, &ids[0], &["running"], Duration::from_secs(60));
-    cluster.servers[0].stop();
-    let late = submit(&client, spec("late", "echo late", json!(null)));
-    let mut all = ids.clone();
-    all.push(late);
-    let events = wait_until("every job to end", Duration::from_secs(120), || {
-        let done = all
-            .iter()
-            .all(|id| job(&client, id)["state"] == "succeeded");
-        done.then(|| all_events(&client))
-    });
-    for id in &all {
-        assert_eq!(
-            terminal_count(&events, id),
-            1,
-            "{:?}",
-            job_event_types(&events, id)
-        );
-    }
+    jobs_survive(&client, || cluster.servers[0].stop());
     let survivors = format!("{},{}", cluster.servers[1].url(), cluster.servers[2].url());
     verify_chain(&survivors);
 }
