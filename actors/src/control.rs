@@ -8,6 +8,9 @@
 //! The Worker, the GpuProbe and the gateway only see [`Control`], so both ways run the same
 //! actor code.
 
+use std::future::Future;
+use std::time::Duration;
+
 use actix::prelude::*;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -196,5 +199,33 @@ impl Control for Local {
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<Node>, CommandError>> {
         let sent = self.0.send(Stats);
         async move { Ok(sent.await.map_err(mailbox)?.1) }.boxed()
+    }
+}
+
+/// Asks until the control plane answers: a refusal is final and returned at once; anything else
+/// (unavailable, no leader yet, a log error) is asked again with backoff, 50 ms doubling to 5 s,
+/// for at most `patience` (`None`: without end). `what` names the question in the logs.
+pub async fn until_answered<T, F, Fut>(
+    what: &str,
+    patience: Option<Duration>,
+    mut ask: F,
+) -> Result<T, CommandError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, CommandError>>,
+{
+    let deadline = patience.map(|p| tokio::time::Instant::now() + p);
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match ask().await {
+            Ok(answer) => return Ok(answer),
+            Err(error) if error.is_refusal() => return Err(error),
+            Err(error) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => {
+                return Err(error);
+            }
+            Err(error) => tracing::warn!(what, %error, "not answered yet; asking again"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }

@@ -52,11 +52,17 @@ pub struct Node {
     pub free_memory_bytes: u64,
     /// UUIDs of GPUs not reserved by a job.
     pub free_gpus: BTreeSet<String>,
-    pub schedulable: bool,
     /// `ready`, `cordoned`, `draining` or `lost`: what the log last said of it.
     pub status: NodeStatus,
     /// Images this node pulled or ran.
     pub images: HashSet<String>,
+}
+
+impl Node {
+    /// Whether it takes new work: only a `ready` node does.
+    pub fn schedulable(&self) -> bool {
+        self.status == NodeStatus::Ready
+    }
 }
 
 /// What one running attempt holds on its node.
@@ -104,7 +110,7 @@ impl Cluster {
 
     fn index(&mut self, id: &str) {
         if let Some(n) = self.nodes.get(id)
-            && n.schedulable
+            && n.schedulable()
         {
             self.by_free_cpu.insert((n.free_cpu_millis, n.id.clone()));
             if !n.free_gpus.is_empty() {
@@ -145,7 +151,6 @@ impl Cluster {
             gpus,
             free_cpu_millis: cpu_millis,
             free_memory_bytes: memory_bytes,
-            schedulable: status == NodeStatus::Ready,
             status,
             images,
         };
@@ -179,7 +184,6 @@ impl Cluster {
         self.unindex(id);
         if let Some(n) = self.nodes.get_mut(id) {
             n.status = status;
-            n.schedulable = status == NodeStatus::Ready;
         }
         self.index(id);
         self.generation += 1;
@@ -245,7 +249,7 @@ impl Cluster {
         if let Some(holders) = self.by_image.get(image) {
             for id in holders.iter().take(AFFINITY_LIMIT) {
                 if let Some(n) = self.nodes.get(id)
-                    && n.schedulable
+                    && n.schedulable()
                     && let Some(gpus) = fits(n)
                 {
                     return Some((n.id.clone(), gpus));
@@ -374,7 +378,7 @@ impl Cluster {
                 true,
             );
         }
-        if !self.nodes.values().any(|n| n.schedulable && enough(n)) {
+        if !self.nodes.values().any(|n| n.schedulable() && enough(n)) {
             return reason(
                 "nodes_unavailable",
                 "every node that could run it is drained or lost".into(),
@@ -420,7 +424,7 @@ fn gpu_matches(g: &Gpu, r: &Resources) -> bool {
 
 /// The GPUs `node` would give a job, if it fits at all.
 fn fit(node: &Node, r: &Resources) -> Option<Vec<String>> {
-    if !node.schedulable
+    if !node.schedulable()
         || node.free_cpu_millis < r.cpu_millis
         || node.free_memory_bytes < r.memory_bytes
     {

@@ -45,6 +45,17 @@ pub enum Submitted {
     Existing(JobId),
 }
 
+/// What a node going silent decides.
+#[derive(Debug, Default)]
+pub struct NodeLoss {
+    /// `node.lost` (when the node was not lost yet) and its attempts' failures.
+    pub events: Vec<Event>,
+    /// The node was not lost before.
+    pub newly_lost: bool,
+    /// More attempts are live there than one call takes.
+    pub more: bool,
+}
+
 /// Scheduler state.
 #[derive(Debug, Default)]
 pub struct World {
@@ -356,21 +367,21 @@ impl World {
 
     /// A node went silent: `node.lost` (once), then each attempt live on it fails with
     /// `node_lost` — an infrastructure loss that does not use the job's own retries — and is
-    /// queued again. At most `max_attempts` attempts per call: call again until it returns
-    /// nothing.
+    /// queued again. At most `max_attempts` attempts per call: call again while `more`.
     pub fn decide_node_lost(
         &self,
         node: &str,
         reason: &str,
         now_ms: u64,
         max_attempts: usize,
-    ) -> Vec<Event> {
+    ) -> NodeLoss {
+        let mut loss = NodeLoss::default();
         let Some(known) = self.cluster.node(node) else {
-            return Vec::new();
+            return loss;
         };
-        let mut events: Vec<Event> = Vec::new();
         if known.status != NodeStatus::Lost {
-            events.push(
+            loss.newly_lost = true;
+            loss.events.push(
                 gantry_events::event::NodeLost {
                     node_id: node.to_owned(),
                     reason: reason.to_owned(),
@@ -383,12 +394,13 @@ impl World {
         };
         let mut live = self.live_on(node);
         live.sort_by_key(|(id, _, _)| *id);
+        loss.more = live.len() > max_attempts;
         for (id, attempt, _) in live.into_iter().take(max_attempts) {
             if let Ok(mut failed) = self.decide_failed(id, attempt, cause.clone(), None, now_ms) {
-                events.append(&mut failed);
+                loss.events.append(&mut failed);
             }
         }
-        events
+        loss
     }
 
     /// An operator's change to a node (cordon, uncordon, drain).

@@ -323,18 +323,17 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Err
         } => commands::logs(&server, id, follow, attempt, out).await,
         Command::Cancel { server, reason, id } => commands::cancel(&server, id, reason, out).await,
         Command::Nodes { server } => commands::nodes(&server, out).await,
-        Command::Node { change, run } => match change {
-            Some(NodeCommand::Drain(a)) => {
-                commands::change_node(&a.server, a.name, "drain", a.reason, out).await
-            }
-            Some(NodeCommand::Cordon(a)) => {
-                commands::change_node(&a.server, a.name, "cordon", a.reason, out).await
-            }
-            Some(NodeCommand::Uncordon(a)) => {
-                commands::change_node(&a.server, a.name, "uncordon", a.reason, out).await
-            }
-            None => node(*run).await,
-        },
+        Command::Node { change, run } => {
+            let Some(change) = change else {
+                return node(*run).await;
+            };
+            let (args, action) = match change {
+                NodeCommand::Drain(a) => (a, "drain"),
+                NodeCommand::Cordon(a) => (a, "cordon"),
+                NodeCommand::Uncordon(a) => (a, "uncordon"),
+            };
+            commands::change_node(&args.server, args.name, action, args.reason, out).await
+        }
         Command::Events {
             server,
             after,

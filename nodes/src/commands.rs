@@ -426,9 +426,27 @@ pub async fn cancel(
     reason: Option<String>,
     out: &mut (dyn Write + Send),
 ) -> Result<ExitCode, Error> {
+    post_with_reason(
+        server,
+        format!("/v1/jobs/{id}/cancel"),
+        reason,
+        "state",
+        out,
+    )
+    .await
+}
+
+/// Posts `{"reason": …}` to `path` and prints the answer: its `id` and its `field`, or JSON.
+async fn post_with_reason(
+    server: &ServerArgs,
+    path: String,
+    reason: Option<String>,
+    field: &str,
+    out: &mut (dyn Write + Send),
+) -> Result<ExitCode, Error> {
     let client = Client::new(&server.server);
     let body = serde_json::json!({ "reason": reason });
-    let reply = blocking(move || client.post(&format!("/v1/jobs/{id}/cancel"), &body))
+    let reply = blocking(move || client.post(&path, &body))
         .await
         .map_err(api)?;
     if server.json {
@@ -439,7 +457,7 @@ pub async fn cancel(
             format!(
                 "{}: {}",
                 reply["id"].as_str().unwrap_or(""),
-                reply["state"].as_str().unwrap_or("")
+                reply[field].as_str().unwrap_or("")
             ),
         )?;
     }
@@ -585,24 +603,14 @@ pub async fn change_node(
     reason: Option<String>,
     out: &mut (dyn Write + Send),
 ) -> Result<ExitCode, Error> {
-    let client = Client::new(&server.server);
-    let body = serde_json::json!({ "reason": reason });
-    let reply = blocking(move || client.post(&format!("/v1/nodes/{name}/{action}"), &body))
-        .await
-        .map_err(api)?;
-    if server.json {
-        out_line(out, &reply)?;
-    } else {
-        out_line(
-            out,
-            format!(
-                "{}: {}",
-                reply["id"].as_str().unwrap_or(""),
-                reply["status"].as_str().unwrap_or("")
-            ),
-        )?;
-    }
-    Ok(ExitCode::SUCCESS)
+    post_with_reason(
+        server,
+        format!("/v1/nodes/{name}/{action}"),
+        reason,
+        "status",
+        out,
+    )
+    .await
 }
 
 #[cfg(test)]

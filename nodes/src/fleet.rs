@@ -236,7 +236,7 @@ async fn lead(
             Ok(actors) => actors,
             Err(error) => {
                 tracing::error!(%error, "could not rebuild the scheduler; giving the lease up");
-                held.resign().await;
+                drop(held);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -256,11 +256,9 @@ async fn lead(
         );
         eprintln!("gantry control plane {} leads", lease.me());
         leading.send_replace(true);
-        // Resigns on drop (shutdown) through the guard below.
-        let mut held = ResignOnDrop(Some(held));
-        if let Some(h) = held.0.as_mut() {
-            h.lost().await;
-        }
+        // Dropped with this future on shutdown, `held` gives the lease up.
+        let mut held = held;
+        held.lost().await;
         tracing::error!(
             "leadership lost; the scheduler stops and this control plane follows again"
         );
@@ -270,20 +268,6 @@ async fn lead(
         tracker.abort();
         scheduler.do_send(Stop);
         drop(auditor);
-        held.0.take();
-    }
-}
-
-/// Gives the lease up when the leading future is dropped (a clean shutdown), so a follower
-/// takes over at once instead of after the lease runs out.
-struct ResignOnDrop(Option<crate::nats::lease::Held>);
-
-impl Drop for ResignOnDrop {
-    fn drop(&mut self) {
-        if let Some(held) = self.0.take() {
-            // Best effort: the runtime may be stopping.
-            actix_rt::spawn(held.resign());
-        }
     }
 }
 

@@ -187,14 +187,7 @@ impl JetStreamLog {
     pub async fn connect(options: JetStreamOptions) -> Result<JetStreamLog, Error> {
         let client = async_nats::ConnectOptions::new()
             .name("gantry")
-            .connect(
-                options
-                    .url
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .collect::<Vec<_>>(),
-            )
+            .connect(crate::nats::server_list(&options.url))
             .await
             .map_err(|e| Error::backend("connecting to NATS", e))?;
         JetStreamLog::open(client, options, true).await

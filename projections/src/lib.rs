@@ -536,6 +536,16 @@ impl Projections {
             key.extend_from_slice(id.as_bytes());
             self.tree.get(key)?.map(|raw| decode(&raw)).transpose()
         };
+        let status = |id: &str, status: &str, reason: Option<&String>, overlay: &Overlay| {
+            existing(id, overlay).map(|view| {
+                view.map(|mut v| {
+                    v.status = status.into();
+                    v.reason = reason.cloned();
+                    v.updated_ns = env.time_ns;
+                    v
+                })
+            })
+        };
         let view = match event {
             NodeEvent::Joined(j) => {
                 // A cordon outlives the node's restarts; lost and draining end with a join.
@@ -564,30 +574,10 @@ impl Projections {
                 v.updated_ns = env.time_ns;
                 v
             }),
-            NodeEvent::Lost(l) => existing(&l.node_id, overlay)?.map(|mut v| {
-                v.status = "lost".into();
-                v.reason = Some(l.reason.clone());
-                v.updated_ns = env.time_ns;
-                v
-            }),
-            NodeEvent::Drained(d) => existing(&d.node_id, overlay)?.map(|mut v| {
-                v.status = "draining".into();
-                v.reason = Some(d.reason.clone());
-                v.updated_ns = env.time_ns;
-                v
-            }),
-            NodeEvent::Cordoned(c) => existing(&c.node_id, overlay)?.map(|mut v| {
-                v.status = "cordoned".into();
-                v.reason = Some(c.reason.clone());
-                v.updated_ns = env.time_ns;
-                v
-            }),
-            NodeEvent::Uncordoned(u) => existing(&u.node_id, overlay)?.map(|mut v| {
-                v.status = "ready".into();
-                v.reason = None;
-                v.updated_ns = env.time_ns;
-                v
-            }),
+            NodeEvent::Lost(l) => status(&l.node_id, "lost", Some(&l.reason), overlay)?,
+            NodeEvent::Drained(d) => status(&d.node_id, "draining", Some(&d.reason), overlay)?,
+            NodeEvent::Cordoned(c) => status(&c.node_id, "cordoned", Some(&c.reason), overlay)?,
+            NodeEvent::Uncordoned(u) => status(&u.node_id, "ready", None, overlay)?,
         };
         if let Some(view) = view {
             overlay.nodes.insert(view.id.clone(), view);

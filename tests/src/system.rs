@@ -182,3 +182,19 @@ pub fn job_event_types(events: &[Value], id: &str) -> Vec<String> {
         .map(|e| e["type"].as_str().unwrap_or("").to_owned())
         .collect()
 }
+
+/// What a job printed, from an attempt's output without timestamps: `<stream> <text>` per line.
+pub fn printed(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .map(|l| l.split_once(' ').map_or("", |(_, rest)| rest).to_owned())
+        .collect()
+}
+
+/// The text after `prefix` on the first stdout line of `lines` that starts with it.
+pub fn printed_value<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("stdout ")?.strip_prefix(prefix))
+        .map(str::trim)
+}

@@ -21,7 +21,7 @@ use gantry_events::event::JobSpec;
 use gantry_nodes::executor::docker::{DockerExecutor, DockerOptions};
 use gantry_nodes::up::ExecutorChoice;
 use gantry_tests::services::unavailable;
-use gantry_tests::system::Gantry;
+use gantry_tests::system::{Gantry, printed, printed_value as value};
 use serde_json::json;
 
 const WITHIN: Duration = Duration::from_secs(90);
@@ -69,21 +69,6 @@ fn containers_of(docker: &bollard::Docker, job: &str) -> usize {
 fn sh(name: &str, script: &str) -> serde_json::Value {
     json!({ "name": name, "image": image(), "command": ["sh", "-c", script],
             "resources": { "cpus": 0.5, "memory_bytes": 64u64 << 20 } })
-}
-
-/// What the job printed, without timestamps: `<stream> <text>` per line.
-fn printed(log: &str) -> Vec<String> {
-    log.lines()
-        .map(|l| l.split_once(' ').map_or("", |(_, rest)| rest).to_owned())
-        .collect()
-}
-
-/// The text after `prefix` on the first stdout line that starts with it.
-fn value<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
-    lines
-        .iter()
-        .find_map(|l| l.strip_prefix("stdout ")?.strip_prefix(prefix))
-        .map(str::trim)
 }
 
 #[test]

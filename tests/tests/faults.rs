@@ -32,6 +32,24 @@ struct FlakyLog {
     fail_subscribe: AtomicUsize,
 }
 
+impl FlakyLog {
+    /// An embedded log in `dir` that refuses the first `fail` appends holding a `ty` event and
+    /// the first `fail_subscribe` subscriptions.
+    async fn open(
+        dir: &std::path::Path,
+        ty: &'static str,
+        fail: usize,
+        fail_subscribe: usize,
+    ) -> Arc<FlakyLog> {
+        Arc::new(FlakyLog {
+            inner: EmbeddedLog::open(dir).await.expect("log"),
+            ty,
+            fail: AtomicUsize::new(fail),
+            fail_subscribe: AtomicUsize::new(fail_subscribe),
+        })
+    }
+}
+
 impl EventLog for FlakyLog {
     fn append(
         &self,
@@ -253,12 +271,7 @@ const TERMINAL: &[JobState] = &[
 #[actix_rt::test]
 async fn a_report_the_log_did_not_take_is_retried_until_recorded() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Arc::new(FlakyLog {
-        inner: EmbeddedLog::open(dir.path()).await.expect("log"),
-        ty: "job.succeeded",
-        fail: AtomicUsize::new(2),
-        fail_subscribe: AtomicUsize::new(0),
-    });
+    let log = FlakyLog::open(dir.path(), "job.succeeded", 2, 0).await;
     let executor = Arc::new(ProcessExecutor::new(dir.path().join("work")));
     let actors = start_node(dir.path(), log.clone(), executor, Limits::default()).await;
     let id = submit(&actors, request("echo done")).await;
@@ -398,12 +411,7 @@ fn fake_gpu(n: u32) -> gantry_events::event::Gpu {
 #[actix_rt::test]
 async fn a_lost_gpu_is_recorded_once_the_log_takes_it_and_telemetry_stays_out_of_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Arc::new(FlakyLog {
-        inner: EmbeddedLog::open(dir.path()).await.expect("log"),
-        ty: "node.gpus_observed",
-        fail: AtomicUsize::new(1),
-        fail_subscribe: AtomicUsize::new(0),
-    });
+    let log = FlakyLog::open(dir.path(), "node.gpus_observed", 1, 0).await;
     let inventory = FakeInventory::new(vec![fake_gpu(1), fake_gpu(2)]);
     let mut node = options(dir.path(), Limits::default());
     node.gpu_probe_every = Duration::from_millis(100);
@@ -501,12 +509,7 @@ async fn append_lost(log: &dyn EventLog, node: &str) -> u64 {
 #[actix_rt::test]
 async fn the_projector_retries_until_it_follows_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Arc::new(FlakyLog {
-        inner: EmbeddedLog::open(dir.path()).await.expect("log"),
-        ty: "none",
-        fail: AtomicUsize::new(0),
-        fail_subscribe: AtomicUsize::new(3),
-    });
+    let log = FlakyLog::open(dir.path(), "none", 0, 3).await;
     let appended = append_lost(&*log, "n9").await;
     let views = gantry_projections::Projections::open(dir.path().join("views")).expect("views");
     let (tx, mut rx) = tokio::sync::watch::channel(0u64);

@@ -75,6 +75,14 @@ fn control_plane(nats: &str, data: &Path, auth: &[(&str, &str)]) -> (Proc, Clien
     (Proc(child), client)
 }
 
+/// A nats-server, a temp dir and a control plane on them (`None`: no nats-server here).
+fn fleet() -> Option<(NatsServer, tempfile::TempDir, Proc, Client)> {
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cp, client) = control_plane(&nats.url(), &dir.path().join("cp"), &[]);
+    Some((nats, dir, cp, client))
+}
+
 /// Starts a worker node with a fake GPU inventory (`[]`: CPU-only).
 fn node(nats: &str, name: &str, data: &Path, gpus: &Value, auth: &[(&str, &str)]) -> Proc {
     let child = gantry()
@@ -191,11 +199,9 @@ fn verify_chain(nats: &str) {
 
 #[test]
 fn placement_by_gpu_count_model_and_memory_lands_on_the_right_node() {
-    let Some(nats) = NatsServer::start() else {
+    let Some((nats, dir, _cp, client)) = fleet() else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_cp, client) = control_plane(&nats.url(), &dir.path().join("cp"), &[]);
     let h100s = json!([
         gpu("GPU-h100-0", "NVIDIA H100 80GB HBM3", 80),
         gpu("GPU-h100-1", "NVIDIA H100 80GB HBM3", 80)
@@ -262,11 +268,9 @@ fn placement_by_gpu_count_model_and_memory_lands_on_the_right_node() {
 
 #[test]
 fn a_node_killed_mid_job_is_lost_and_its_job_finishes_elsewhere_once() {
-    let Some(nats) = NatsServer::start() else {
+    let Some((nats, dir, _cp, client)) = fleet() else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_cp, client) = control_plane(&nats.url(), &dir.path().join("cp"), &[]);
     let mut one = node(&nats.url(), "one", &dir.path().join("one"), &json!([]), &[]);
     let mut two = node(&nats.url(), "two", &dir.path().join("two"), &json!([]), &[]);
     nodes_ready(&client, &["one", "two"]);
@@ -425,11 +429,9 @@ fn jobs_survive(client: &Client, disrupt: impl FnOnce()) {
 
 #[test]
 fn a_nats_server_restart_mid_run_loses_nothing_acknowledged() {
-    let Some(mut nats) = NatsServer::start() else {
+    let Some((mut nats, dir, _cp, client)) = fleet() else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_cp, client) = control_plane(&nats.url(), &dir.path().join("cp"), &[]);
     let _n = node(
         &nats.url(),
         "worker",

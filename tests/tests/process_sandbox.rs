@@ -22,7 +22,7 @@ use gantry_nodes::executor::cgroup::CgroupOptions;
 use gantry_nodes::executor::process::{ProcessExecutor, ProcessOptions, UidRange};
 use gantry_nodes::up::ExecutorChoice;
 use gantry_tests::services::unavailable;
-use gantry_tests::system::Gantry;
+use gantry_tests::system::{Gantry, printed_value as value};
 use serde_json::json;
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -90,6 +90,20 @@ impl Setup {
         )
     }
 
+    /// Starts `script`, which forks and prints `uid: N`; waits for the print. Returns the
+    /// attempt, its handle, its process group and the uid it ran as.
+    async fn start_forked(&self, script: &str) -> (RunSpec, String, i32, u32) {
+        let run = self.attempt(script);
+        let handle = self.executor.start(&run).await.expect("started");
+        let pgid: i32 = handle.parse().expect("pid");
+        until("the job forked", || {
+            value(&printed(&run.log_path), "uid:").is_some()
+        })
+        .await;
+        let uid = uid_of(&printed(&run.log_path));
+        (run, handle, pgid, uid)
+    }
+
     /// An attempt of `sh -c script`, logging where gantry's worker would.
     fn attempt(&self, script: &str) -> RunSpec {
         let spec: JobSpec = serde_json::from_value(json!({
@@ -145,21 +159,9 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().expect("runtime")
 }
 
-/// The attempt log without timestamps: `<stream> <text>` per line.
+/// What the attempt printed, from its output file.
 fn printed(log: &Path) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.split_once(' ').map_or("", |(_, rest)| rest).to_owned())
-        .collect()
-}
-
-/// The text after `prefix` on the first stdout line that starts with it.
-fn value<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
-    lines
-        .iter()
-        .find_map(|l| l.strip_prefix("stdout ")?.strip_prefix(prefix))
-        .map(str::trim)
+    gantry_tests::system::printed(&std::fs::read_to_string(log).unwrap_or_default())
 }
 
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
@@ -648,14 +650,7 @@ fn discard_and_find_stop_every_process_of_the_attempt() {
     };
     runtime().block_on(async {
         // discard, on the executor that started it.
-        let run = setup.attempt(script);
-        let handle = setup.executor.start(&run).await.expect("started");
-        let pgid: i32 = handle.parse().expect("pid");
-        until("the job forked", || {
-            value(&printed(&run.log_path), "uid:").is_some()
-        })
-        .await;
-        let uid = uid_of(&printed(&run.log_path));
+        let (run, handle, pgid, uid) = setup.start_forked(script).await;
         assert!(processes_of_group(pgid).len() >= 2);
         setup.executor.discard(run.job_id, run.attempt).await;
         until("the group is gone", || processes_of_group(pgid).is_empty()).await;
@@ -676,14 +671,7 @@ fn discard_and_find_stop_every_process_of_the_attempt() {
         }
 
         // find, on an executor of a restarted gantry: the process is not its child.
-        let run = setup.attempt(script);
-        let handle = setup.executor.start(&run).await.expect("started");
-        let pgid: i32 = handle.parse().expect("pid");
-        until("the job forked", || {
-            value(&printed(&run.log_path), "uid:").is_some()
-        })
-        .await;
-        let uid = uid_of(&printed(&run.log_path));
+        let (run, handle, pgid, uid) = setup.start_forked(script).await;
         let restarted =
             ProcessExecutor::open(&setup.data, ProcessOptions::default()).expect("open");
         assert_eq!(restarted.find(run.job_id, run.attempt).await, None);

@@ -507,29 +507,24 @@ impl Handler<NodeSilent> for Scheduler {
     type Result = AtomicResponse<Self, Result<(), CommandError>>;
 
     fn handle(&mut self, msg: NodeSilent, ctx: &mut Context<Self>) -> Self::Result {
-        let events = self
+        let loss = self
             .world
             .decide_node_lost(&msg.node, &msg.reason, now_ms(), LOST_PER_APPEND);
-        if events.is_empty() {
+        if loss.events.is_empty() {
             return AtomicResponse::new(Box::pin(fut::ready(Ok(()))));
         }
-        let first = self
-            .world
-            .cluster()
-            .node(&msg.node)
-            .is_some_and(|n| n.status != NodeStatus::Lost);
-        if first {
+        if loss.newly_lost {
             self.stats.lost_nodes += 1;
             tracing::warn!(node = %msg.node, reason = %msg.reason, "node lost; re-placing its attempts");
         }
         // More attempts than one append holds: the rest follow in the next message.
-        if self.world.live_on(&msg.node).len() > LOST_PER_APPEND {
+        if loss.more {
             ctx.notify(NodeSilent {
                 node: msg.node.clone(),
                 reason: msg.reason.clone(),
             });
         }
-        self.commit(events, |_| ())
+        self.commit(loss.events, |_| ())
     }
 }
 

@@ -16,7 +16,7 @@ use crate::actor::auditor::{AuditStatus, Auditor, GetAudit};
 use crate::actor::gpu_probe::GpuProbe;
 use crate::actor::scheduler::{CommandError, Scheduler};
 use crate::actor::worker::{Rejoin, Worker};
-use crate::control::{Control, Local};
+use crate::control::{Control, Local, until_answered};
 use crate::executor::{Executor, GpuInventory};
 use crate::spec::Limits;
 use crate::telemetry::Telemetry;
@@ -171,7 +171,11 @@ pub async fn start_node(
         executor: executor.kind().to_owned(),
         labels: options.labels.clone(),
     };
-    record_until_answered(&*control, first.into(), options.join_patience).await?;
+    let first: Event = first.into();
+    until_answered("joining", Some(options.join_patience), || {
+        control.record(first.clone())
+    })
+    .await?;
 
     let rejoin: Rejoin = Arc::new(joined);
     let worker = {
@@ -214,29 +218,6 @@ pub async fn start_node(
         supervisor,
         telemetry,
     })
-}
-
-/// Records `event`, retrying while no control plane answers, for at most `patience`.
-async fn record_until_answered(
-    control: &dyn Control,
-    event: Event,
-    patience: Duration,
-) -> Result<(), CommandError> {
-    let deadline = tokio::time::Instant::now() + patience;
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match control.record(event.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(error) if error.is_refusal() || tokio::time::Instant::now() >= deadline => {
-                return Err(error);
-            }
-            Err(error) => {
-                tracing::warn!(%error, "joining: no control plane answered yet; retrying");
-            }
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
-    }
 }
 
 impl Supervisor {

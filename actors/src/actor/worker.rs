@@ -28,7 +28,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::actor::scheduler::{AttemptReport, CommandError, Report};
-use crate::control::Control;
+use crate::control::{Control, until_answered};
 use crate::executor::{Executor, Found, Outcome, RunSpec};
 use crate::job::{Job, JobState};
 
@@ -177,22 +177,10 @@ impl Worker {
                 let (id, attempt) = (p.job_id, p.attempt);
                 let control = self.control.clone();
                 ctx.spawn(
-                    async move {
-                        let mut pause = Duration::from_millis(50);
-                        loop {
-                            match control.job(id, seq).await {
-                                Ok(job) => return job,
-                                Err(error) => {
-                                    tracing::warn!(job = %id, attempt, %error, "placement seen; job not readable yet, retrying");
-                                }
-                            }
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_secs(5));
-                        }
-                    }
+                    async move { until_answered("a placed job", None, || control.job(id, seq)).await }
                     .into_actor(self)
                     .map(move |job, act, ctx| match job {
-                        Some(job) if job.attempt == attempt => act.launch(&job, None, ctx),
+                        Ok(Some(job)) if job.attempt == attempt => act.launch(&job, None, ctx),
                         _ => tracing::debug!(job = %id, attempt, "placement already superseded"),
                     }),
                 );
@@ -230,18 +218,10 @@ impl Worker {
         let control = self.control.clone();
         ctx.spawn(
             async move {
-                let mut pause = Duration::from_millis(100);
-                loop {
-                    match control.record(rejoin()).await {
-                        Ok(()) => return,
-                        Err(error) if error.is_refusal() => {
-                            tracing::error!(%error, "rejoin refused");
-                            return;
-                        }
-                        Err(error) => tracing::warn!(%error, "rejoin not recorded; retrying"),
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
+                if let Err(error) =
+                    until_answered("rejoin", None, || control.record(rejoin())).await
+                {
+                    tracing::error!(%error, "rejoin refused");
                 }
             }
             .into_actor(self)
@@ -270,17 +250,11 @@ impl Actor for Worker {
                 let head = log.head().await.map(|h| h.seq).unwrap_or(0);
                 // Asked until answered: reconciling against an empty answer would miss
                 // attempts still running here.
-                let mut pause = Duration::from_millis(50);
-                let live = loop {
-                    match control.live_on(&node).await {
-                        Ok(live) => break live,
-                        Err(error) => {
-                            tracing::warn!(%error, "worker cannot learn what is live on its node yet; retrying");
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_secs(5));
-                        }
-                    }
-                };
+                let live = until_answered("what is live on this node", None, || {
+                    control.live_on(&node)
+                })
+                .await
+                .unwrap_or_default();
                 let mut found = Vec::new();
                 for job in live {
                     let handle = executor.find(job.id, job.attempt).await;
@@ -375,18 +349,7 @@ pub async fn report_until_recorded(
     control: &dyn Control,
     report: AttemptReport,
 ) -> Result<(), CommandError> {
-    let mut pause = Duration::from_millis(50);
-    loop {
-        match control.report(report.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(error) if error.is_refusal() => return Err(error),
-            Err(error) => {
-                tracing::warn!(job = %report.job_id, attempt = report.attempt, %error, "report not recorded; retrying");
-            }
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
-    }
+    until_answered("a report", None, || control.report(report.clone())).await
 }
 
 /// The instant an attempt's timeout counts from: its start as the log recorded it, or now for

@@ -3,8 +3,7 @@
 //! the leader declares a node lost when it has been silent past the timeout, and the Scheduler
 //! re-places what ran there.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::Addr;
 use futures::StreamExt;
@@ -87,9 +86,7 @@ pub async fn listen(client: async_nats::Client, telemetry: Telemetry) -> Result<
 /// is later — is declared lost. A draining node with nothing left on it left cleanly and is
 /// not declared lost.
 pub async fn track(scheduler: Addr<Scheduler>, telemetry: Telemetry, timeout: Duration) {
-    let began = Instant::now();
     let began_ms = now_ms();
-    let mut declared: HashMap<String, u64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
@@ -109,24 +106,18 @@ pub async fn track(scheduler: Addr<Scheduler>, telemetry: Telemetry, timeout: Du
             }
             let heard = telemetry.last_heard(&node.id).unwrap_or(0).max(began_ms);
             let silent = Duration::from_millis(now.saturating_sub(heard));
-            if silent < timeout || began.elapsed() < timeout {
+            if silent < timeout {
                 continue;
             }
-            // Asked once per silence (a failed append is asked again next time round).
-            if declared.get(&node.id) == Some(&heard) {
-                continue;
-            }
+            // Once recorded, the node is `lost` and skipped above; a failed append is asked
+            // again at the next tick.
             let reason = format!("no heartbeat for {} s", silent.as_secs());
-            match scheduler
-                .send(NodeSilent {
-                    node: node.id.clone(),
-                    reason,
-                })
-                .await
-            {
-                Ok(Ok(())) => {
-                    declared.insert(node.id.clone(), heard);
-                }
+            let silent = NodeSilent {
+                node: node.id.clone(),
+                reason,
+            };
+            match scheduler.send(silent).await {
+                Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     tracing::warn!(node = %node.id, %error, "node loss not recorded; will retry")
                 }

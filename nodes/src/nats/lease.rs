@@ -6,7 +6,7 @@
 //! revision; only one can win. The leader counts its lease from the moment it *sent* its last
 //! successful renewal and stops leading at 80 % of `ttl` after it, before any follower can have
 //! waited a whole `ttl` since seeing that revision: a deposed leader knows it before it could
-//! be overtaken, and its appends are refused from then on (see [`Held::is_valid`]).
+//! be overtaken, and its appends are refused from then on (see [`Validity`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -164,12 +164,8 @@ impl Lease {
 }
 
 impl Held {
-    /// Whether this process still leads: a deposed leader must not append.
-    pub fn is_valid(&self) -> bool {
-        Instant::now() < *self.valid_until.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A cheap check shared with the log wrapper.
+    /// Whether this process still leads, readable from anywhere: a deposed leader must not
+    /// append.
     pub fn validity(&self) -> Validity {
         Validity(self.valid_until.clone())
     }
@@ -178,21 +174,26 @@ impl Held {
     pub async fn lost(&mut self) {
         let _ = self.lost.wait_for(|lost| *lost).await;
     }
-
-    /// Gives the lease up at once, so a follower need not wait for it to run out.
-    pub async fn resign(self) {
-        self.renewals.abort();
-        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        let revision = *self.revision.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(error) = self.lease.kv.update(KEY, Vec::new().into(), revision).await {
-            tracing::warn!(%error, "lease not given up; it runs out on its own");
-        }
-    }
 }
 
+/// Dropping a lease still held gives it up at once (a clean shutdown), so a follower takes over
+/// without waiting for it to run out; one already lost is left alone.
 impl Drop for Held {
     fn drop(&mut self) {
         self.renewals.abort();
+        if *self.lost.borrow() {
+            return;
+        }
+        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let revision = *self.revision.lock().unwrap_or_else(|e| e.into_inner());
+        let kv = self.lease.kv.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = kv.update(KEY, Vec::new().into(), revision).await {
+                    tracing::warn!(%error, "lease not given up; it runs out on its own");
+                }
+            });
+        }
     }
 }
 

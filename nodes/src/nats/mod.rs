@@ -62,6 +62,14 @@ pub const MIN_MAX_PAYLOAD: usize = 1 << 20;
 /// Bytes kept free in a message for its headers.
 pub const HEADER_ROOM: usize = 4096;
 
+/// The servers of a comma-separated URL list (`nats://a:4222,nats://b:4222`).
+pub fn server_list(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 impl NatsArgs {
     /// Connects as `name` (shown in the server's connection list) and checks that gantry's
     /// largest message fits the server's `max_payload`. Reconnects on its own, without end.
@@ -102,21 +110,17 @@ impl NatsArgs {
         if let Some(ca) = &self.nats_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
-        let servers: Vec<&str> = url
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        let client = tokio::time::timeout(Duration::from_secs(30), options.connect(servers))
-            .await
-            .map_err(|_| Error::Connect {
-                url: url.clone(),
-                reason: "no server answered within 30 s".into(),
-            })?
-            .map_err(|e| Error::Connect {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+        let client =
+            tokio::time::timeout(Duration::from_secs(30), options.connect(server_list(&url)))
+                .await
+                .map_err(|_| Error::Connect {
+                    url: url.clone(),
+                    reason: "no server answered within 30 s".into(),
+                })?
+                .map_err(|e| Error::Connect {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
         let server = client.server_info().max_payload;
         if server < MIN_MAX_PAYLOAD {
             return Err(Error::PayloadTooSmall {

@@ -62,14 +62,25 @@ pub async fn ship(js: async_nats::jetstream::Context, node: String, logs_dir: Pa
     let mut shipped: HashMap<(String, u32), u64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stream = None;
     loop {
         tick.tick().await;
-        for (job, attempt, path, len) in outputs(&logs_dir) {
+        // The control plane makes the stream; until it exists there is nowhere to ship to.
+        if stream.is_none() {
+            stream = js.get_stream(STREAM).await.ok();
+        }
+        let Some(stream) = &stream else { continue };
+        for (job, attempt, path, len, idle) in outputs(&logs_dir) {
             let key = (job.clone(), attempt);
+            if idle > SETTLED {
+                // Finished long ago: shipped already, or left on the node (see SETTLED).
+                shipped.remove(&key);
+                continue;
+            }
             let done = match shipped.get(&key) {
                 Some(done) => *done,
                 // First sight (or after a restart): resume after what the stream holds.
-                None => resume_offset(&js, &subject(&node, &job, attempt)).await,
+                None => resume_offset(stream, &subject(&node, &job, attempt)).await,
             };
             let want = len.min(LIMIT);
             let mut at = done;
@@ -109,8 +120,14 @@ pub async fn ship(js: async_nats::jetstream::Context, node: String, logs_dir: Pa
     }
 }
 
-/// Every attempt output file: `<logs_dir>/<job>/attempt-<n>.log`, with its length.
-fn outputs(logs_dir: &Path) -> Vec<(String, u32, PathBuf, u64)> {
+/// Output not written to for this long is left alone: each pass then looks only at recent
+/// attempts, however many a node ran. Output a node could not ship within it (the node or NATS
+/// down that long) stays on the node only.
+const SETTLED: Duration = Duration::from_secs(600);
+
+/// Every attempt output file: `<logs_dir>/<job>/attempt-<n>.log`, with its length and how
+/// long ago it was last written.
+fn outputs(logs_dir: &Path) -> Vec<(String, u32, PathBuf, u64, Duration)> {
     let mut found = Vec::new();
     let Ok(jobs) = std::fs::read_dir(logs_dir) else {
         return found;
@@ -133,7 +150,12 @@ fn outputs(logs_dir: &Path) -> Vec<(String, u32, PathBuf, u64)> {
                 continue;
             };
             if let Ok(meta) = file.metadata() {
-                found.push((name.clone(), attempt, file.path(), meta.len()));
+                let idle = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .unwrap_or_default();
+                found.push((name.clone(), attempt, file.path(), meta.len(), idle));
             }
         }
     }
@@ -150,10 +172,7 @@ fn read_range(path: &Path, from: u64, to: u64) -> Option<Vec<u8>> {
 }
 
 /// Where shipping resumes for a subject: after the last chunk stored.
-async fn resume_offset(js: &async_nats::jetstream::Context, subject: &str) -> u64 {
-    let Ok(stream) = js.get_stream(STREAM).await else {
-        return 0;
-    };
+async fn resume_offset(stream: &stream::Stream, subject: &str) -> u64 {
     match stream.get_last_raw_message_by_subject(subject).await {
         Ok(message) => {
             let offset = message

@@ -29,44 +29,40 @@ pub async fn serve(
                 .map_err(|e| super::Error::Setup(format!("subscribing to {subject}: {e}")))
         }
     };
-    let mut commands = subscribe(wire::COMMANDS).await?;
-    let mut reports = subscribe(wire::NODE_REPORTS).await?;
-    let mut records = subscribe(wire::NODE_RECORDS).await?;
-    let mut tasks = Vec::new();
-    {
-        let (client, local) = (client.clone(), local.clone());
-        tasks.push(actix_rt::spawn(async move {
-            while let Some(message) = commands.next().await {
-                let (client, local) = (client.clone(), local.clone());
-                actix_rt::spawn(async move { command(&client, &local, message).await });
-            }
-        }));
-    }
-    {
-        let (client, local) = (client.clone(), local.clone());
-        tasks.push(actix_rt::spawn(async move {
-            while let Some(message) = reports.next().await {
-                let (client, local) = (client.clone(), local.clone());
-                actix_rt::spawn(async move {
-                    let answer = report(&local, &message.subject, &message.payload).await;
-                    reply(&client, message.reply, answer).await;
-                });
-            }
-        }));
-    }
-    {
-        let (client, local) = (client.clone(), local.clone());
-        tasks.push(actix_rt::spawn(async move {
-            while let Some(message) = records.next().await {
-                let (client, local) = (client.clone(), local.clone());
-                actix_rt::spawn(async move {
-                    let answer = record(&local, &message.subject, &message.payload).await;
-                    reply(&client, message.reply, answer).await;
-                });
-            }
-        }));
-    }
-    Ok(tasks)
+    Ok(vec![
+        serve_each(subscribe(wire::COMMANDS).await?, &client, &local, command),
+        serve_each(
+            subscribe(wire::NODE_REPORTS).await?,
+            &client,
+            &local,
+            report,
+        ),
+        serve_each(
+            subscribe(wire::NODE_RECORDS).await?,
+            &client,
+            &local,
+            record,
+        ),
+    ])
+}
+
+/// Handles each message of `messages` in a task of its own, until the returned task stops.
+fn serve_each<F, Fut>(
+    mut messages: async_nats::Subscriber,
+    client: &async_nats::Client,
+    local: &Local,
+    handle: F,
+) -> actix_rt::task::JoinHandle<()>
+where
+    F: Fn(async_nats::Client, Local, async_nats::Message) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let (client, local) = (client.clone(), local.clone());
+    actix_rt::spawn(async move {
+        while let Some(message) = messages.next().await {
+            actix_rt::spawn(handle(client.clone(), local.clone(), message));
+        }
+    })
 }
 
 fn bad_message(error: wire::WireError) -> Fault {
@@ -98,7 +94,7 @@ async fn reply<T: Serialize>(
 }
 
 /// Decodes a command, has it carried out, and answers with the type the asking side expects.
-async fn command(client: &async_nats::Client, local: &Local, message: async_nats::Message) {
+async fn command(client: async_nats::Client, local: Local, message: async_nats::Message) {
     let to = message.reply;
     // Only what was published to the command subject itself (a consumer can deliver log
     // entries to any subject it names).
@@ -107,23 +103,28 @@ async fn command(client: &async_nats::Client, local: &Local, message: async_nats
     }
     let command: Command = match wire::decode(&message.payload) {
         Ok(command) => command,
-        Err(error) => return reply::<()>(client, to, Err(bad_message(error))).await,
+        Err(error) => return reply::<()>(&client, to, Err(bad_message(error))).await,
     };
     match command {
         Command::Submit { request } => {
-            reply(client, to, answered(local.submit(*request).await)).await
+            reply(&client, to, answered(local.submit(*request).await)).await
         }
         Command::Cancel { job_id, reason } => {
-            reply(client, to, answered(local.cancel(job_id, reason).await)).await
+            reply(&client, to, answered(local.cancel(job_id, reason).await)).await
         }
         Command::ChangeNode { change } => {
-            reply(client, to, answered(local.change_node(change).await)).await
+            reply(&client, to, answered(local.change_node(change).await)).await
         }
-        Command::Nodes => reply(client, to, answered(local.nodes().await)).await,
+        Command::Nodes => reply(&client, to, answered(local.nodes().await)).await,
     }
 }
 
-async fn report(local: &Local, subject: &str, payload: &[u8]) -> Answer<()> {
+async fn report(client: async_nats::Client, local: Local, message: async_nats::Message) {
+    let answer = report_answer(&local, &message.subject, &message.payload).await;
+    reply(&client, message.reply, answer).await;
+}
+
+async fn report_answer(local: &Local, subject: &str, payload: &[u8]) -> Answer<()> {
     let report: AttemptReport = wire::decode(payload).map_err(bad_message)?;
     let from = wire::node_of(subject).unwrap_or_default();
     if report.node != from {
@@ -135,7 +136,12 @@ async fn report(local: &Local, subject: &str, payload: &[u8]) -> Answer<()> {
     answered(local.report(report).await)
 }
 
-async fn record(local: &Local, subject: &str, payload: &[u8]) -> Answer<()> {
+async fn record(client: async_nats::Client, local: Local, message: async_nats::Message) {
+    let answer = record_answer(&local, &message.subject, &message.payload).await;
+    reply(&client, message.reply, answer).await;
+}
+
+async fn record_answer(local: &Local, subject: &str, payload: &[u8]) -> Answer<()> {
     let event: WireEvent = wire::decode(payload).map_err(bad_message)?;
     let event = event.event().map_err(bad_message)?;
     let from = wire::node_of(subject).unwrap_or_default();

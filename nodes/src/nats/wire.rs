@@ -2,7 +2,7 @@
 //! messages on them (MessagePack with field names, via rmp-serde), each wrapped in a
 //! versioned [`Envelope`]. `events/WIRE.md` is its public description; change both together.
 
-use gantry_actors::actor::scheduler::{AttemptReport, NodeChange};
+use gantry_actors::actor::scheduler::NodeChange;
 use gantry_actors::control::Fault;
 use gantry_actors::spec::SubmitRequest;
 use gantry_actors::telemetry::GpuSample;
@@ -144,9 +144,6 @@ impl WireEvent {
             .map_err(|e| WireError::Decode(e.to_string()))
     }
 }
-
-/// A node's report, as sent on [`report_subject`].
-pub type ReportMessage = AttemptReport;
 
 /// A node's heartbeat: alive, what runs there, and its GPUs' latest samples (telemetry, never
 /// logged).
