@@ -44,6 +44,8 @@ pub struct NatsServer {
     log: Arc<Mutex<Vec<String>>>,
     /// A configuration file (authorization, …) the server is started with.
     config: Option<PathBuf>,
+    /// The address it listens on.
+    host: String,
 }
 
 impl NatsServer {
@@ -54,6 +56,11 @@ impl NatsServer {
 
     /// Starts a server with `config` (nats-server configuration text) besides the usual flags.
     pub fn start_with_config(config: Option<&str>) -> Option<NatsServer> {
+        NatsServer::start_on("127.0.0.1", config)
+    }
+
+    /// Starts a server listening on `host` (an address of this machine).
+    pub fn start_on(host: &str, config: Option<&str>) -> Option<NatsServer> {
         let binary = match find_nats_server() {
             Ok(binary) => binary,
             Err(why) => return unavailable("nats-server", &why),
@@ -79,6 +86,7 @@ impl NatsServer {
             store,
             log: Arc::default(),
             config,
+            host: host.to_owned(),
         };
         match server.spawn(None) {
             Ok(()) => Some(server),
@@ -88,7 +96,7 @@ impl NatsServer {
 
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// Kills the server and starts it again on the same port and store.
@@ -127,7 +135,7 @@ impl NatsServer {
             command.arg("-c").arg(config);
         }
         let mut child = command
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .args(["-a", &self.host, "-p", &port_arg, "-js", "-sd"])
             .arg(self.store.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -166,7 +174,7 @@ impl NatsServer {
         self.port = port;
         // Wait until it accepts connections (JetStream is ready before the listener opens).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((self.host.as_str(), port)).is_err() {
             if Instant::now() > deadline {
                 return Err("nats-server port never accepted a connection".into());
             }
@@ -260,5 +268,108 @@ impl NatsCluster {
             .map(NatsServer::url)
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// A network namespace joined to this machine by a veth pair, for partition tests: processes
+/// started with [`Partition::command`] reach the host only at [`Partition::host_ip`], until
+/// [`Partition::cut`]. Removed on drop.
+#[derive(Debug)]
+pub struct Partition {
+    name: String,
+    host_if: String,
+    inner_if: String,
+    pub host_ip: String,
+}
+
+impl Partition {
+    /// Makes the namespace, or reports network namespaces unavailable (see [`unavailable`]).
+    pub fn create() -> Option<Partition> {
+        let id = std::process::id() % 60_000;
+        let (a, b) = (id / 250 % 240, id % 250);
+        let partition = Partition {
+            name: format!("gantry-{id}"),
+            host_if: format!("gh{id}"),
+            inner_if: format!("gn{id}"),
+            host_ip: format!("10.{a}.{b}.1"),
+        };
+        let (name, host_if, inner_if) = (&partition.name, &partition.host_if, &partition.inner_if);
+        let inside = |rest: &str| format!("netns exec {name} ip {rest}");
+        let steps = [
+            format!("netns add {name}"),
+            format!("link add {host_if} type veth peer name {inner_if}"),
+            format!("link set {inner_if} netns {name}"),
+            format!("addr add 10.{a}.{b}.1/30 dev {host_if}"),
+            format!("link set {host_if} up"),
+            inside(&format!("addr add 10.{a}.{b}.2/30 dev {inner_if}")),
+            inside(&format!("link set {inner_if} up")),
+            inside("link set lo up"),
+        ];
+        for step in steps {
+            if let Err(why) = ip(&step.split(' ').collect::<Vec<_>>()) {
+                return unavailable("network namespaces", &why);
+            }
+        }
+        Some(partition)
+    }
+
+    /// `program` to run inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+
+    /// Cuts the namespace off the host.
+    pub fn cut(&self) {
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "link",
+            "set",
+            &self.inner_if,
+            "down",
+        ])
+        .expect("cut the link");
+    }
+
+    /// Joins it again.
+    pub fn heal(&self) {
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "link",
+            "set",
+            &self.inner_if,
+            "up",
+        ])
+        .expect("heal the link");
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.name]);
     }
 }

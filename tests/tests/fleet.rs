@@ -582,3 +582,101 @@ fn one_server_of_a_three_server_cluster_killed_mid_run_loses_nothing() {
     let survivors = format!("{},{}", cluster.servers[1].url(), cluster.servers[2].url());
     verify_chain(&survivors);
 }
+
+#[test]
+fn a_partitioned_node_is_lost_its_job_re_placed_and_on_healing_its_stale_reports_are_fenced() {
+    let Some(partition) = gantry_tests::services::Partition::create() else {
+        return;
+    };
+    let Some(nats) = NatsServer::start_on(&partition.host_ip, None) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_cp, client) = control_plane(&nats.url(), &dir.path().join("cp"), &[]);
+    // `far` runs inside the namespace and reaches NATS only over the veth pair.
+    let far = partition
+        .command(env!("CARGO_BIN_EXE_gantry-node"))
+        .args([
+            "node",
+            "--nats",
+            &nats.url(),
+            "--name",
+            "far",
+            "--executor",
+            "process",
+        ])
+        .arg("--data")
+        .arg(dir.path().join("far"))
+        .env("GANTRY_FAKE_GPUS", "[]")
+        .env("GANTRY_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the far node");
+    let _far = Proc(far);
+    let _near = node(
+        &nats.url(),
+        "near",
+        &dir.path().join("near"),
+        &json!([]),
+        &[],
+    );
+    nodes_ready(&client, &["far", "near"]);
+
+    // The job goes to `far`: `near` is cordoned until `far` runs it.
+    client
+        .post("/v1/nodes/near/cordon", &json!({}))
+        .expect("cordon near");
+    let id = submit(
+        &client,
+        spec("partitioned", "sleep 6; echo far-done", json!(null)),
+    );
+    let running = wait_state(&client, &id, &["running"], Duration::from_secs(60));
+    assert_eq!(ran_on(&running), "far", "{running}");
+    client
+        .post("/v1/nodes/near/uncordon", &json!({}))
+        .expect("uncordon near");
+
+    partition.cut();
+    let finished = wait_state(
+        &client,
+        &id,
+        &["succeeded", "dead_lettered"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    assert_eq!(ran_on(&finished), "near", "{finished}");
+    let attempts = finished["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts[0]["node"], "far", "{finished}");
+    assert_eq!(attempts[0]["cause"]["kind"], "node_lost", "{finished}");
+
+    // Heal after `far`'s own attempt has ended there: its report of that end is stale.
+    std::thread::sleep(Duration::from_secs(4));
+    partition.heal();
+    wait_until("far to rejoin", Duration::from_secs(60), || {
+        let events = all_events(&client);
+        let lost = events
+            .iter()
+            .position(|e| e["type"] == "node.lost" && e["event"]["node_id"] == "far")?;
+        events[lost..]
+            .iter()
+            .any(|e| e["type"] == "node.joined" && e["event"]["node_id"] == "far")
+            .then_some(())
+    });
+    nodes_ready(&client, &["far"]);
+    // Give the healed node time to deliver its stale report; it must change nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    let events = all_events(&client);
+    let types = job_event_types(&events, &id);
+    assert_eq!(terminal_count(&events, &id), 1, "{types:?}");
+    let of_attempt_one: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"]["job_id"] == id.as_str() && e["event"]["attempt"] == 1)
+        .collect();
+    assert!(
+        of_attempt_one.iter().all(|e| e["type"] != "job.succeeded"),
+        "a stale report was applied: {types:?}"
+    );
+    assert_eq!(job(&client, &id)["state"], "succeeded");
+    verify_chain(&nats.url());
+}
