@@ -160,6 +160,9 @@ pub struct NodeArgs {
     /// KEY=VALUE, repeatable.
     #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// On Ctrl-C: let running attempts finish, or hand them back to run elsewhere.
+    #[arg(long, value_enum, default_value_t = crate::fleet::OnStop::Finish)]
+    pub on_stop: crate::fleet::OnStop,
     /// On Ctrl-C, how long running attempts may take to finish before the node leaves.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub drain_timeout: std::time::Duration,
@@ -416,6 +419,7 @@ async fn node(args: NodeArgs) -> Result<ExitCode, Error> {
         executor: args.executor,
         fake_gpus: fake_gpus(args.fake_gpus.as_deref())?,
         labels,
+        on_stop: args.on_stop,
         drain_timeout: args.drain_timeout,
     };
     crate::fleet::node(options, crate::up::shutdown_signal())

@@ -18,7 +18,7 @@ use gantry_actors::actor::scheduler::Stop;
 use gantry_actors::actor::supervisor::{
     ControlActors, Drain, NodeOptions, start_control_plane, start_node,
 };
-use gantry_actors::actor::worker::GetWorkerStats;
+use gantry_actors::actor::worker::{GetWorkerStats, HandBack};
 use gantry_actors::control::Control;
 use gantry_actors::executor::GpuInventory;
 use gantry_actors::spec::Limits;
@@ -62,8 +62,21 @@ pub struct NodeRunOptions {
     pub executor: ExecutorChoice,
     pub fake_gpus: Option<Vec<Gpu>>,
     pub labels: std::collections::BTreeMap<String, String>,
-    /// On Ctrl-C: let running attempts finish (up to this long) before leaving.
+    /// On Ctrl-C: what becomes of the attempts running here.
+    pub on_stop: OnStop,
+    /// On Ctrl-C: how long attempts may take to finish (or to be handed back) before the node
+    /// leaves.
     pub drain_timeout: Duration,
+}
+
+/// What a node leaving does with the attempts running on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnStop {
+    /// Let them finish (up to the drain timeout).
+    Finish,
+    /// Stop them now and hand them back: each fails as `node_lost` and runs again elsewhere,
+    /// without using the job's own retries.
+    HandBack,
 }
 
 fn setup(e: impl std::fmt::Display) -> Error {
@@ -344,10 +357,14 @@ pub async fn node(
         data.display()
     );
     shutdown.await;
-    // Drain: no new work; what runs here finishes (up to the drain timeout), its end
-    // reported and its output shipped; then leave.
+    // Drain: no new work; what runs here finishes (up to the drain timeout) or is handed
+    // back, its end reported and its output shipped; then leave.
     eprintln!("gantry node {}: draining", options.name);
     let _ = actors.supervisor.send(Drain("node stopping".into())).await;
+    if options.on_stop == OnStop::HandBack {
+        let handed = actors.worker.send(HandBack).await.unwrap_or(0);
+        tracing::info!(handed, "running attempts handed back");
+    }
     let deadline = tokio::time::Instant::now() + options.drain_timeout;
     loop {
         let running = actors

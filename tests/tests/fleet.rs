@@ -680,3 +680,136 @@ fn a_partitioned_node_is_lost_its_job_re_placed_and_on_healing_its_stale_reports
     assert_eq!(job(&client, &id)["state"], "succeeded");
     verify_chain(&nats.url());
 }
+
+/// Starts a node that leaves as `on_stop` says on SIGTERM.
+fn leaving_node(nats: &str, name: &str, data: &Path, on_stop: &str) -> Proc {
+    let child = gantry()
+        .args([
+            "node",
+            "--nats",
+            nats,
+            "--name",
+            name,
+            "--executor",
+            "process",
+        ])
+        .args(["--on-stop", on_stop, "--data"])
+        .arg(data)
+        .env("GANTRY_FAKE_GPUS", "[]")
+        .spawn()
+        .expect("start a node");
+    Proc(child)
+}
+
+fn terminate(node: &mut Proc) -> Instant {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(node.0.id().to_string())
+        .status();
+    Instant::now()
+}
+
+/// A job running on node `leaving` when it was told to stop, and the fleet around it.
+struct Leaving {
+    client: Client,
+    job: String,
+    node: Proc,
+    stopped: Instant,
+    /// The NATS server, data, control plane and the node that stays: alive while the test runs.
+    _fleet: (NatsServer, tempfile::TempDir, Proc, Proc),
+}
+
+/// Runs one job on `leaving` (the other node cordoned meanwhile), then stops `leaving`.
+fn job_on_leaving_node(on_stop: &str) -> Leaving {
+    let (nats, dir, cp, client) = fleet().expect("nats-server");
+    let mut leaving = leaving_node(&nats.url(), "leaving", &dir.path().join("l"), on_stop);
+    let stays = node(&nats.url(), "stays", &dir.path().join("s"), &json!([]), &[]);
+    nodes_ready(&client, &["leaving", "stays"]);
+    client
+        .post("/v1/nodes/stays/cordon", &json!({}))
+        .expect("cordon");
+    let job = submit(&client, spec("leaver", "sleep 4; echo done", json!(null)));
+    let running = wait_state(&client, &job, &["running"], Duration::from_secs(60));
+    assert_eq!(ran_on(&running), "leaving", "{running}");
+    client
+        .post("/v1/nodes/stays/uncordon", &json!({}))
+        .expect("uncordon");
+    let stopped = terminate(&mut leaving);
+    Leaving {
+        client,
+        job,
+        node: leaving,
+        stopped,
+        _fleet: (nats, dir, cp, stays),
+    }
+}
+
+#[test]
+fn a_node_stopped_with_hand_back_hands_its_attempt_back_to_run_elsewhere() {
+    if NatsServer::start().is_none() {
+        return;
+    }
+    let Leaving {
+        client,
+        job: id,
+        node: mut leaving,
+        stopped,
+        _fleet,
+    } = job_on_leaving_node("hand-back");
+    let finished = wait_state(
+        &client,
+        &id,
+        &["succeeded", "dead_lettered"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    assert_eq!(ran_on(&finished), "stays", "{finished}");
+    let attempts = finished["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts[0]["node"], "leaving", "{finished}");
+    assert_eq!(attempts[0]["cause"]["kind"], "node_lost", "{finished}");
+    // It left without waiting for the attempt's own end.
+    let status = wait_until("the node to exit", Duration::from_secs(20), || {
+        leaving.0.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "{status}");
+    assert!(stopped.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn a_node_stopped_with_finish_lets_its_attempt_end_there_first() {
+    if NatsServer::start().is_none() {
+        return;
+    }
+    let Leaving {
+        client,
+        job: id,
+        node: mut leaving,
+        _fleet,
+        ..
+    } = job_on_leaving_node("finish");
+    let status = wait_until("the node to exit", Duration::from_secs(30), || {
+        leaving.0.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "{status}");
+    let finished = wait_state(
+        &client,
+        &id,
+        &["succeeded", "dead_lettered"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    assert_eq!(ran_on(&finished), "leaving", "{finished}");
+    assert_eq!(
+        finished["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "{finished}"
+    );
+    let nodes = client.get("/v1/nodes").expect("nodes");
+    let leaving = nodes["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["id"] == "leaving")
+        .expect("leaving node");
+    assert_eq!(leaving["status"], "draining", "{leaving}");
+}

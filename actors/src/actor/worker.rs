@@ -56,7 +56,8 @@ pub struct Worker {
     rejoining: bool,
     logs_dir: PathBuf,
     /// Live attempts and the switch that stops each one.
-    running: HashMap<(JobId, u32), watch::Sender<bool>>,
+    /// Live attempts and the switch that stops each one, with the cause it ends with.
+    running: HashMap<(JobId, u32), watch::Sender<Option<FailureCause>>>,
     stats: WorkerStats,
     /// Times the supervisor restarted this worker; each restart waits a little longer.
     restarts: u32,
@@ -117,7 +118,7 @@ impl Worker {
         // starting) is superseded: stop it.
         for ((id, older), stop) in &self.running {
             if *id == job.id && *older < attempt {
-                let _ = stop.send(true);
+                let _ = stop.send(Some(FailureCause::Cancelled));
             }
         }
         let ours = job.node.as_deref() == Some(self.node.as_str());
@@ -136,7 +137,8 @@ impl Worker {
             started_at_ms: job.started_at_ms,
         };
         let recorded_start = job.state == JobState::Running;
-        let (stop_tx, stop_rx) = watch::channel(job.cancel_requested);
+        let (stop_tx, stop_rx) =
+            watch::channel(job.cancel_requested.then_some(FailureCause::Cancelled));
         self.running.insert((job.id, attempt), stop_tx);
         self.stats.running = self.running.len();
         if found.is_some() {
@@ -191,13 +193,13 @@ impl Worker {
                 // Stop it now; its own reports will be fenced.
                 if let Some(stop) = self.running.get(&(f.job_id, f.attempt)) {
                     tracing::warn!(job = %f.job_id, attempt = f.attempt, cause = ?f.cause, "attempt ended in the log while it runs here; stopping it");
-                    let _ = stop.send(true);
+                    let _ = stop.send(Some(FailureCause::Cancelled));
                 }
             }
             JobEvent::CancelRequested(c) => {
                 for ((id, _), stop) in &self.running {
                     if *id == c.job_id {
-                        let _ = stop.send(true);
+                        let _ = stop.send(Some(FailureCause::Cancelled));
                     }
                 }
             }
@@ -373,7 +375,7 @@ async fn run_attempt(
     run: RunSpec,
     found: Option<Found>,
     recorded_start: bool,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Option<FailureCause>>,
 ) {
     let scheduler = &*control;
     let report = |report: Report| AttemptReport {
@@ -402,7 +404,7 @@ async fn run_attempt(
             let settled = tokio::select! {
                 started = start => Ok(started),
                 () = &mut deadline => Err(timed_out()),
-                _ = stop.wait_for(|s| *s) => Err(FailureCause::Cancelled),
+                cause = stop.wait_for(Option::is_some) => Err(stop_cause(cause.ok().as_deref())),
             };
             match settled {
                 Ok(Ok(handle)) => handle,
@@ -438,13 +440,14 @@ async fn run_attempt(
     let wait = executor.wait(&handle, &run);
     tokio::pin!(wait);
     let stopped = async {
-        // Already cancelled, or cancelled while running.
-        let _ = stop.wait_for(|s| *s).await;
+        // Already stopped (cancelled), or stopped while running.
+        let cause = stop.wait_for(Option::is_some).await;
+        stop_cause(cause.ok().as_deref())
     };
     let end = tokio::select! {
         outcome = &mut wait => Ok(outcome),
         () = &mut deadline => Err(timed_out()),
-        () = stopped => Err(FailureCause::Cancelled),
+        cause = stopped => Err(cause),
     };
     let duration_ms = Some(began.elapsed().as_millis() as u64);
     let message = match end {
@@ -457,6 +460,11 @@ async fn run_attempt(
         }
     };
     let _ = report_until_recorded(scheduler, report(message)).await;
+}
+
+/// The cause an attempt stopped by its switch ends with.
+fn stop_cause(cause: Option<&Option<FailureCause>>) -> FailureCause {
+    cause.cloned().flatten().unwrap_or(FailureCause::Cancelled)
 }
 
 /// Longest message (an engine's error, a pull failure) a report carries: an event must stay
@@ -527,5 +535,26 @@ impl Handler<GetWorkerStats> for Worker {
 
     fn handle(&mut self, _: GetWorkerStats, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.stats)
+    }
+}
+
+/// Hands every running attempt back: each is stopped and reported failed as `node_lost` (an
+/// infrastructure loss, so it runs again elsewhere without using the job's own retries). Sent
+/// when a node leaves without letting its attempts finish.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct HandBack;
+
+impl Handler<HandBack> for Worker {
+    type Result = usize;
+
+    fn handle(&mut self, _: HandBack, _: &mut Context<Self>) -> usize {
+        let cause = FailureCause::NodeLost {
+            node_id: self.node.clone(),
+        };
+        for stop in self.running.values() {
+            let _ = stop.send(Some(cause.clone()));
+        }
+        self.running.len()
     }
 }
