@@ -12,8 +12,6 @@
 
 pub mod cli;
 pub mod client;
-pub mod commands;
-pub mod demo;
 pub mod executor;
 pub mod fleet;
 pub mod gpu;

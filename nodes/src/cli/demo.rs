@@ -10,9 +10,10 @@ use std::time::Duration;
 use gantry_events::{EmbeddedLog, verify_log};
 use serde_json::{Value, json};
 
-use crate::cli::Error;
+use super::error::{Error, api};
+use super::output::out_line as say;
+use super::server::follow_job;
 use crate::client::{Client, blocking};
-use crate::commands::{api, follow_job, out_line as say};
 use crate::up::{ExecutorChoice, UpOptions, up};
 
 async fn submit(client: &Client, spec: Value) -> Result<String, Error> {

@@ -1,0 +1,103 @@
+//! What every command that talks to a running gateway shares: where it is, and following a
+//! job to its end.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::Value;
+
+use super::error::{Error, api};
+use super::output::out_line;
+use crate::client::{Client, blocking};
+
+/// Where the gateway is.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Gateway URL.
+    #[arg(
+        long,
+        env = "GANTRY_SERVER",
+        default_value = "http://127.0.0.1:7700",
+        global = true
+    )]
+    pub server: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+const TERMINAL: [&str; 3] = ["succeeded", "cancelled", "dead_lettered"];
+
+/// Polls a job until it ends, printing state changes (and output with `logs`).
+pub async fn follow_job(
+    client: &Client,
+    id: &str,
+    logs: bool,
+    progress: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<Value, Error> {
+    let mut last = String::new();
+    let mut printed: (u64, usize) = (0, 0);
+    loop {
+        let c = client.clone();
+        let path = format!("/v1/jobs/{id}");
+        let job = blocking(move || c.get(&path)).await.map_err(api)?;
+        let state = job["state"].as_str().unwrap_or("").to_owned();
+        let attempt = job["attempt"].as_u64().unwrap_or(0);
+        let line = format!("{state} (attempt {attempt})");
+        if progress && line != last {
+            out_line(out, format!("  {id}  {line}"))?;
+            last = line;
+        }
+        if logs && attempt > 0 {
+            let c = client.clone();
+            let path = format!("/v1/jobs/{id}/logs?attempt={attempt}");
+            let text = blocking(move || c.get_raw(&path)).await.map_err(api)?;
+            if printed.0 != attempt {
+                printed = (attempt, 0);
+            }
+            if text.len() > printed.1 {
+                let fresh = String::from_utf8_lossy(&text[printed.1..]).to_string();
+                write!(out, "{fresh}").map_err(|source| Error::Io {
+                    context: "writing output".into(),
+                    source,
+                })?;
+                printed.1 = text.len();
+            }
+        }
+        if TERMINAL.contains(&state.as_str()) {
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Posts `{"reason": …}` to `path` and prints the answer: its `id` and its `field`, or JSON.
+pub(crate) async fn post_with_reason(
+    server: &ServerArgs,
+    path: String,
+    reason: Option<String>,
+    field: &str,
+    out: &mut (dyn Write + Send),
+) -> Result<ExitCode, Error> {
+    let client = Client::new(&server.server);
+    let body = serde_json::json!({ "reason": reason });
+    let reply = blocking(move || client.post(&path, &body))
+        .await
+        .map_err(api)?;
+    if server.json {
+        out_line(out, &reply)?;
+    } else {
+        out_line(
+            out,
+            format!(
+                "{}: {}",
+                reply["id"].as_str().unwrap_or(""),
+                reply[field].as_str().unwrap_or("")
+            ),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

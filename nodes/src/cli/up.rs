@@ -1,0 +1,81 @@
+//! `gantry up`: the whole system embedded, or a fleet control plane with `--nats`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::error::Error;
+use crate::up::{ExecutorChoice, UpOptions};
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[arg(long, env = "GANTRY_DATA", default_value = "gantry-data")]
+    pub data: PathBuf,
+    /// Address of the gateway.
+    #[arg(long, env = "GANTRY_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: std::net::SocketAddr,
+    #[arg(long, value_enum, env = "GANTRY_EXECUTOR", default_value_t = ExecutorChoice::Auto)]
+    pub executor: ExecutorChoice,
+    /// Report these GPUs (JSON list) instead of asking NVML.
+    #[arg(long, env = "GANTRY_FAKE_GPUS")]
+    pub fake_gpus: Option<String>,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Fleet mode: keep the log on this NATS JetStream server and run as a control plane
+    /// (no local worker: nodes join with `gantry node`).
+    #[command(flatten)]
+    pub nats: crate::nats::NatsArgs,
+    /// Fleet mode: a node silent this long is lost and its attempts re-placed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub node_timeout: std::time::Duration,
+    /// Fleet mode: the leader lease's time to live (a follower takes over this long after the
+    /// leader's last renewal).
+    #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
+    pub lease_ttl: std::time::Duration,
+    /// Fleet mode: copies JetStream keeps of gantry's streams when it creates them (3 on a
+    /// three-server cluster).
+    #[arg(long, env = "GANTRY_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+}
+
+pub(crate) fn fake_gpus(
+    json: Option<&str>,
+) -> Result<Option<Vec<gantry_events::event::Gpu>>, Error> {
+    json.map(|json| {
+        serde_json::from_str(json)
+            .map_err(|e| Error::Usage(format!("--fake-gpus is not a JSON list of GPUs: {e}")))
+    })
+    .transpose()
+}
+
+pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
+    if args.nats.url.is_some() {
+        let options = crate::fleet::ControlPlaneOptions {
+            nats: args.nats,
+            data: args.data,
+            listen: args.listen,
+            max_body_bytes: args.max_body_bytes,
+            node_timeout: args.node_timeout,
+            lease_ttl: args.lease_ttl,
+            replicas: args.nats_replicas,
+        };
+        crate::fleet::control_plane(options, None, crate::up::shutdown_signal())
+            .await
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let fake_gpus = fake_gpus(args.fake_gpus.as_deref())?;
+    let options = UpOptions {
+        data: args.data,
+        listen: args.listen,
+        executor: args.executor,
+        fake_gpus,
+        max_body_bytes: args.max_body_bytes,
+    };
+    crate::up::up(options, None, crate::up::shutdown_signal())
+        .await
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}
