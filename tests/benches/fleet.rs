@@ -223,7 +223,7 @@ async fn start_nodes(url: &str, count: usize, executor: Arc<NoopExecutor>, dir: 
 fn request(i: usize) -> SubmitRequest {
     serde_json::from_value(serde_json::json!({
         "name": format!("bench-{i}"), "image": "noop", "command": ["true"],
-        "resources": { "cpus": 0.01, "memory_bytes": 1u64 << 20 },
+        "resources": { "cpus": 0.01, "memory_bytes": 4u64 << 20 },
         "retry": { "max_attempts": 1 },
     }))
     .expect("request")
@@ -496,7 +496,7 @@ async fn heartbeats(url: &str, cp: &ControlPlane, count: usize, window: Duration
     let _ = stop_tx.send(());
     let (raw_cpu, seen) = raw.join().expect("raw subscriber");
     println!(
-        "  heartbeats sent over {:.1} s: {} (raw subscriber saw {seen})",
+        "  heartbeats sent over {:.1} s: about {:.0} (the raw subscriber saw {seen}, the {NODES} simulated worker nodes' own included)",
         elapsed.as_secs_f64(),
         count as f64 * elapsed.as_secs_f64()
     );
