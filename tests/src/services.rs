@@ -322,32 +322,18 @@ impl Partition {
 
     /// Cuts the namespace off the host.
     pub fn cut(&self) {
-        ip(&[
-            "netns",
-            "exec",
-            &self.name,
-            "ip",
-            "link",
-            "set",
-            &self.inner_if,
-            "down",
-        ])
-        .expect("cut the link");
+        self.link("down");
     }
 
     /// Joins it again.
     pub fn heal(&self) {
-        ip(&[
-            "netns",
-            "exec",
-            &self.name,
-            "ip",
-            "link",
-            "set",
-            &self.inner_if,
-            "up",
-        ])
-        .expect("heal the link");
+        self.link("up");
+    }
+
+    fn link(&self, state: &str) {
+        let (name, inner) = (&self.name, &self.inner_if);
+        ip(&["netns", "exec", name, "ip", "link", "set", inner, state])
+            .unwrap_or_else(|why| panic!("setting the link {state}: {why}"));
     }
 }
 

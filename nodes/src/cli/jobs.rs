@@ -3,10 +3,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use super::error::{Error, api};
+use super::error::Error;
 use super::output::out_line;
-use super::server::ServerArgs;
-use crate::client::{Client, blocking};
+use super::server::{ServerArgs, get_for_table};
 
 /// `gantry jobs`.
 pub async fn jobs(
@@ -23,13 +22,10 @@ pub async fn jobs(
             query.push(format!("{k}={}", v.replace('&', "%26").replace('=', "%3D")));
         }
     }
-    let client = Client::new(&server.server);
     let path = format!("/v1/jobs?{}", query.join("&"));
-    let reply = blocking(move || client.get(&path)).await.map_err(api)?;
-    if server.json {
-        out_line(out, &reply)?;
+    let Some(reply) = get_for_table(server, path, out).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     out_line(
         out,
         format!(

@@ -5,20 +5,15 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::error::{Error, api};
+use super::error::Error;
 use super::output::out_line;
-use super::server::ServerArgs;
-use crate::client::{Client, blocking};
+use super::server::{ServerArgs, get_for_table};
 
 /// `gantry nodes`.
 pub async fn nodes(server: &ServerArgs, out: &mut (dyn Write + Send)) -> Result<ExitCode, Error> {
-    let client = Client::new(&server.server);
-    let c = client.clone();
-    let reply = blocking(move || c.get("/v1/nodes")).await.map_err(api)?;
-    if server.json {
-        out_line(out, &reply)?;
+    let Some(reply) = get_for_table(server, "/v1/nodes".into(), out).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     out_line(
         out,
         format!(

@@ -101,3 +101,19 @@ pub(crate) async fn post_with_reason(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// GETs `path` from the gateway: with `--json`, prints the answer and returns `None`; else
+/// returns it for the caller to print as a table.
+pub(crate) async fn get_for_table(
+    server: &ServerArgs,
+    path: String,
+    out: &mut (dyn Write + Send),
+) -> Result<Option<Value>, Error> {
+    let client = Client::new(&server.server);
+    let reply = blocking(move || client.get(&path)).await.map_err(api)?;
+    if server.json {
+        out_line(out, &reply)?;
+        return Ok(None);
+    }
+    Ok(Some(reply))
+}
