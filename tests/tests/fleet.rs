@@ -85,6 +85,18 @@ fn fleet() -> Option<(NatsServer, tempfile::TempDir, Proc, Client)> {
 
 /// Starts a worker node with a fake GPU inventory (`[]`: CPU-only).
 fn node(nats: &str, name: &str, data: &Path, gpus: &Value, auth: &[(&str, &str)]) -> Proc {
+    node_with(nats, name, data, gpus, auth, &[])
+}
+
+/// [`node`] with more arguments.
+fn node_with(
+    nats: &str,
+    name: &str,
+    data: &Path,
+    gpus: &Value,
+    auth: &[(&str, &str)],
+    more: &[&str],
+) -> Proc {
     let child = gantry()
         .args([
             "node",
@@ -95,6 +107,7 @@ fn node(nats: &str, name: &str, data: &Path, gpus: &Value, auth: &[(&str, &str)]
             "--executor",
             "process",
         ])
+        .args(more)
         .arg("--data")
         .arg(data)
         .env("GANTRY_FAKE_GPUS", gpus.to_string())
@@ -685,22 +698,7 @@ fn a_partitioned_node_is_lost_its_job_re_placed_and_on_healing_its_stale_reports
 
 /// Starts a node that leaves as `on_stop` says on SIGTERM.
 fn leaving_node(nats: &str, name: &str, data: &Path, on_stop: &str) -> Proc {
-    let child = gantry()
-        .args([
-            "node",
-            "--nats",
-            nats,
-            "--name",
-            name,
-            "--executor",
-            "process",
-        ])
-        .args(["--on-stop", on_stop, "--data"])
-        .arg(data)
-        .env("GANTRY_FAKE_GPUS", "[]")
-        .spawn()
-        .expect("start a node");
-    Proc(child)
+    node_with(nats, name, data, &json!([]), &[], &["--on-stop", on_stop])
 }
 
 fn terminate(node: &mut Proc) -> Instant {
