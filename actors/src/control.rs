@@ -104,6 +104,12 @@ impl CommandError {
             CommandError::Refused(Refusal::UnknownJob(id)) => {
                 Fault::new(404, "not_found", format!("no job {id}"), None)
             }
+            CommandError::Refused(r @ Refusal::IdempotencyConflict { .. }) => Fault::new(
+                409,
+                "idempotency_conflict",
+                r.to_string(),
+                Some("idempotency_key".into()),
+            ),
             CommandError::Refused(Refusal::UnknownNode(node)) => {
                 Fault::new(404, "not_found", format!("no node {node}"), None)
             }

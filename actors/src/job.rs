@@ -43,6 +43,16 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state.
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Placed,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Cancelled,
+        JobState::DeadLettered,
+    ];
+
     /// No event moves a job out of a terminal state.
     pub fn is_terminal(self) -> bool {
         matches!(

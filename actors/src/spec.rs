@@ -55,7 +55,30 @@ pub struct ResourceRequest {
     #[serde(default)]
     pub memory_bytes: Option<u64>,
     #[serde(default)]
-    pub gpus: Option<GpuRequest>,
+    pub gpus: Option<GpuAsk>,
+}
+
+/// GPUs as users ask for them (unknown fields refused: a typo must not mean "any GPU").
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuAsk {
+    #[serde(default)]
+    pub count: u32,
+    /// Part of the GPU's product name, e.g. `A100`.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub min_memory_bytes: Option<u64>,
+}
+
+impl From<GpuAsk> for GpuRequest {
+    fn from(ask: GpuAsk) -> GpuRequest {
+        GpuRequest {
+            count: ask.count,
+            model: ask.model,
+            min_memory_bytes: ask.min_memory_bytes,
+        }
+    }
 }
 
 /// Retry policy as users write it; missing fields take the defaults.
@@ -219,7 +242,12 @@ pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid
             format!("between 4 MiB and {} bytes", limits.max_memory_bytes),
         ));
     }
-    let gpus = req.resources.gpus.clone().unwrap_or_default();
+    let gpus: GpuRequest = req
+        .resources
+        .gpus
+        .clone()
+        .map(Into::into)
+        .unwrap_or_default();
     if gpus.count > limits.max_gpus {
         return Err(invalid(
             "out_of_range",
@@ -269,11 +297,18 @@ pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid
             format!("between 1 and {}", limits.max_attempts),
         ));
     }
-    if retry.backoff_max_ms > MAX_DAY_MS || retry.backoff_initial_ms > retry.backoff_max_ms {
+    if retry.backoff_max_ms > MAX_DAY_MS {
+        return Err(invalid(
+            "out_of_range",
+            "retry.backoff_max_ms",
+            "at most one day",
+        ));
+    }
+    if retry.backoff_initial_ms > retry.backoff_max_ms {
         return Err(invalid(
             "out_of_range",
             "retry.backoff_initial_ms",
-            "initial ≤ max ≤ one day",
+            "at most retry.backoff_max_ms",
         ));
     }
     if !(-1000..=1000).contains(&req.priority) {
@@ -442,11 +477,15 @@ pub fn check_image(image: &str) -> Result<(), Invalid> {
             Some((h, p)) => (h, Some(p)),
             None => (host, None),
         };
-        if hostname.is_empty()
-            || !hostname
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
-            || port.is_some_and(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_digit()))
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if !hostname.split('.').all(label_ok)
+            || port.is_some_and(|p| !p.parse::<u16>().is_ok_and(|p| p > 0))
         {
             return bad("malformed registry host");
         }
@@ -549,6 +588,12 @@ mod tests {
             "a___b",
             "host:port/x",
             "x@sha256:12",
+            "../etc/passwd",
+            "./x",
+            "localhost:99999999999/x",
+            "localhost:0/x",
+            "-bad.example.com/x",
+            "a..b.example.com/x",
         ] {
             assert!(check_image(bad).is_err(), "{bad}");
         }
@@ -589,7 +634,7 @@ mod tests {
         );
         rejects(
             |r| {
-                r.resources.gpus = Some(GpuRequest {
+                r.resources.gpus = Some(GpuAsk {
                     count: 1000,
                     ..Default::default()
                 })

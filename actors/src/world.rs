@@ -30,6 +30,9 @@ pub enum Refusal {
     /// No such node; 404.
     #[error("no node {0}")]
     UnknownNode(String),
+    /// The idempotency key names an earlier job with a different spec; 409.
+    #[error("idempotency key {key:?} was used for a different job")]
+    IdempotencyConflict { key: String },
     /// The submission asked to be refused if no node could ever run it, and none could; 422
     /// with the reason.
     #[error("unschedulable: {}", .0.message)]
@@ -184,6 +187,10 @@ impl World {
         if let Some(key) = &spec.idempotency_key
             && let Some(existing) = self.idempotency.get(key)
         {
+            // The same key for a different job is a client bug, not a retry: say so.
+            if self.jobs.get(existing).is_some_and(|job| job.spec != spec) {
+                return Err(Refusal::IdempotencyConflict { key: key.clone() });
+            }
             return Ok(Submitted::Existing(*existing));
         }
         if request.reject_unschedulable {
@@ -619,7 +626,7 @@ mod tests {
 
     fn gpu_request(count: u32, model: Option<&str>, min_gib: Option<u64>) -> SubmitRequest {
         let mut r = request("gpu");
-        r.resources.gpus = Some(gantry_events::event::GpuRequest {
+        r.resources.gpus = Some(crate::spec::GpuAsk {
             count,
             model: model.map(str::to_owned),
             min_memory_bytes: min_gib.map(|g| g << 30),

@@ -24,6 +24,7 @@ use gantry_actors::actor::scheduler::{CommandError, NodeChange};
 use gantry_actors::actor::supervisor::{GetHealth, Supervisor};
 use gantry_actors::actor::worker::Worker;
 use gantry_actors::control::Control;
+use gantry_actors::job::JobState;
 use gantry_actors::placement::NodeStatus;
 use gantry_actors::spec::SubmitRequest;
 use gantry_actors::telemetry::Telemetry;
@@ -143,49 +144,144 @@ impl AttemptOutput for LocalOutput {
     }
 }
 
-/// Registers the routes.
-pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
-    let limit = gateway.max_body_bytes;
-    cfg.app_data(web::Data::new(gateway))
-        .app_data(
-            web::JsonConfig::default()
-                .limit(limit)
-                .error_handler(|err, _| json_error(err).into()),
-        )
-        .app_data(web::QueryConfig::default().error_handler(|err, _| {
-            ApiError::new(400, "invalid_query", err.to_string(), None).into()
-        }))
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/v1/jobs", web::post().to(submit))
-        .route("/v1/jobs", web::get().to(list_jobs))
-        .route("/v1/jobs/{id}", web::get().to(get_job))
-        .route("/v1/jobs/{id}/cancel", web::post().to(cancel))
-        .route("/v1/jobs/{id}/logs", web::get().to(logs))
-        .route("/v1/nodes", web::get().to(nodes))
-        .route("/v1/nodes/{id}/{action}", web::post().to(change_node))
-        .route("/v1/queues", web::get().to(queues))
-        .route("/v1/events", web::get().to(events))
-        .route("/v1/events/ws", web::get().to(events_ws));
+/// Paths in a job request that must hold JSON objects (serde would take an array for a
+/// struct, filling fields by position).
+const OBJECT_PATHS: &[&str] = &["", "resources", "resources.gpus", "retry", "env", "labels"];
+
+fn found_null(at: Option<&serde_json::Value>) -> bool {
+    at.is_some_and(serde_json::Value::is_null)
 }
 
-fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
-    use actix_web::error::JsonPayloadError as E;
-    match &err {
-        E::OverflowKnownLength { .. } | E::Overflow { .. } => {
-            ApiError::new(413, "too_large", err.to_string(), None)
+/// Parses a JSON request body into `T`: invalid JSON, an array where an object belongs, an
+/// unknown or mistyped field are all 400 with the JSON path of the field at fault.
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    objects: &[&str],
+) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(400, "invalid_json", format!("not JSON: {e}"), None))?;
+    for path in objects {
+        let mut at = Some(&value);
+        for key in path.split('.').filter(|k| !k.is_empty()) {
+            at = at.and_then(|v| v.get(key));
         }
-        E::ContentType => {
-            ApiError::new(415, "unsupported_media_type", "send application/json", None)
+        // An optional part may be null; the body itself may not.
+        let optional_null = found_null(at) && !path.is_empty();
+        if let Some(found) = at
+            && !found.is_object()
+            && !optional_null
+        {
+            return Err(ApiError::new(
+                400,
+                "invalid_type",
+                "expected a JSON object",
+                Some(if path.is_empty() {
+                    "$".into()
+                } else {
+                    (*path).into()
+                }),
+            ));
         }
-        E::Deserialize(e) => {
-            // serde names the unknown or mistyped field in its message.
-            let message = e.to_string();
-            let field = message.split('`').nth(1).map(str::to_owned);
-            ApiError::new(400, "invalid_json", message, field)
-        }
-        _ => ApiError::new(400, "invalid_json", err.to_string(), None),
     }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != ".").then_some(path);
+        ApiError::new(400, "invalid_json", e.inner().to_string(), field)
+    })
+}
+
+/// Registers the routes. Unknown paths answer a JSON 404; a known path with a method it does
+/// not take answers 405 with `Allow`.
+pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
+    cfg.app_data(web::Data::new(gateway))
+        .app_data(web::QueryConfig::default().error_handler(|err, _| {
+            let message = err.to_string();
+            // serde names the parameter at fault in its message.
+            let field = message.split('`').nth(1).map(str::to_owned);
+            ApiError::new(400, "invalid_query", message, field).into()
+        }))
+        .app_data(
+            web::PathConfig::default().error_handler(|err, _| {
+                ApiError::new(404, "not_found", err.to_string(), None).into()
+            }),
+        );
+    let resource = |path: &str, allow: &'static str| {
+        web::resource(path).default_service(web::to(move || async move {
+            HttpResponse::MethodNotAllowed()
+                .insert_header(("Allow", allow))
+                .json(serde_json::json!({ "error": ApiError::new(
+                    405,
+                    "method_not_allowed",
+                    format!("allowed: {allow}"),
+                    None,
+                ) }))
+        }))
+    };
+    cfg.service(resource("/healthz", "GET").route(web::get().to(healthz)))
+        .service(resource("/readyz", "GET").route(web::get().to(readyz)))
+        .service(
+            resource("/v1/jobs", "GET, POST")
+                .route(web::post().to(submit))
+                .route(web::get().to(list_jobs)),
+        )
+        .service(resource("/v1/jobs/{id}", "GET").route(web::get().to(get_job)))
+        .service(resource("/v1/jobs/{id}/cancel", "POST").route(web::post().to(cancel)))
+        .service(resource("/v1/jobs/{id}/logs", "GET").route(web::get().to(logs)))
+        .service(resource("/v1/nodes", "GET").route(web::get().to(nodes)))
+        .service(resource("/v1/nodes/{id}/{action}", "POST").route(web::post().to(change_node)))
+        .service(resource("/v1/queues", "GET").route(web::get().to(queues)))
+        .service(resource("/v1/events", "GET").route(web::get().to(events)))
+        .service(resource("/v1/events/ws", "GET").route(web::get().to(events_ws)))
+        .default_service(web::to(|req: actix_web::HttpRequest| async move {
+            ApiError::new(404, "not_found", format!("no route {}", req.path()), None)
+                .error_response()
+        }));
+}
+
+/// Reads a request body of at most the gateway's limit (413 past it). `json`: a non-empty
+/// body must be declared `application/json` (415 otherwise).
+async fn read_body(
+    gateway: &Gateway,
+    req: &actix_web::HttpRequest,
+    mut payload: web::Payload,
+) -> Result<web::Bytes, ApiError> {
+    use futures::StreamExt;
+    let limit = gateway.max_body_bytes;
+    let too_large = || ApiError::new(413, "too_large", format!("at most {limit} bytes"), None);
+    if req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|len| len > limit)
+    {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::new(400, "invalid_body", e.to_string(), None))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let declared_json = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !body.iter().all(u8::is_ascii_whitespace) && !declared_json {
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "send application/json",
+            None,
+        ));
+    }
+    Ok(body.freeze())
 }
 
 /// Waits (briefly) until the views include sequence `seq`.
@@ -228,9 +324,12 @@ async fn readyz(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
 
 async fn submit(
     gateway: web::Data<Gateway>,
-    body: web::Json<SubmitRequest>,
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let reply = gateway.control.submit(body.into_inner()).await?;
+    let body = read_body(&gateway, &req, payload).await?;
+    let request: SubmitRequest = parse_body(&body, OBJECT_PATHS)?;
+    let reply = gateway.control.submit(request).await?;
     views_reach(&gateway, reply.seq).await;
     Ok(HttpResponse::Accepted().json(serde_json::json!({
         "id": reply.job_id,
@@ -280,6 +379,17 @@ async fn list_jobs(
     let q = query.into_inner();
     let limit = page_limit(q.limit)?;
     let after = q.after.as_deref().map(parse_id).transpose()?;
+    if let Some(state) = &q.state
+        && !JobState::ALL.iter().any(|s| s.as_str() == state)
+    {
+        let states: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+        return Err(ApiError::new(
+            400,
+            "invalid_state",
+            format!("state is one of {}", states.join(", ")),
+            Some("state".into()),
+        ));
+    }
     let filter = JobFilter {
         state: q.state,
         queue: q.queue,
@@ -324,13 +434,37 @@ struct CancelBody {
     reason: Option<String>,
 }
 
+/// Longest reason a cancel or node change may give.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// An optional `{"reason": …}` body: empty is no reason; anything else must parse, and the
+/// reason is bounded and printable.
+fn reason_of(body: &[u8]) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let CancelBody { reason } = parse_body(body, &[""])?;
+    if let Some(reason) = &reason
+        && (reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control))
+    {
+        return Err(ApiError::new(
+            400,
+            "invalid_reason",
+            format!("at most {MAX_REASON_BYTES} bytes, no control characters"),
+            Some("reason".into()),
+        ));
+    }
+    Ok(reason)
+}
+
 async fn cancel(
     gateway: web::Data<Gateway>,
     id: web::Path<String>,
-    body: Option<web::Json<CancelBody>>,
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
-    let reason = body.and_then(|b| b.into_inner().reason);
+    let reason = reason_of(&read_body(&gateway, &req, payload).await?)?;
     let reply = gateway.control.cancel(id, reason).await?;
     views_reach(&gateway, reply.seq).await;
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "state": reply.state })))
@@ -403,17 +537,12 @@ async fn nodes(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(serde_json::json!({ "nodes": nodes })))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeChangeBody {
-    reason: Option<String>,
-}
-
 /// `POST /v1/nodes/{id}/{cordon|uncordon|drain}`.
 async fn change_node(
     gateway: web::Data<Gateway>,
     path: web::Path<(String, String)>,
-    body: Option<web::Json<NodeChangeBody>>,
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (node, action) = path.into_inner();
     let status = match action.as_str() {
@@ -429,8 +558,7 @@ async fn change_node(
             ));
         }
     };
-    let reason = body
-        .and_then(|b| b.into_inner().reason)
+    let reason = reason_of(&read_body(&gateway, &req, payload).await?)?
         .unwrap_or_else(|| format!("{action} by an operator"));
     gateway
         .control
@@ -458,7 +586,7 @@ async fn events(
     gateway: web::Data<Gateway>,
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let after = query.after.unwrap_or(0);
+    let after = first_after(query.after)? - 1;
     let limit = page_limit(query.limit)?;
     let entries = gateway
         .log
@@ -467,6 +595,18 @@ async fn events(
         .map_err(ApiError::unavailable)?;
     let events: Vec<serde_json::Value> = entries.iter().map(event_value).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "events": events })))
+}
+
+/// The first sequence after `after` (a sequence, 0 or absent: from the start).
+fn first_after(after: Option<u64>) -> Result<u64, ApiError> {
+    after.unwrap_or(0).checked_add(1).ok_or_else(|| {
+        ApiError::new(
+            400,
+            "out_of_range",
+            format!("after is at most {}", u64::MAX - 1),
+            Some("after".into()),
+        )
+    })
 }
 
 /// One event as clients see it; an entry that does not decode says so instead.
@@ -493,7 +633,7 @@ async fn events_ws(
     use futures::StreamExt;
     let mut events = gateway
         .log
-        .subscribe(query.after.unwrap_or(0) + 1)
+        .subscribe(first_after(query.after)?)
         .await
         .map_err(ApiError::unavailable)?;
     let (response, mut session, mut incoming) = actix_ws::handle(&req, body)?;

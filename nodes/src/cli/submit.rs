@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use gantry_actors::spec::{ResourceRequest, RetryRequest, SubmitRequest};
-use gantry_events::event::{GpuRequest, Network};
+use gantry_actors::spec::{GpuAsk, ResourceRequest, RetryRequest, SubmitRequest};
+use gantry_events::event::Network;
 
 use super::error::{Error, api};
 use super::output::out_line;
@@ -143,7 +143,7 @@ pub fn submit_request(args: &SubmitArgs) -> Result<SubmitRequest, Error> {
             cpus: args.cpus.or(r.cpus),
             memory_bytes: args.memory.or(r.memory_bytes),
             gpus: match args.gpus {
-                Some(count) => Some(GpuRequest {
+                Some(count) => Some(GpuAsk {
                     count,
                     model: args.gpu_model.clone(),
                     min_memory_bytes: None,
