@@ -53,6 +53,9 @@ pub struct Gateway {
     pub telemetry: Telemetry,
     /// Fleet mode: whether this control plane leads now (`None` embedded).
     pub leading: Option<watch::Receiver<bool>>,
+    /// Origins (`scheme://host[:port]`) besides the gateway's own whose web pages may open the
+    /// event websocket. Empty: same origin only.
+    pub allowed_origins: Vec<String>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -623,6 +626,26 @@ struct WsQuery {
     after: Option<u64>,
 }
 
+/// Whether a browser page may open the websocket: a request without `Origin` is not from a
+/// page; one with it must be the gateway's own origin (same host and port as `Host`) or listed.
+/// Otherwise any page a user visits could read every event.
+fn origin_allowed(req: &actix_web::HttpRequest, allowed: &[String]) -> bool {
+    use actix_web::http::header::{HOST, ORIGIN};
+    let Some(origin) = req.headers().get(ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| host.is_some_and(|h| h.eq_ignore_ascii_case(rest)))
+}
+
 /// Streams events over a websocket: history after `after`, then live.
 async fn events_ws(
     gateway: web::Data<Gateway>,
@@ -631,6 +654,15 @@ async fn events_ws(
     query: web::Query<WsQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
     use futures::StreamExt;
+    if !origin_allowed(&req, &gateway.allowed_origins) {
+        return Err(ApiError::new(
+            403,
+            "forbidden_origin",
+            "this origin may not open the event stream (see --allow-origin)",
+            None,
+        )
+        .into());
+    }
     let mut events = gateway
         .log
         .subscribe(first_after(query.after)?)
@@ -666,4 +698,44 @@ async fn events_ws(
         let _ = session.close(None).await;
     });
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(origin: Option<&str>) -> actix_web::HttpRequest {
+        let mut req =
+            actix_web::test::TestRequest::default().insert_header(("Host", "gantry.internal:7700"));
+        if let Some(origin) = origin {
+            req = req.insert_header(("Origin", origin));
+        }
+        req.to_http_request()
+    }
+
+    #[test]
+    fn an_origin_is_the_gateways_own_or_one_allowed() {
+        let allowed = vec!["https://dash.example.com".to_owned()];
+        assert!(origin_allowed(&request(None), &[]));
+        assert!(origin_allowed(
+            &request(Some("http://gantry.internal:7700")),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &request(Some("http://gantry.internal:7701")),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &request(Some("https://dash.example.com")),
+            &[]
+        ));
+        assert!(origin_allowed(
+            &request(Some("https://dash.example.com")),
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            &request(Some("https://evil.example")),
+            &allowed
+        ));
+    }
 }

@@ -45,6 +45,8 @@ pub struct ControlPlaneOptions {
     pub data: PathBuf,
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// Origins besides the gateway's own whose pages may open the event websocket.
+    pub allowed_origins: Vec<String>,
     /// Silence after which a node is lost.
     pub node_timeout: Duration,
     /// The leader lease's time to live.
@@ -187,6 +189,7 @@ pub async fn control_plane(
         max_body_bytes: options.max_body_bytes,
         telemetry: telemetry.clone(),
         leading: Some(leading),
+        allowed_origins: options.allowed_origins.clone(),
     };
     let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();

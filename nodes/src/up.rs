@@ -41,6 +41,8 @@ pub struct UpOptions {
     /// GPUs to report instead of asking NVML (tests, or GPUs NVML cannot see).
     pub fake_gpus: Option<Vec<Gpu>>,
     pub max_body_bytes: usize,
+    /// Origins besides the gateway's own whose pages may open the event websocket.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Why `gantry up` could not start.
@@ -159,6 +161,7 @@ pub async fn up(
         max_body_bytes: options.max_body_bytes,
         telemetry: actors.telemetry.clone(),
         leading: None,
+        allowed_origins: options.allowed_origins.clone(),
     };
     let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();

@@ -59,6 +59,7 @@ impl Gantry {
             executor,
             fake_gpus,
             max_body_bytes,
+            allowed_origins: Vec::new(),
         };
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {

@@ -360,3 +360,41 @@ fn malformed_requests_get_a_4xx_with_the_field_and_append_nothing() {
     let (status, _, _) = send(&gantry, "POST", &cancel, None, b"");
     assert_eq!(status, 202);
 }
+
+/// The status of a websocket handshake for the event stream sent with `origin`.
+fn ws_handshake(gantry: &Gantry, origin: Option<&str>) -> u16 {
+    let mut stream = TcpStream::connect(gantry.addr).expect("connect");
+    let mut request = format!(
+        "GET /v1/events/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+        gantry.addr
+    );
+    if let Some(origin) = origin {
+        request.push_str(&format!("Origin: {origin}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("write");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut head = [0u8; 64];
+    let read = stream.read(&mut head).unwrap_or(0);
+    String::from_utf8_lossy(&head[..read])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn only_the_gateways_own_pages_may_open_the_event_websocket() {
+    let gantry = Gantry::start(ExecutorChoice::Process);
+    // Not a browser: no Origin.
+    assert_eq!(ws_handshake(&gantry, None), 101);
+    // A page served by the gateway itself.
+    let own = format!("http://{}", gantry.addr);
+    assert_eq!(ws_handshake(&gantry, Some(&own)), 101);
+    // Any other page a user happens to visit.
+    assert_eq!(ws_handshake(&gantry, Some("https://evil.example")), 403);
+    assert_eq!(ws_handshake(&gantry, Some("null")), 403);
+}

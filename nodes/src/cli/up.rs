@@ -20,6 +20,10 @@ pub struct UpArgs {
     /// Report these GPUs (JSON list) instead of asking NVML.
     #[arg(long, env = "GANTRY_FAKE_GPUS")]
     pub fake_gpus: Option<String>,
+    /// An origin (`https://dash.example.com`) besides the gateway's own whose web pages may
+    /// open the event websocket; repeatable. Without it, same origin only.
+    #[arg(long = "allow-origin")]
+    pub allowed_origins: Vec<String>,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -57,6 +61,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
             data: args.data,
             listen: args.listen,
             max_body_bytes: args.max_body_bytes,
+            allowed_origins: args.allowed_origins.clone(),
             node_timeout: args.node_timeout,
             lease_ttl: args.lease_ttl,
             replicas: args.nats_replicas,
@@ -73,6 +78,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
         executor: args.executor,
         fake_gpus,
         max_body_bytes: args.max_body_bytes,
+        allowed_origins: args.allowed_origins,
     };
     crate::up::up(options, None, crate::up::shutdown_signal())
         .await
