@@ -19,13 +19,13 @@ use gantry_events::event::JobId;
 use serde::{Deserialize, Serialize};
 
 use crate::actor::scheduler::{
-    AttemptReport, Cancel, CommandError, GetJob, LiveOn, NodeChange, Record, Scheduler, Stats,
-    Submit, SubmitReply,
+    AttemptReport, Cancel, ChangeKey, CommandError, GetJob, LiveOn, NodeChange, Record, Scheduler,
+    Stats, Submit, SubmitReply,
 };
 use crate::job::{Job, JobState};
 use crate::placement::Node;
 use crate::spec::SubmitRequest;
-use crate::world::Refusal;
+use crate::world::{KeyChange, Principal, Refusal};
 
 /// The answer to a cancel: the job's state after it, and the sequence to wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,15 +36,23 @@ pub struct CancelReply {
 
 /// The control plane as a node and the gateway see it.
 pub trait Control: Send + Sync + 'static {
-    /// Submits a job.
-    fn submit(&self, request: SubmitRequest) -> BoxFuture<'_, Result<SubmitReply, CommandError>>;
+    /// Submits a job on behalf of `by` (`None`: without authentication, the default group).
+    fn submit(
+        &self,
+        request: SubmitRequest,
+        by: Option<Principal>,
+    ) -> BoxFuture<'_, Result<SubmitReply, CommandError>>;
 
-    /// Asks for a job to be cancelled.
+    /// Asks for a job to be cancelled; `by` is the asking key's id.
     fn cancel(
         &self,
         job: JobId,
         reason: Option<String>,
+        by: Option<String>,
     ) -> BoxFuture<'_, Result<CancelReply, CommandError>>;
+
+    /// An admin's change to the API keys; answers the sequence to wait for (0: nothing new).
+    fn change_key(&self, change: KeyChange) -> BoxFuture<'_, Result<u64, CommandError>>;
 
     /// A worker's report about an attempt on its node. `Ok` once the fact is in the log; a
     /// refusal ([`CommandError::is_refusal`]) is final.
@@ -113,6 +121,9 @@ impl CommandError {
             CommandError::Refused(Refusal::UnknownNode(node)) => {
                 Fault::new(404, "not_found", format!("no node {node}"), None)
             }
+            CommandError::Refused(Refusal::UnknownKey(key)) => {
+                Fault::new(404, "not_found", format!("no key {key}"), None)
+            }
             CommandError::Refused(Refusal::Rejected(r)) => {
                 Fault::new(409, "conflict", r.to_string(), None)
             }
@@ -154,8 +165,12 @@ fn mailbox(error: MailboxError) -> CommandError {
 }
 
 impl Control for Local {
-    fn submit(&self, request: SubmitRequest) -> BoxFuture<'_, Result<SubmitReply, CommandError>> {
-        let sent = self.0.send(Submit(request));
+    fn submit(
+        &self,
+        request: SubmitRequest,
+        by: Option<Principal>,
+    ) -> BoxFuture<'_, Result<SubmitReply, CommandError>> {
+        let sent = self.0.send(Submit(request, by));
         async move { sent.await.map_err(mailbox)? }.boxed()
     }
 
@@ -163,16 +178,23 @@ impl Control for Local {
         &self,
         job: JobId,
         reason: Option<String>,
+        by: Option<String>,
     ) -> BoxFuture<'_, Result<CancelReply, CommandError>> {
         let sent = self.0.send(Cancel {
             job_id: job,
             reason,
+            by,
         });
         async move {
             let (state, seq) = sent.await.map_err(mailbox)??;
             Ok(CancelReply { state, seq })
         }
         .boxed()
+    }
+
+    fn change_key(&self, change: KeyChange) -> BoxFuture<'_, Result<u64, CommandError>> {
+        let sent = self.0.send(ChangeKey(change));
+        async move { sent.await.map_err(mailbox)? }.boxed()
     }
 
     fn report(&self, report: AttemptReport) -> BoxFuture<'_, Result<(), CommandError>> {

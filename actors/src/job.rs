@@ -105,6 +105,12 @@ pub struct Job {
     /// Why it is not placed, while it waits (the last `job.waiting`).
     #[serde(default)]
     pub waiting: Option<PendingReason>,
+    /// The API key (its id) that submitted it; `None` without authentication.
+    #[serde(default)]
+    pub by: Option<String>,
+    /// The group it belongs to; `None` is the default group.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// The scheduler-wide retry settings a decision needs beside the job's own policy.
@@ -171,7 +177,14 @@ impl Job {
             ended_attempt: 0,
             infra_losses: 0,
             waiting: None,
+            by: event.by.clone(),
+            group: event.group.clone(),
         }
+    }
+
+    /// The group the job belongs to.
+    pub fn group(&self) -> &str {
+        self.group.as_deref().unwrap_or(crate::world::DEFAULT_GROUP)
     }
 
     /// Folds one event in, with the time the log recorded it (Unix ms).
@@ -456,7 +469,11 @@ impl Job {
 
     /// Someone asked to cancel. Without a live attempt the job is cancelled at once; with one,
     /// the worker stops it and reports back, which cancels the job.
-    pub fn cancel(&self, reason: Option<String>) -> Result<Vec<Event>, Rejection> {
+    pub fn cancel(
+        &self,
+        reason: Option<String>,
+        by: Option<String>,
+    ) -> Result<Vec<Event>, Rejection> {
         self.check_live()?;
         if self.cancel_requested {
             // Asking twice is not an error and records nothing new.
@@ -466,6 +483,7 @@ impl Job {
             JobCancelRequested {
                 job_id: self.id,
                 reason,
+                by,
             }
             .into(),
         ];
@@ -555,6 +573,8 @@ mod tests {
         let submitted = JobSubmitted {
             job_id: JobId::from_u128(1),
             spec: Box::new(spec),
+            by: None,
+            group: None,
         };
         let mut job = Job::submitted(&submitted);
         for e in events {
@@ -595,7 +615,10 @@ mod tests {
         let done = step(&mut job, |j| j.succeeded(1, 42));
         assert_eq!(types(&done), ["job.succeeded"]);
         assert_eq!(job.state, JobState::Succeeded);
-        assert_eq!(job.cancel(None), Err(Rejection::Terminal("succeeded")));
+        assert_eq!(
+            job.cancel(None, None),
+            Err(Rejection::Terminal("succeeded"))
+        );
     }
 
     #[test]
@@ -813,7 +836,9 @@ mod tests {
     #[test]
     fn cancel_while_queued_is_immediate() {
         let mut job = given(spec(3, false), &[]);
-        let events = step(&mut job, |j| j.cancel(Some("no longer needed".into())));
+        let events = step(&mut job, |j| {
+            j.cancel(Some("no longer needed".into()), None)
+        });
         assert_eq!(types(&events), ["job.cancel_requested", "job.cancelled"]);
         assert_eq!(job.state, JobState::Cancelled);
     }
@@ -823,10 +848,10 @@ mod tests {
         let mut job = given(spec(3, true), &[]);
         step(&mut job, |j| j.place("n1", vec![], 0));
         step(&mut job, |j| j.started(1, None, None));
-        let events = step(&mut job, |j| j.cancel(None));
+        let events = step(&mut job, |j| j.cancel(None, None));
         assert_eq!(types(&events), ["job.cancel_requested"]);
         assert_eq!(job.state, JobState::Running);
-        assert!(job.cancel(None).expect("idempotent").is_empty());
+        assert!(job.cancel(None, None).expect("idempotent").is_empty());
         // The worker stops the container; even a retryable failure now ends in cancelled.
         let events = step(&mut job, |j| {
             j.failed(1, FailureCause::Cancelled, Some(3), 0, BUDGET)
@@ -850,7 +875,7 @@ mod tests {
                 BUDGET,
             )
         });
-        step(&mut job, |j| j.cancel(None));
+        step(&mut job, |j| j.cancel(None, None));
         assert_eq!(job.state, JobState::Cancelled);
         assert!(!job.placeable(u64::MAX));
     }

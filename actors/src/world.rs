@@ -4,12 +4,14 @@
 //! current state and return the events a command would append, or a rejection. The scheduler
 //! actor appends what `decide_*` returns and only then applies it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use gantry_events::event::{
-    FailureCause, JobEvent, JobId, JobSubmitted, JobWaiting, NodeEvent, PendingReason,
+    FailureCause, JobEvent, JobId, JobSubmitted, JobWaiting, KeyCreated, KeyEvent, KeyRevoked,
+    NodeEvent, PendingReason,
 };
 use gantry_events::{Event, NewEvent, Source};
+use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState, Rejection};
 use crate::placement::{Cluster, NodeStatus, Queues};
@@ -37,6 +39,32 @@ pub enum Refusal {
     /// with the reason.
     #[error("unschedulable: {}", .0.message)]
     Unschedulable(PendingReason),
+    /// No such API key; 404.
+    #[error("no key {0}")]
+    UnknownKey(String),
+}
+
+/// How long an idempotency key is remembered, counted in log time from its job's submission:
+/// within it, the same key (in the same group) answers the same job; after it, the key may
+/// start a new job. Bounds the memory the keys take.
+pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The group of jobs submitted without one (no authentication).
+pub const DEFAULT_GROUP: &str = "default";
+
+/// Who asked: the API key's id (never the key) and the group it acts in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub key_id: String,
+    pub group: String,
+}
+
+/// An admin's change to the API keys (decided by [`World::decide_key`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KeyChange {
+    Create(KeyCreated),
+    Revoke(KeyRevoked),
 }
 
 /// The answer to a submission.
@@ -65,7 +93,12 @@ pub struct World {
     jobs: HashMap<JobId, Job>,
     /// Sequence of each job's submission: FIFO order within a priority.
     submitted_at: HashMap<JobId, u64>,
-    idempotency: HashMap<String, JobId>,
+    /// Idempotency keys by group, with their job and its submission time (log time, ms).
+    idempotency: HashMap<(String, String), (JobId, u64)>,
+    /// The same keys in submission order, to forget them after the retention.
+    idempotency_order: VecDeque<(u64, (String, String))>,
+    /// API keys ever created, and whether each is revoked.
+    keys: HashMap<String, bool>,
     cluster: Cluster,
     queues: Queues,
     /// Jobs whose current attempt is placed and not yet started: the ones a lease can expire.
@@ -129,6 +162,12 @@ impl World {
                 NodeEvent::Cordoned(c) => self.cluster.set_status(&c.node_id, NodeStatus::Cordoned),
                 NodeEvent::Uncordoned(u) => self.cluster.set_status(&u.node_id, NodeStatus::Ready),
             },
+            Event::Key(KeyEvent::Created(k)) => {
+                self.keys.insert(k.key_id.clone(), false);
+            }
+            Event::Key(KeyEvent::Revoked(k)) => {
+                self.keys.insert(k.key_id.clone(), true);
+            }
             Event::Artifact(_) | Event::Audit(_) => {}
         }
     }
@@ -139,8 +178,11 @@ impl World {
             self.queues
                 .push(job.id, &job.spec.queue, job.spec.priority, seq);
             if let Some(key) = &job.spec.idempotency_key {
-                self.idempotency.insert(key.clone(), job.id);
+                let scoped = (job.group().to_owned(), key.clone());
+                self.idempotency.insert(scoped.clone(), (job.id, time_ms));
+                self.idempotency_order.push_back((time_ms, scoped));
             }
+            self.forget_idempotency_keys(time_ms);
             self.submitted_at.insert(job.id, seq);
             self.jobs.insert(job.id, job);
             return;
@@ -181,11 +223,34 @@ impl World {
         }
     }
 
-    /// A submission: validated, deduplicated by idempotency key.
-    pub fn decide_submit(&self, request: &SubmitRequest) -> Result<Submitted, Refusal> {
+    /// Forgets idempotency keys older than the retention before `now_ms` (log time).
+    fn forget_idempotency_keys(&mut self, now_ms: u64) {
+        let horizon = now_ms.saturating_sub(IDEMPOTENCY_RETENTION_MS);
+        while let Some((at, _)) = self.idempotency_order.front() {
+            if *at >= horizon {
+                break;
+            }
+            let Some((at, scoped)) = self.idempotency_order.pop_front() else {
+                break;
+            };
+            // A later job may have taken the key again: forget only this one.
+            if self.idempotency.get(&scoped).is_some_and(|(_, t)| *t == at) {
+                self.idempotency.remove(&scoped);
+            }
+        }
+    }
+
+    /// A submission: validated, deduplicated by idempotency key within the submitter's group,
+    /// recorded with who submitted it.
+    pub fn decide_submit(
+        &self,
+        request: &SubmitRequest,
+        by: Option<&Principal>,
+    ) -> Result<Submitted, Refusal> {
         let spec = validate(request, &self.limits)?;
+        let group = by.map_or(DEFAULT_GROUP, |p| p.group.as_str());
         if let Some(key) = &spec.idempotency_key
-            && let Some(existing) = self.idempotency.get(key)
+            && let Some((existing, _)) = self.idempotency.get(&(group.to_owned(), key.clone()))
         {
             // The same key for a different job is a client bug, not a retry: say so.
             if self.jobs.get(existing).is_some_and(|job| job.spec != spec) {
@@ -206,6 +271,8 @@ impl World {
                 JobSubmitted {
                     job_id,
                     spec: Box::new(spec),
+                    by: by.map(|p| p.key_id.clone()),
+                    group: by.map(|p| p.group.clone()),
                 }
                 .into(),
             ],
@@ -216,8 +283,35 @@ impl World {
         self.jobs.get(&id).ok_or(Refusal::UnknownJob(id))
     }
 
-    pub fn decide_cancel(&self, id: JobId, reason: Option<String>) -> Result<Vec<Event>, Refusal> {
-        Ok(self.existing(id)?.cancel(reason)?)
+    pub fn decide_cancel(
+        &self,
+        id: JobId,
+        reason: Option<String>,
+        by: Option<String>,
+    ) -> Result<Vec<Event>, Refusal> {
+        Ok(self.existing(id)?.cancel(reason, by)?)
+    }
+
+    /// An admin's change to the API keys: a key id is created once; revoking an unknown key is
+    /// refused, revoking twice records nothing new.
+    pub fn decide_key(&self, change: KeyChange) -> Result<Vec<Event>, Refusal> {
+        match change {
+            KeyChange::Create(created) => {
+                if self.keys.contains_key(&created.key_id) {
+                    return Err(Rejection::WrongState {
+                        state: "existing",
+                        action: "create (the key id is taken)",
+                    }
+                    .into());
+                }
+                Ok(vec![created.into()])
+            }
+            KeyChange::Revoke(revoked) => match self.keys.get(&revoked.key_id) {
+                None => Err(Refusal::UnknownKey(revoked.key_id)),
+                Some(true) => Ok(Vec::new()),
+                Some(false) => Ok(vec![revoked.into()]),
+            },
+        }
     }
 
     pub fn decide_started(
@@ -416,6 +510,7 @@ impl World {
         node: &str,
         status: NodeStatus,
         reason: String,
+        by: Option<String>,
     ) -> Result<Vec<Event>, Refusal> {
         use gantry_events::event::{NodeCordoned, NodeDrained, NodeUncordoned};
         let known = self
@@ -434,9 +529,19 @@ impl World {
                 }
                 .into());
             }
-            NodeStatus::Ready => NodeUncordoned { node_id }.into(),
-            NodeStatus::Cordoned => NodeCordoned { node_id, reason }.into(),
-            NodeStatus::Draining => NodeDrained { node_id, reason }.into(),
+            NodeStatus::Ready => NodeUncordoned { node_id, by }.into(),
+            NodeStatus::Cordoned => NodeCordoned {
+                node_id,
+                reason,
+                by,
+            }
+            .into(),
+            NodeStatus::Draining => NodeDrained {
+                node_id,
+                reason,
+                by,
+            }
+            .into(),
             NodeStatus::Lost => gantry_events::event::NodeLost { node_id, reason }.into(),
         }])
     }
@@ -479,7 +584,7 @@ mod tests {
     fn submit_jobs(world: &mut World, log: &mut Vec<Event>, n: usize) {
         for i in 0..n {
             let Submitted::New { events, .. } = world
-                .decide_submit(&request(&format!("j{i}")))
+                .decide_submit(&request(&format!("j{i}")), None)
                 .expect("valid")
             else {
                 panic!("new job")
@@ -559,24 +664,107 @@ mod tests {
         let mut log = Vec::new();
         let mut req = request("once");
         req.idempotency_key = Some("k1".into());
-        let Submitted::New { job_id, events } = world.decide_submit(&req).expect("valid") else {
+        let Submitted::New { job_id, events } = world.decide_submit(&req, None).expect("valid")
+        else {
             panic!("new")
         };
         commit(&mut world, &mut log, events);
-        assert_eq!(world.decide_submit(&req), Ok(Submitted::Existing(job_id)));
+        assert_eq!(
+            world.decide_submit(&req, None),
+            Ok(Submitted::Existing(job_id))
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_are_scoped_to_a_group_and_forgotten_after_the_retention() {
+        let mut world = World::default();
+        let team = |g: &str| Principal {
+            key_id: format!("key-{g}"),
+            group: g.into(),
+        };
+        let mut req = request("once");
+        req.idempotency_key = Some("nightly".into());
+        let Submitted::New { job_id, events } =
+            world.decide_submit(&req, Some(&team("a"))).expect("valid")
+        else {
+            panic!("new")
+        };
+        let Event::Job(JobEvent::Submitted(submitted)) = &events[0] else {
+            panic!("submitted")
+        };
+        assert_eq!(submitted.by.as_deref(), Some("key-a"));
+        assert_eq!(submitted.group.as_deref(), Some("a"));
+        world.apply(1, 1_000, &events[0]);
+        // The same key in group a is that job; in group b (or with no group) it is a new job,
+        // and nothing of group a's job shows.
+        assert_eq!(
+            world.decide_submit(&req, Some(&team("a"))),
+            Ok(Submitted::Existing(job_id))
+        );
+        assert!(matches!(
+            world.decide_submit(&req, Some(&team("b"))),
+            Ok(Submitted::New { .. })
+        ));
+        assert!(matches!(
+            world.decide_submit(&req, None),
+            Ok(Submitted::New { .. })
+        ));
+        // A submission past the retention forgets the old key.
+        let Submitted::New { events, .. } = world
+            .decide_submit(&request("later"), Some(&team("a")))
+            .expect("valid")
+        else {
+            panic!("new")
+        };
+        world.apply(2, 1_000 + IDEMPOTENCY_RETENTION_MS + 1, &events[0]);
+        assert!(matches!(
+            world.decide_submit(&req, Some(&team("a"))),
+            Ok(Submitted::New { .. })
+        ));
+    }
+
+    #[test]
+    fn keys_are_created_once_and_revoked_once() {
+        use gantry_events::Hash;
+        let mut world = World::default();
+        let created = KeyCreated {
+            key_id: "k1".into(),
+            name: "ci".into(),
+            role: "submitter".into(),
+            group: "a".into(),
+            hash: Hash::GENESIS,
+            by: None,
+        };
+        let revoke = KeyChange::Revoke(KeyRevoked {
+            key_id: "k1".into(),
+            by: Some("admin".into()),
+        });
+        assert_eq!(
+            world.decide_key(revoke.clone()),
+            Err(Refusal::UnknownKey("k1".into()))
+        );
+        let events = world
+            .decide_key(KeyChange::Create(created.clone()))
+            .expect("new key");
+        world.apply(1, 0, &events[0]);
+        assert!(world.decide_key(KeyChange::Create(created)).is_err());
+        let events = world.decide_key(revoke.clone()).expect("revoke");
+        assert_eq!(events.len(), 1);
+        world.apply(2, 0, &events[0]);
+        assert_eq!(world.decide_key(revoke), Ok(Vec::new()));
     }
 
     #[test]
     fn unknown_jobs_and_bad_requests_are_refused() {
         let world = World::default();
         assert!(matches!(
-            world.decide_cancel(JobId::from_u128(9), None),
+            world.decide_cancel(JobId::from_u128(9), None, None),
             Err(Refusal::UnknownJob(_))
         ));
         let mut bad = request("x");
         bad.image = "NOT VALID".into();
         assert!(matches!(
-            world.decide_submit(&bad),
+            world.decide_submit(&bad, None),
             Err(Refusal::Invalid(_))
         ));
     }
@@ -640,7 +828,8 @@ mod tests {
         log: &mut Vec<Event>,
         req: &SubmitRequest,
     ) -> (JobId, Vec<Event>) {
-        let Submitted::New { job_id, events } = world.decide_submit(req).expect("valid") else {
+        let Submitted::New { job_id, events } = world.decide_submit(req, None).expect("valid")
+        else {
             panic!("new job")
         };
         commit(world, log, events);
@@ -716,7 +905,7 @@ mod tests {
             let mut strict = req.clone();
             strict.reject_unschedulable = true;
             assert!(matches!(
-                world.decide_submit(&strict),
+                world.decide_submit(&strict, None),
                 Err(Refusal::Unschedulable(r)) if r.code == code
             ));
             // Nothing changed: no new event on later passes.
@@ -770,6 +959,7 @@ mod tests {
                 gantry_events::event::NodeDrained {
                     node_id: "h100x2".into(),
                     reason: "maintenance".into(),
+                    by: None,
                 }
                 .into(),
             ],

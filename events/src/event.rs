@@ -33,6 +33,7 @@ pub enum Event {
     Node(NodeEvent),
     Artifact(ArtifactEvent),
     Audit(AuditEvent),
+    Key(KeyEvent),
 }
 
 /// The job lifecycle.
@@ -70,6 +71,14 @@ pub enum ArtifactEvent {
     Stored(ArtifactStored),
 }
 
+/// API keys of the gateway: who may do what.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum KeyEvent {
+    Created(KeyCreated),
+    Revoked(KeyRevoked),
+}
+
 /// The auditor's own records.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -86,6 +95,14 @@ pub struct JobSubmitted {
     pub job_id: JobId,
     /// Boxed: specs are large and every other event is small.
     pub spec: Box<JobSpec>,
+    /// The API key (its id, never the key) that submitted the job; absent when the gateway
+    /// ran without authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The group the job belongs to: only keys of this group (and admins) see or touch it.
+    /// Absent: the `default` group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// What a user asked to run. Validation happens at the edge (gateway, CLI) before this is
@@ -271,6 +288,9 @@ pub struct JobCancelRequested {
     pub job_id: JobId,
     #[serde(default)]
     pub reason: Option<String>,
+    /// The API key (its id) whose request caused this event, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// A job was cancelled; it will not run again.
@@ -361,6 +381,9 @@ pub struct NodeLost {
 pub struct NodeDrained {
     pub node_id: String,
     pub reason: String,
+    /// The API key (its id) whose request caused this event, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// An operator stopped new work going to a node; what runs there goes on.
@@ -368,12 +391,18 @@ pub struct NodeDrained {
 pub struct NodeCordoned {
     pub node_id: String,
     pub reason: String,
+    /// The API key (its id) whose request caused this event, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// A cordoned or drained node takes work again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeUncordoned {
     pub node_id: String,
+    /// The API key (its id) whose request caused this event, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -391,6 +420,34 @@ pub struct ArtifactStored {
     pub size_bytes: u64,
     #[serde(default)]
     pub content_type: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key payloads
+
+/// An API key was created. The key itself is never recorded: only its id and a keyed hash
+/// (HMAC-SHA256 under the server's secret key), which the gateway compares in constant time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyCreated {
+    pub key_id: String,
+    pub name: String,
+    /// `admin`, `operator`, `submitter` or `viewer`.
+    pub role: String,
+    pub group: String,
+    pub hash: Hash,
+    /// The key whose request created this one (absent: created with the bootstrap token or
+    /// without authentication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// An API key was revoked; requests with it are refused from now on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRevoked {
+    pub key_id: String,
+    /// The API key (its id) whose request caused this event, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// The auditor re-verified the chain up to and including `through_seq`.
@@ -489,6 +546,8 @@ event_types! {
     Node(NodeEvent)::Uncordoned(NodeUncordoned) = "node.uncordoned" v 1;
     Artifact(ArtifactEvent)::Stored(ArtifactStored) = "artifact.stored" v 1;
     Audit(AuditEvent)::Checkpointed(AuditCheckpointed) = "audit.checkpointed" v 1;
+    Key(KeyEvent)::Created(KeyCreated) = "key.created" v 1;
+    Key(KeyEvent)::Revoked(KeyRevoked) = "key.revoked" v 1;
 }
 
 impl Event {
@@ -499,6 +558,7 @@ impl Event {
             Event::Node(_) => "node",
             Event::Artifact(_) => "artifact",
             Event::Audit(_) => "audit",
+            Event::Key(_) => "key",
         }
     }
 
@@ -507,7 +567,7 @@ impl Event {
         match self {
             Event::Job(e) => Some(e.job_id()),
             Event::Artifact(ArtifactEvent::Stored(p)) => Some(p.job_id),
-            Event::Node(_) | Event::Audit(_) => None,
+            Event::Node(_) | Event::Audit(_) | Event::Key(_) => None,
         }
     }
 }

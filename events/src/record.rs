@@ -394,6 +394,7 @@ mod tests {
             NodeDrained {
                 node_id: "n".into(),
                 reason: "r".into(),
+                by: None,
             },
         );
         let (entry, _) = seal(1, &Hash::GENESIS, &new).expect("seal");

@@ -21,10 +21,22 @@ pub enum ClientError {
 }
 
 /// Talks to one gateway.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    /// The API key sent as `Authorization: Bearer`.
+    key: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("key", &self.key.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl Client {
@@ -37,7 +49,18 @@ impl Client {
         Client {
             base: base.trim_end_matches('/').to_owned(),
             agent,
+            key: None,
         }
+    }
+
+    /// Sends `key` with every request.
+    pub fn with_key(mut self, key: Option<String>) -> Client {
+        self.key = key;
+        self
+    }
+
+    fn authorization(&self) -> Option<String> {
+        self.key.as_ref().map(|k| format!("Bearer {k}"))
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> ClientError {
@@ -77,8 +100,11 @@ impl Client {
 
     /// GET, returning the raw body.
     pub fn get_raw(&self, path: &str) -> Result<Vec<u8>, ClientError> {
-        let response = self.agent.get(format!("{}{path}", self.base)).call();
-        self.finish(response)
+        let mut request = self.agent.get(format!("{}{path}", self.base));
+        if let Some(value) = self.authorization() {
+            request = request.header("Authorization", value);
+        }
+        self.finish(request.call())
     }
 
     /// GET, returning JSON.
@@ -89,10 +115,11 @@ impl Client {
 
     /// POST a JSON body, returning JSON.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        let response = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .send_json(body);
+        let mut request = self.agent.post(format!("{}{path}", self.base));
+        if let Some(value) = self.authorization() {
+            request = request.header("Authorization", value);
+        }
+        let response = request.send_json(body);
         let body = self.finish(response)?;
         serde_json::from_slice(&body).map_err(|e| self.unreachable(e))
     }

@@ -45,8 +45,8 @@ pub struct ControlPlaneOptions {
     pub data: PathBuf,
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
-    /// Origins besides the gateway's own whose pages may open the event websocket.
-    pub allowed_origins: Vec<String>,
+    /// Keys, origins, hosts and limits at the gateway.
+    pub edge: crate::edge::EdgeOptions,
     /// Silence after which a node is lost.
     pub node_timeout: Duration,
     /// The leader lease's time to live.
@@ -179,6 +179,16 @@ pub async fn control_plane(
         .await
         .map_err(setup)?;
 
+    let edge = crate::edge::build(
+        &options.edge,
+        options.listen,
+        &data,
+        log.as_ref(),
+        &views,
+        &views_seq,
+    )
+    .await
+    .map_err(setup)?;
     let gateway = Gateway {
         control: Arc::new(Remote::gateway(client.clone())),
         supervisor: None,
@@ -189,7 +199,10 @@ pub async fn control_plane(
         max_body_bytes: options.max_body_bytes,
         telemetry: telemetry.clone(),
         leading: Some(leading),
-        allowed_origins: options.allowed_origins.clone(),
+        allowed_origins: edge.allowed_origins,
+        auth: edge.auth,
+        streams: edge.streams,
+        bootstrap_file: edge.bootstrap_file,
     };
     let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();

@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod edge;
 pub mod executor;
 pub mod fleet;
 pub mod gpu;

@@ -41,8 +41,8 @@ pub struct UpOptions {
     /// GPUs to report instead of asking NVML (tests, or GPUs NVML cannot see).
     pub fake_gpus: Option<Vec<Gpu>>,
     pub max_body_bytes: usize,
-    /// Origins besides the gateway's own whose pages may open the event websocket.
-    pub allowed_origins: Vec<String>,
+    /// Keys, origins, hosts and limits at the gateway.
+    pub edge: crate::edge::EdgeOptions,
 }
 
 /// Why `gantry up` could not start.
@@ -56,6 +56,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Setup(String),
+    #[error(transparent)]
+    Edge(#[from] crate::edge::Error),
 }
 
 /// Picks the executor: Docker when asked or when one answers, else local processes.
@@ -151,6 +153,15 @@ pub async fn up(
     )
     .await?;
 
+    let edge = crate::edge::build(
+        &options.edge,
+        options.listen,
+        &data,
+        log.as_ref(),
+        &views,
+        &views_seq,
+    )
+    .await?;
     let gateway = Gateway {
         control: Arc::new(Local(actors.scheduler.clone())),
         supervisor: Some(actors.supervisor.clone()),
@@ -161,7 +172,10 @@ pub async fn up(
         max_body_bytes: options.max_body_bytes,
         telemetry: actors.telemetry.clone(),
         leading: None,
-        allowed_origins: options.allowed_origins.clone(),
+        allowed_origins: edge.allowed_origins,
+        auth: edge.auth,
+        streams: edge.streams,
+        bootstrap_file: edge.bootstrap_file,
     };
     let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();

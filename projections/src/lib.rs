@@ -17,7 +17,7 @@ use std::path::Path;
 
 use gantry_actors::job::Job;
 use gantry_events::event::{
-    ArtifactEvent, FailureCause, Gpu, JobEvent, JobId, JobSpec, NodeEvent, PendingReason,
+    ArtifactEvent, FailureCause, Gpu, JobEvent, JobId, JobSpec, KeyEvent, NodeEvent, PendingReason,
 };
 use gantry_events::{Entry, Envelope, Event, EventLog, Hash};
 use std::collections::HashMap;
@@ -73,6 +73,10 @@ pub struct JobView {
     pub updated_seq: u64,
     pub spec: JobSpec,
     pub attempts: Vec<AttemptView>,
+    /// The group the job belongs to.
+    pub group: String,
+    /// The API key (its id) that submitted it; absent without authentication.
+    pub submitted_by: Option<String>,
 }
 
 /// One attempt of a job: where it ran, on which GPUs, when, and how it ended.
@@ -119,6 +123,7 @@ struct JobRecord {
 impl JobRecord {
     fn view(self) -> JobView {
         let job = self.job;
+        let group = job.group().to_owned();
         JobView {
             id: job.id,
             state: job.state.as_str().to_owned(),
@@ -131,6 +136,8 @@ impl JobRecord {
             submitted_ns: self.submitted_ns,
             updated_ns: self.updated_ns,
             updated_seq: self.updated_seq,
+            group,
+            submitted_by: job.by,
             spec: job.spec,
             attempts: self.attempts,
         }
@@ -232,9 +239,26 @@ pub struct ArtifactView {
 /// One stored row: key kind, key, value.
 pub type DumpRow = (String, Vec<u8>, Vec<u8>);
 
+/// An API key as the views keep it: never the key, only its id and keyed hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    pub key_id: String,
+    pub name: String,
+    pub role: String,
+    pub group: String,
+    /// HMAC-SHA256 of the key under the server's secret key.
+    pub hash: Hash,
+    pub created_ns: u64,
+    pub created_by: Option<String>,
+    pub revoked_ns: Option<u64>,
+}
+
 /// Filters for listing jobs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobFilter {
+    /// Only this group's jobs (`None`: every group, for admins and the unauthenticated
+    /// loopback gateway).
+    pub group: Option<String>,
     pub state: Option<String>,
     pub queue: Option<String>,
     /// `key=value`.
@@ -258,6 +282,8 @@ mod kind {
     pub const NODE: u8 = b'n';
     pub const ARTIFACT: u8 = b'a';
     pub const COUNT: u8 = b'c';
+    pub const KEY: u8 = b'k';
+    pub const BY_GROUP: u8 = b'g';
 }
 
 /// The checkpoint's key (kind `m`, metadata).
@@ -266,7 +292,14 @@ const CHECKPOINT: &[u8] = b"mcheckpoint";
 const FORMAT: &[u8] = b"mformat";
 /// The layout of the stored views; views of another layout are rebuilt. 2: jobs stored as a
 /// domain job with its attempt history.
-const VIEWS_FORMAT: u32 = 3;
+const VIEWS_FORMAT: u32 = 4;
+
+fn key_key(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 1);
+    k.push(kind::KEY);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
 
 fn job_key(id: &JobId) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
@@ -312,6 +345,7 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, Error> {
 struct Overlay {
     jobs: HashMap<JobId, JobRecord>,
     nodes: HashMap<String, NodeView>,
+    keys: HashMap<String, KeyView>,
     counts: HashMap<Vec<u8>, i64>,
     batch: sled::Batch,
 }
@@ -367,6 +401,7 @@ impl Projections {
                     key.extend_from_slice(a.name.as_bytes());
                     overlay.batch.insert(key, encode(&view)?);
                 }
+                Event::Key(e) => self.apply_key(&env, e, &mut overlay)?,
                 Event::Audit(_) => {}
             }
             checkpoint = Checkpoint {
@@ -377,9 +412,13 @@ impl Projections {
         let Overlay {
             jobs,
             nodes,
+            keys,
             counts,
             mut batch,
         } = overlay;
+        for (id, view) in &keys {
+            batch.insert(key_key(id), encode(view)?);
+        }
         for (id, view) in &jobs {
             batch.insert(job_key(id), encode(view)?);
         }
@@ -405,6 +444,39 @@ impl Projections {
         batch.insert(FORMAT, &VIEWS_FORMAT.to_be_bytes());
         self.tree.apply_batch(batch)?;
         Ok(checkpoint)
+    }
+
+    fn apply_key(
+        &self,
+        env: &Envelope,
+        event: &KeyEvent,
+        overlay: &mut Overlay,
+    ) -> Result<(), Error> {
+        let view = match event {
+            KeyEvent::Created(k) => KeyView {
+                key_id: k.key_id.clone(),
+                name: k.name.clone(),
+                role: k.role.clone(),
+                group: k.group.clone(),
+                hash: k.hash,
+                created_ns: env.time_ns,
+                created_by: k.by.clone(),
+                revoked_ns: None,
+            },
+            KeyEvent::Revoked(r) => {
+                let known = match overlay.keys.remove(&r.key_id) {
+                    Some(view) => Some(view),
+                    None => self.key(&r.key_id)?,
+                };
+                let Some(mut view) = known else {
+                    return Ok(());
+                };
+                view.revoked_ns.get_or_insert(env.time_ns);
+                view
+            }
+        };
+        overlay.keys.insert(view.key_id.clone(), view);
+        Ok(())
     }
 
     /// Takes a job's record out of the batch in progress, or reads it from the store.
@@ -470,6 +542,9 @@ impl Projections {
                 overlay
                     .batch
                     .insert(index_key(kind::BY_QUEUE, &job.spec.queue, &job.id), &[]);
+                overlay
+                    .batch
+                    .insert(index_key(kind::BY_GROUP, job.group(), &job.id), &[]);
                 let record = JobRecord {
                     job,
                     attempts: Vec::new(),
@@ -698,6 +773,26 @@ impl Projections {
         Ok(self.record(id)?.map(JobRecord::view))
     }
 
+    /// A job as a key of `group` may see it: a job of another group is not there (`None`
+    /// group: every group).
+    pub fn job_in(&self, id: &JobId, group: Option<&str>) -> Result<Option<JobView>, Error> {
+        Ok(self.job(id)?.filter(|v| group.is_none_or(|g| v.group == g)))
+    }
+
+    /// An API key by id.
+    pub fn key(&self, id: &str) -> Result<Option<KeyView>, Error> {
+        self.tree.get(key_key(id))?.map(|v| decode(&v)).transpose()
+    }
+
+    /// Every API key, revoked ones included, by id.
+    pub fn keys(&self) -> Result<Vec<KeyView>, Error> {
+        self.tree
+            .scan_prefix([kind::KEY])
+            .values()
+            .map(|v| decode(&v?))
+            .collect()
+    }
+
     /// Jobs in submission order after `after` (a cursor: the last id of the previous page).
     pub fn jobs(
         &self,
@@ -706,7 +801,8 @@ impl Projections {
         limit: usize,
     ) -> Result<Vec<JobView>, Error> {
         let keep = |view: &JobView| {
-            filter.state.as_ref().is_none_or(|s| &view.state == s)
+            filter.group.as_ref().is_none_or(|g| &view.group == g)
+                && filter.state.as_ref().is_none_or(|s| &view.state == s)
                 && filter.queue.as_ref().is_none_or(|q| &view.spec.queue == q)
                 && filter.label.as_ref().is_none_or(|l| {
                     l.split_once('=')
@@ -714,11 +810,12 @@ impl Projections {
                 })
         };
         // The most selective index available, then the other filters on the views.
-        let prefix = match (&filter.state, &filter.queue, &filter.label) {
-            (Some(s), _, _) => index_prefix(kind::BY_STATE, s),
-            (None, Some(q), _) => index_prefix(kind::BY_QUEUE, q),
-            (None, None, Some(l)) => index_prefix(kind::BY_LABEL, l),
-            (None, None, None) => vec![kind::JOB],
+        let prefix = match (&filter.state, &filter.queue, &filter.label, &filter.group) {
+            (Some(s), _, _, _) => index_prefix(kind::BY_STATE, s),
+            (None, Some(q), _, _) => index_prefix(kind::BY_QUEUE, q),
+            (None, None, Some(l), _) => index_prefix(kind::BY_LABEL, l),
+            (None, None, None, Some(g)) => index_prefix(kind::BY_GROUP, g),
+            (None, None, None, None) => vec![kind::JOB],
         };
         let mut start = prefix.clone();
         if let Some(id) = after {
@@ -844,6 +941,9 @@ mod tests {
                 JobSubmitted {
                     job_id,
                     spec: Box::new(spec(if i % 2 == 0 { "a" } else { "b" })),
+                    by: Some(format!("key{}", i % 2)),
+                    // Every fourth job in group `vision`, the others in the default group.
+                    group: (i % 4 == 0).then(|| "vision".into()),
                 }
                 .into(),
             );
@@ -879,6 +979,24 @@ mod tests {
                 );
             }
         }
+        out.push(
+            gantry_events::event::KeyCreated {
+                key_id: "key0".into(),
+                name: "ci".into(),
+                role: "submitter".into(),
+                group: "vision".into(),
+                hash: Hash::GENESIS,
+                by: None,
+            }
+            .into(),
+        );
+        out.push(
+            gantry_events::event::KeyRevoked {
+                key_id: "key0".into(),
+                by: Some("admin".into()),
+            }
+            .into(),
+        );
         out
     }
 
@@ -952,6 +1070,61 @@ mod tests {
             4
         );
         assert_eq!(rebuilt.nodes().expect("nodes")[0].status, "ready");
+
+        // Groups: a listing scoped to a group holds only its jobs; a job of another group is
+        // not there for it.
+        let vision = rebuilt
+            .jobs(
+                &JobFilter {
+                    group: Some("vision".into()),
+                    ..Default::default()
+                },
+                None,
+                100,
+            )
+            .expect("list");
+        assert_eq!(vision.len(), 5);
+        assert!(vision.iter().all(|v| v.group == "vision"));
+        let running_default = rebuilt
+            .jobs(
+                &JobFilter {
+                    group: Some("default".into()),
+                    state: Some("running".into()),
+                    ..Default::default()
+                },
+                None,
+                100,
+            )
+            .expect("list");
+        assert!(running_default.iter().all(|v| v.group == "default"));
+        let first = vision[0].id;
+        assert!(
+            rebuilt
+                .job_in(&first, Some("vision"))
+                .expect("job")
+                .is_some()
+        );
+        assert!(
+            rebuilt
+                .job_in(&first, Some("default"))
+                .expect("job")
+                .is_none()
+        );
+        assert_eq!(
+            rebuilt
+                .job(&first)
+                .expect("job")
+                .and_then(|v| v.submitted_by),
+            Some("key0".into())
+        );
+        // Keys: kept with their hash and revocation, never more.
+        let key = rebuilt.key("key0").expect("key").expect("known");
+        assert_eq!(
+            (key.role.as_str(), key.group.as_str()),
+            ("submitter", "vision")
+        );
+        assert!(key.revoked_ns.is_some());
+        assert_eq!(rebuilt.keys().expect("keys").len(), 1);
     }
 
     #[tokio::test]

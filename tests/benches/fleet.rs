@@ -262,7 +262,7 @@ async fn gantry_jobs(url: &str, jobs: usize, executor: Arc<NoopExecutor>) -> (f6
                     let (gateway, submitted) = (&gateway, submitted.clone());
                     async move {
                         let at = Instant::now();
-                        let reply = gateway.submit(request(i)).await.expect("submit");
+                        let reply = gateway.submit(request(i), None).await.expect("submit");
                         submitted
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -507,6 +507,7 @@ async fn heartbeats(url: &str, cp: &ControlPlane, count: usize, window: Duration
             node: format!("hb-{i:04}"),
             status: gantry_actors::placement::NodeStatus::Draining,
             reason: "benchmark over".into(),
+            by: None,
         };
         gateway.change_node(change).await.expect("drain");
     }

@@ -69,7 +69,7 @@ fn schedule(nodes: usize, jobs: usize) -> (usize, Duration) {
         world.apply(seq, 0, &node(i));
     }
     for i in 0..jobs {
-        let Ok(Submitted::New { events, .. }) = world.decide_submit(&request(i)) else {
+        let Ok(Submitted::New { events, .. }) = world.decide_submit(&request(i), None) else {
             panic!("valid")
         };
         for e in events {
@@ -267,6 +267,8 @@ fn bench_rebuild() {
                 JobSubmitted {
                     job_id,
                     spec: Box::new(spec),
+                    by: None,
+                    group: None,
                 },
             ));
             batch.push(NewEvent::new(

@@ -149,6 +149,7 @@ pub async fn batches_are_all_or_nothing<H: Harness>(h: &mut H) {
         NodeDrained {
             node_id: "too big".into(),
             reason: "x".repeat(MAX_ENTRY_BYTES),
+            by: None,
         },
     ));
     batch.push(event(0, 5));

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use gantry_events::event::Gpu;
 use gantry_nodes::client::{Client, ClientError};
+use gantry_nodes::edge::EdgeOptions;
 use gantry_nodes::up::{ExecutorChoice, UpOptions, up};
 use serde_json::Value;
 
@@ -35,14 +36,28 @@ impl Gantry {
     pub fn start_with_gpus(executor: ExecutorChoice, gpus: Vec<Gpu>) -> Gantry {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().to_owned();
-        let mut gantry = Gantry::launch(&data, executor, 64 << 10, Some(gpus));
+        let edge = EdgeOptions::default();
+        let mut gantry = Gantry::launch(&data, executor, 64 << 10, Some(gpus), edge);
+        gantry._dir = Some(dir);
+        gantry
+    }
+
+    /// Starts gantry on a fresh data directory with these edge settings (API keys, hosts,
+    /// limits). Without a secret key file, one is made beside the data directory.
+    pub fn start_with_edge(executor: ExecutorChoice, mut edge: EdgeOptions) -> Gantry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        if edge.secret_key_file.is_none() {
+            edge.secret_key_file = Some(dir.path().join("secret.key"));
+        }
+        let mut gantry = Gantry::launch(&data, executor, 64 << 10, None, edge);
         gantry._dir = Some(dir);
         gantry
     }
 
     /// Starts gantry on `data` (kept after drop), with a request body limit.
     pub fn start_on(data: &Path, executor: ExecutorChoice, max_body_bytes: usize) -> Gantry {
-        Gantry::launch(data, executor, max_body_bytes, None)
+        Gantry::launch(data, executor, max_body_bytes, None, EdgeOptions::default())
     }
 
     fn launch(
@@ -50,6 +65,7 @@ impl Gantry {
         executor: ExecutorChoice,
         max_body_bytes: usize,
         fake_gpus: Option<Vec<Gpu>>,
+        edge: EdgeOptions,
     ) -> Gantry {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -59,7 +75,7 @@ impl Gantry {
             executor,
             fake_gpus,
             max_body_bytes,
-            allowed_origins: Vec::new(),
+            edge,
         };
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
@@ -89,6 +105,11 @@ impl Gantry {
             stop: Some(stop_tx),
             thread: Some(thread),
         }
+    }
+
+    /// A client of this gantry that sends `key`.
+    pub fn client_with_key(&self, key: &str) -> Client {
+        Client::new(&format!("http://{}", self.addr)).with_key(Some(key.to_owned()))
     }
 
     pub fn data(&self) -> &Path {
@@ -167,8 +188,12 @@ pub fn all_events(client: &Client) -> Vec<Value> {
             .get(&format!("/v1/events?after={after}&limit=1000"))
             .expect("events");
         let batch = reply["events"].as_array().cloned().unwrap_or_default();
-        let Some(last) = batch.last() else { break };
-        after = last["seq"].as_u64().expect("seq");
+        // Where the page stopped (events the key may not see are left out of it).
+        let next = reply["next_after"].as_u64().expect("next_after");
+        if next <= after {
+            break;
+        }
+        after = next;
         out.extend(batch);
     }
     out

@@ -207,7 +207,7 @@ fn request(command: &str) -> SubmitRequest {
 async fn submit(actors: &Actors, request: SubmitRequest) -> JobId {
     actors
         .scheduler
-        .send(Submit(request))
+        .send(Submit(request, None))
         .await
         .expect("scheduler")
         .expect("accepted")
@@ -372,6 +372,7 @@ async fn cancel_and_timeout_take_effect_while_an_attempt_is_starting() {
         .send(gantry_actors::actor::scheduler::Cancel {
             job_id: cancelled,
             reason: None,
+            by: None,
         })
         .await
         .expect("scheduler")

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::job::{Job, JobState};
 use crate::placement::{Node, NodeStatus};
 use crate::spec::{Limits, SubmitRequest};
-use crate::world::{Refusal, Submitted, World, stamp};
+use crate::world::{KeyChange, Principal, Refusal, Submitted, World, stamp};
 
 /// How often placement runs when nothing else wakes it.
 const TICK: Duration = Duration::from_millis(50);
@@ -305,7 +305,7 @@ impl Handler<PlaceNow> for Scheduler {
 /// Submit a job.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<SubmitReply, CommandError>")]
-pub struct Submit(pub SubmitRequest);
+pub struct Submit(pub SubmitRequest, pub Option<Principal>);
 
 /// The job a submission created or found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,7 +321,7 @@ impl Handler<Submit> for Scheduler {
     type Result = AtomicResponse<Self, Result<SubmitReply, CommandError>>;
 
     fn handle(&mut self, msg: Submit, _: &mut Context<Self>) -> Self::Result {
-        match self.world.decide_submit(&msg.0) {
+        match self.world.decide_submit(&msg.0, msg.1.as_ref()) {
             Ok(Submitted::New { job_id, events }) => self.commit(events, move |act| SubmitReply {
                 job_id,
                 seq: act.world.seq(),
@@ -343,6 +343,8 @@ impl Handler<Submit> for Scheduler {
 pub struct Cancel {
     pub job_id: JobId,
     pub reason: Option<String>,
+    /// The API key (its id) asking.
+    pub by: Option<String>,
 }
 
 impl Handler<Cancel> for Scheduler {
@@ -350,7 +352,7 @@ impl Handler<Cancel> for Scheduler {
 
     fn handle(&mut self, msg: Cancel, _: &mut Context<Self>) -> Self::Result {
         let id = msg.job_id;
-        match self.world.decide_cancel(id, msg.reason) {
+        match self.world.decide_cancel(id, msg.reason, msg.by) {
             Ok(events) => self.commit(events, move |act| {
                 let state = act.world.job(&id).map_or(JobState::Cancelled, |j| j.state);
                 (state, act.world.seq())
@@ -536,6 +538,9 @@ pub struct NodeChange {
     pub status: NodeStatus,
     #[serde(default)]
     pub reason: String,
+    /// The API key (its id) asking.
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 impl Handler<NodeChange> for Scheduler {
@@ -544,9 +549,26 @@ impl Handler<NodeChange> for Scheduler {
     fn handle(&mut self, msg: NodeChange, _: &mut Context<Self>) -> Self::Result {
         match self
             .world
-            .decide_node_status(&msg.node, msg.status, msg.reason)
+            .decide_node_status(&msg.node, msg.status, msg.reason, msg.by)
         {
             Ok(events) => self.commit(events, |_| ()),
+            Err(refusal) => self.refuse(refusal),
+        }
+    }
+}
+
+/// An admin's change to the API keys. Answers the sequence to wait for (0: nothing new).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<u64, CommandError>")]
+pub struct ChangeKey(pub KeyChange);
+
+impl Handler<ChangeKey> for Scheduler {
+    type Result = AtomicResponse<Self, Result<u64, CommandError>>;
+
+    fn handle(&mut self, msg: ChangeKey, _: &mut Context<Self>) -> Self::Result {
+        match self.world.decide_key(msg.0) {
+            Ok(events) if events.is_empty() => self.commit(events, |_| 0),
+            Ok(events) => self.commit(events, |act| act.world.seq()),
             Err(refusal) => self.refuse(refusal),
         }
     }

@@ -365,6 +365,7 @@ impl Handler<Drain> for Supervisor {
             let drained = NodeDrained {
                 node_id,
                 reason: msg.0,
+                by: None,
             };
             if let Err(e) = control.record(drained.into()).await {
                 tracing::warn!(error = %e, "could not record the node draining");

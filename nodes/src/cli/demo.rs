@@ -39,7 +39,7 @@ pub async fn demo(
         executor,
         fake_gpus: None,
         max_body_bytes: 1 << 20,
-        allowed_origins: Vec::new(),
+        edge: crate::edge::EdgeOptions::default(),
     };
     let system = actix_rt::spawn(async move {
         up(options, Some(started_tx), async {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use super::error::{Error, api};
 use super::output::out_line;
 use super::server::ServerArgs;
-use crate::client::{Client, blocking};
+use crate::client::blocking;
 
 /// `gantry job ID`.
 pub async fn job(
@@ -14,7 +14,7 @@ pub async fn job(
     id: String,
     out: &mut (dyn Write + Send),
 ) -> Result<ExitCode, Error> {
-    let client = Client::new(&server.server);
+    let client = server.client()?;
     let reply = blocking(move || client.get(&format!("/v1/jobs/{id}")))
         .await
         .map_err(api)?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use super::error::{Error, api};
 use super::server::ServerArgs;
 use super::server::follow_job;
-use crate::client::{Client, blocking};
+use crate::client::blocking;
 
 /// `gantry logs [-f] ID`.
 pub async fn logs(
@@ -16,7 +16,7 @@ pub async fn logs(
     attempt: Option<u32>,
     out: &mut (dyn Write + Send),
 ) -> Result<ExitCode, Error> {
-    let client = Client::new(&server.server);
+    let client = server.client()?;
     if follow {
         follow_job(&client, &id, true, false, out).await?;
         return Ok(ExitCode::SUCCESS);

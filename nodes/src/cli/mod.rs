@@ -11,6 +11,7 @@ mod error;
 mod events;
 mod job;
 mod jobs;
+mod keys;
 mod log;
 mod logs;
 mod node;
@@ -137,6 +138,9 @@ pub enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Manage the read-side views.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
@@ -183,6 +187,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Err
             after,
             follow,
         } => events::events(&server, after, follow, out).await,
+        Command::Keys(command) => keys::keys(command, out).await,
         Command::Projections(ProjectionsCommand::Rebuild { data }) => {
             projections::rebuild(data, out).await
         }

@@ -26,6 +26,33 @@ pub struct ServerArgs {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// A file holding the API key to send. Without it, the key is read from the
+    /// `GANTRY_API_KEY` environment variable (never from a flag, which other users could read
+    /// in the process list).
+    #[arg(long, env = "GANTRY_API_KEY_FILE", global = true)]
+    pub api_key_file: Option<std::path::PathBuf>,
+}
+
+impl ServerArgs {
+    /// The API key to send, if any.
+    pub fn api_key(&self) -> Result<Option<String>, Error> {
+        if let Some(path) = &self.api_key_file {
+            let key = std::fs::read_to_string(path).map_err(super::error::io_context(format!(
+                "reading the API key {}",
+                path.display()
+            )))?;
+            return Ok(Some(key.trim().to_owned()));
+        }
+        Ok(std::env::var("GANTRY_API_KEY")
+            .ok()
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty()))
+    }
+
+    /// A client of the gateway that sends the API key.
+    pub fn client(&self) -> Result<Client, Error> {
+        Ok(Client::new(&self.server).with_key(self.api_key()?))
+    }
 }
 
 const TERMINAL: [&str; 3] = ["succeeded", "cancelled", "dead_lettered"];
@@ -82,7 +109,7 @@ pub(crate) async fn post_with_reason(
     field: &str,
     out: &mut (dyn Write + Send),
 ) -> Result<ExitCode, Error> {
-    let client = Client::new(&server.server);
+    let client = server.client()?;
     let body = serde_json::json!({ "reason": reason });
     let reply = blocking(move || client.post(&path, &body))
         .await
@@ -109,7 +136,7 @@ pub(crate) async fn get_for_table(
     path: String,
     out: &mut (dyn Write + Send),
 ) -> Result<Option<Value>, Error> {
-    let client = Client::new(&server.server);
+    let client = server.client()?;
     let reply = blocking(move || client.get(&path)).await.map_err(api)?;
     if server.json {
         out_line(out, &reply)?;

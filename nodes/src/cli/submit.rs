@@ -13,7 +13,7 @@ use super::error::{Error, api};
 use super::output::out_line;
 use super::server::ServerArgs;
 use super::server::follow_job;
-use crate::client::{Client, blocking};
+use crate::client::blocking;
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -194,7 +194,7 @@ pub async fn submit(
     out: &mut (dyn Write + Send),
 ) -> Result<ExitCode, Error> {
     let req = submit_request(&args)?;
-    let client = Client::new(&server.server);
+    let client = server.client()?;
     let body = serde_json::to_value(&req).map_err(|e| Error::Usage(e.to_string()))?;
     let c = client.clone();
     let reply = blocking(move || c.post("/v1/jobs", &body))

@@ -20,10 +20,9 @@ pub struct UpArgs {
     /// Report these GPUs (JSON list) instead of asking NVML.
     #[arg(long, env = "GANTRY_FAKE_GPUS")]
     pub fake_gpus: Option<String>,
-    /// An origin (`https://dash.example.com`) besides the gateway's own whose web pages may
-    /// open the event websocket; repeatable. Without it, same origin only.
-    #[arg(long = "allow-origin")]
-    pub allowed_origins: Vec<String>,
+    /// API keys, the secret key, allowed origins and hosts, rate and stream limits.
+    #[command(flatten)]
+    pub edge: crate::edge::EdgeOptions,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -61,7 +60,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
             data: args.data,
             listen: args.listen,
             max_body_bytes: args.max_body_bytes,
-            allowed_origins: args.allowed_origins.clone(),
+            edge: args.edge.clone(),
             node_timeout: args.node_timeout,
             lease_ttl: args.lease_ttl,
             replicas: args.nats_replicas,
@@ -78,7 +77,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
         executor: args.executor,
         fake_gpus,
         max_body_bytes: args.max_body_bytes,
-        allowed_origins: args.allowed_origins,
+        edge: args.edge,
     };
     crate::up::up(options, None, crate::up::shutdown_signal())
         .await

@@ -12,6 +12,7 @@ use gantry_actors::control::{CancelReply, Control};
 use gantry_actors::job::Job;
 use gantry_actors::placement::Node;
 use gantry_actors::spec::SubmitRequest;
+use gantry_actors::world::{KeyChange, Principal};
 use gantry_events::Event;
 use gantry_events::event::JobId;
 use serde::Serialize;
@@ -89,12 +90,17 @@ impl Remote {
 }
 
 impl Control for Remote {
-    fn submit(&self, request: SubmitRequest) -> BoxFuture<'_, Result<SubmitReply, CommandError>> {
+    fn submit(
+        &self,
+        request: SubmitRequest,
+        by: Option<Principal>,
+    ) -> BoxFuture<'_, Result<SubmitReply, CommandError>> {
         async move {
             self.ask(
                 wire::COMMANDS.into(),
                 &Command::Submit {
                     request: Box::new(request),
+                    by,
                 },
             )
             .await
@@ -106,6 +112,7 @@ impl Control for Remote {
         &self,
         job: JobId,
         reason: Option<String>,
+        by: Option<String>,
     ) -> BoxFuture<'_, Result<CancelReply, CommandError>> {
         async move {
             self.ask(
@@ -113,9 +120,18 @@ impl Control for Remote {
                 &Command::Cancel {
                     job_id: job,
                     reason,
+                    by,
                 },
             )
             .await
+        }
+        .boxed()
+    }
+
+    fn change_key(&self, change: KeyChange) -> BoxFuture<'_, Result<u64, CommandError>> {
+        async move {
+            self.ask(wire::COMMANDS.into(), &Command::ChangeKey { change })
+                .await
         }
         .boxed()
     }

@@ -106,11 +106,19 @@ async fn command(client: async_nats::Client, local: Local, message: async_nats::
         Err(error) => return reply::<()>(&client, to, Err(bad_message(error))).await,
     };
     match command {
-        Command::Submit { request } => {
-            reply(&client, to, answered(local.submit(*request).await)).await
+        Command::Submit { request, by } => {
+            reply(&client, to, answered(local.submit(*request, by).await)).await
         }
-        Command::Cancel { job_id, reason } => {
-            reply(&client, to, answered(local.cancel(job_id, reason).await)).await
+        Command::Cancel { job_id, reason, by } => {
+            reply(
+                &client,
+                to,
+                answered(local.cancel(job_id, reason, by).await),
+            )
+            .await
+        }
+        Command::ChangeKey { change } => {
+            reply(&client, to, answered(local.change_key(change).await)).await
         }
         Command::ChangeNode { change } => {
             reply(&client, to, answered(local.change_node(change).await)).await
@@ -149,7 +157,8 @@ async fn record_answer(local: &Local, subject: &str, payload: &[u8]) -> Answer<(
     let about = match &event {
         Event::Node(NodeEvent::Joined(j)) => Some(&j.node_id),
         Event::Node(NodeEvent::GpusObserved(g)) => Some(&g.node_id),
-        Event::Node(NodeEvent::Drained(d)) => Some(&d.node_id),
+        // A node speaks for itself, never for an API key.
+        Event::Node(NodeEvent::Drained(d)) if d.by.is_none() => Some(&d.node_id),
         _ => None,
     };
     match about {

@@ -6,6 +6,7 @@ use gantry_actors::actor::scheduler::NodeChange;
 use gantry_actors::control::Fault;
 use gantry_actors::spec::SubmitRequest;
 use gantry_actors::telemetry::GpuSample;
+use gantry_actors::world::{KeyChange, Principal};
 use gantry_events::Event;
 use gantry_events::event::JobId;
 use serde::de::DeserializeOwned;
@@ -102,13 +103,21 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
 pub enum Command {
     Submit {
         request: Box<SubmitRequest>,
+        /// Who submits (the gateway authenticated them); absent without authentication.
+        #[serde(default)]
+        by: Option<Principal>,
     },
     Cancel {
         job_id: JobId,
         reason: Option<String>,
+        #[serde(default)]
+        by: Option<String>,
     },
     ChangeNode {
         change: NodeChange,
+    },
+    ChangeKey {
+        change: KeyChange,
     },
     Nodes,
 }
@@ -166,6 +175,7 @@ mod tests {
         let command = Command::Cancel {
             job_id: uuid::Uuid::now_v7(),
             reason: Some("done".into()),
+            by: Some("k1".into()),
         };
         let bytes = encode(&command).expect("encode");
         assert_eq!(decode::<Command>(&bytes).expect("decode"), command);
@@ -200,6 +210,7 @@ mod tests {
         let event: Event = gantry_events::event::NodeDrained {
             node_id: "n".into(),
             reason: "r".into(),
+            by: None,
         }
         .into();
         let wire = WireEvent::of(&event).expect("encode");

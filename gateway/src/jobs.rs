@@ -1,0 +1,158 @@
+//! `/v1/jobs`: submit, list, get, cancel, and an attempt's output. Every read is scoped to the
+//! caller's group in the projections' query; a job of another group answers 404.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use gantry_actors::job::JobState;
+use gantry_actors::spec::SubmitRequest;
+use gantry_events::event::JobId;
+use gantry_projections::{JobFilter, JobView};
+use serde::Deserialize;
+
+use crate::auth::{Caller, Role};
+use crate::body::{OBJECT_PATHS, page_limit, parse_body, parse_id, read_body, reason_of};
+use crate::error::ApiError;
+use crate::health::views_reach;
+use crate::{Gateway, query};
+
+pub(crate) async fn submit(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let caller = gateway.caller(&req)?;
+    caller.require(Role::Submitter)?;
+    let body = read_body(&gateway, &req, payload).await?;
+    let request: SubmitRequest = parse_body(&body, OBJECT_PATHS)?;
+    let reply = gateway.control.submit(request, caller.principal).await?;
+    views_reach(&gateway, reply.seq).await;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({
+        "id": reply.job_id,
+        "existing": reply.existing,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    queue: Option<String>,
+    label: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn list_jobs(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let caller = gateway.caller(&req)?;
+    let q: ListQuery = query(&req)?;
+    let limit = page_limit(q.limit)?;
+    let after = q.after.as_deref().map(parse_id).transpose()?;
+    if let Some(state) = &q.state
+        && !JobState::ALL.iter().any(|s| s.as_str() == state)
+    {
+        let states: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+        return Err(ApiError::new(
+            400,
+            "invalid_state",
+            format!("state is one of {}", states.join(", ")),
+            Some("state".into()),
+        ));
+    }
+    let filter = JobFilter {
+        group: caller.scope().map(str::to_owned),
+        state: q.state,
+        queue: q.queue,
+        label: q.label,
+    };
+    let jobs = gateway.views.jobs(&filter, after, limit)?;
+    let next = (jobs.len() == limit)
+        .then(|| jobs.last().map(|j| j.id))
+        .flatten();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs, "next": next })))
+}
+
+/// The job `id` if the caller's group may see it; 404 otherwise (the same answer as for a job
+/// that does not exist, so other groups' job ids are not revealed).
+pub(crate) fn visible_job(
+    gateway: &Gateway,
+    caller: &Caller,
+    id: &JobId,
+) -> Result<JobView, ApiError> {
+    gateway
+        .views
+        .job_in(id, caller.scope())?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
+}
+
+pub(crate) async fn get_job(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = gateway.caller(&req)?;
+    let id = parse_id(&id)?;
+    let view = visible_job(&gateway, &caller, &id)?;
+    // While it runs, how busy its GPUs are now (telemetry, not history).
+    let samples = if view.state == "running" {
+        gateway.telemetry.gpus(&view.gpu_uuids)
+    } else {
+        Vec::new()
+    };
+    let mut value = serde_json::to_value(view).unwrap_or_default();
+    value["gpu_telemetry"] = serde_json::to_value(samples).unwrap_or_default();
+    Ok(HttpResponse::Ok().json(value))
+}
+
+pub(crate) async fn cancel(
+    gateway: web::Data<Gateway>,
+    id: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let caller = gateway.caller(&req)?;
+    caller.require(Role::Submitter)?;
+    let id = parse_id(&id)?;
+    let view = visible_job(&gateway, &caller, &id)?;
+    // A submitter cancels its own jobs; an operator any job of its group.
+    if caller.role < Role::Operator && view.submitted_by != caller.key_id() {
+        return Err(ApiError::new(
+            403,
+            "forbidden",
+            "a submitter cancels only its own jobs (an operator may cancel any of its group)",
+            None,
+        ));
+    }
+    let reason = reason_of(&read_body(&gateway, &req, payload).await?)?;
+    let reply = gateway.control.cancel(id, reason, caller.key_id()).await?;
+    views_reach(&gateway, reply.seq).await;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "state": reply.state })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    attempt: Option<u32>,
+}
+
+pub(crate) async fn logs(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = gateway.caller(&req)?;
+    let q: LogsQuery = query(&req)?;
+    let id = parse_id(&id)?;
+    let view = visible_job(&gateway, &caller, &id)?;
+    let attempt = q.attempt.unwrap_or(view.attempt);
+    let text = gateway
+        .output
+        .read(id, attempt)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .insert_header(("Gantry-Attempt", attempt.to_string()))
+        .body(text))
+}
