@@ -18,10 +18,13 @@ RUN apt-get update \
  && groupadd --system --gid 10001 gantry \
  && useradd --uid 10001 --gid gantry --home-dir /var/lib/gantry --no-create-home \
       --shell /usr/sbin/nologin gantry \
- && install -d -o gantry -g gantry -m 0750 /var/lib/gantry
+ && install -d -o gantry -g gantry -m 0750 /var/lib/gantry \
+ && install -d -o gantry -g gantry -m 0700 /etc/gantry
 COPY --from=builder /usr/local/bin/gantry /usr/local/bin/gantry
 # A named volume mounted here starts with this directory's owner, so gantry can write it.
 ENV GANTRY_DATA=/var/lib/gantry
+# The server's secret key (API key hashes) lives outside the data dir; created on first start.
+ENV GANTRY_SECRET_KEY_FILE=/etc/gantry/secret.key
 WORKDIR /var/lib/gantry
 USER gantry
 EXPOSE 7700

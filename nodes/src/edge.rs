@@ -146,7 +146,9 @@ pub fn secret_key(path: Option<&Path>) -> Result<Vec<u8>, Error> {
             getrandom::fill(&mut key).map_err(|e| failed(e.to_string()))?;
             // Written whole beside it, then linked into place: two processes starting at once
             // never read a half-written key, and the second one uses the first one's.
-            let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+            let mut tag = [0u8; 8];
+            getrandom::fill(&mut tag).map_err(|e| failed(e.to_string()))?;
+            let tmp = path.with_extension(format!("tmp.{}", hex::encode(tag)));
             write_private(&tmp, &(hex::encode(&key) + "\n")).map_err(|e| failed(e.to_string()))?;
             let linked = std::fs::hard_link(&tmp, &path);
             let _ = std::fs::remove_file(&tmp);

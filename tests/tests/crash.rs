@@ -375,7 +375,15 @@ fn a_restart_right_after_kill_9_always_comes_up() {
         // No pause: start again at once.
     }
     let (child, client) = start(dir.path(), port, "process");
-    let ready = client.get("/readyz").expect("readyz");
+    // Ready (200) once the views have caught up with the log the restart found.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        match client.get("/readyz") {
+            Ok(ready) => break ready,
+            Err(e) => assert!(Instant::now() < deadline, "never ready: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(ready["log_head"].as_u64().unwrap_or(0) > 0, "{ready}");
     stop(child);
 }

@@ -61,7 +61,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the whole system on this machine: log, projections, actors, a worker and the
     /// gateway (embedded: everything on local disk).
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Start gantry, run three example jobs to their end, verify the log, and stop.
     Demo {
         #[arg(long, env = "GANTRY_DATA", default_value = "gantry-data")]
@@ -152,7 +152,7 @@ pub enum Command {
 /// Runs a parsed command.
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Error> {
     match cli.command {
-        Command::Up(args) => up::up(args).await,
+        Command::Up(args) => up::up(*args).await,
         Command::Demo { data, executor } => demo::demo(data, executor, out).await,
         Command::Submit { server, args } => submit::submit(&server, *args, out).await,
         Command::Jobs {
