@@ -8,6 +8,7 @@
 //! The Worker, the GpuProbe and the gateway only see [`Control`], so both ways run the same
 //! actor code.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -15,17 +16,18 @@ use actix::prelude::*;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use gantry_events::Event;
-use gantry_events::event::JobId;
+use gantry_events::event::{JobId, SecretRef};
 use serde::{Deserialize, Serialize};
 
 use crate::actor::scheduler::{
-    AttemptReport, Cancel, ChangeKey, CommandError, GetJob, LiveOn, NodeChange, Record, Scheduler,
-    Stats, Submit, SubmitReply,
+    AttemptReport, Cancel, ChangeAccess, CommandError, GetJob, LiveOn, NodeChange, Record,
+    ResolveSecrets, Scheduler, Stats, Submit, SubmitReply,
 };
 use crate::job::{Job, JobState};
 use crate::placement::Node;
+use crate::secrets::SecretValues;
 use crate::spec::SubmitRequest;
-use crate::world::{KeyChange, Principal, Refusal};
+use crate::world::{AccessChange, Principal, Refusal};
 
 /// The answer to a cancel: the job's state after it, and the sequence to wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,12 +38,23 @@ pub struct CancelReply {
 
 /// The control plane as a node and the gateway see it.
 pub trait Control: Send + Sync + 'static {
-    /// Submits a job on behalf of `by` (`None`: without authentication, the default group).
+    /// Submits a job on behalf of `by` (`None`: without authentication, the default group),
+    /// with the secret variables the gateway stored.
     fn submit(
         &self,
         request: SubmitRequest,
         by: Option<Principal>,
+        secrets: BTreeMap<String, SecretRef>,
     ) -> BoxFuture<'_, Result<SubmitReply, CommandError>>;
+
+    /// The secret values of `node`'s attempt, for its start (refused unless the log has that
+    /// attempt placed or running on `node`).
+    fn secrets(
+        &self,
+        node: &str,
+        job: JobId,
+        attempt: u32,
+    ) -> BoxFuture<'_, Result<SecretValues, CommandError>>;
 
     /// Asks for a job to be cancelled; `by` is the asking key's id.
     fn cancel(
@@ -52,7 +65,7 @@ pub trait Control: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<CancelReply, CommandError>>;
 
     /// An admin's change to the API keys; answers the sequence to wait for (0: nothing new).
-    fn change_key(&self, change: KeyChange) -> BoxFuture<'_, Result<u64, CommandError>>;
+    fn change_access(&self, change: AccessChange) -> BoxFuture<'_, Result<u64, CommandError>>;
 
     /// A worker's report about an attempt on its node. `Ok` once the fact is in the log; a
     /// refusal ([`CommandError::is_refusal`]) is final.
@@ -124,6 +137,12 @@ impl CommandError {
             CommandError::Refused(Refusal::UnknownKey(key)) => {
                 Fault::new(404, "not_found", format!("no key {key}"), None)
             }
+            CommandError::Refused(Refusal::SecretNotFound(name)) => Fault::new(
+                404,
+                "secret_not_found",
+                format!("secret {name} is not stored"),
+                None,
+            ),
             CommandError::Refused(Refusal::Rejected(r)) => {
                 Fault::new(409, "conflict", r.to_string(), None)
             }
@@ -169,8 +188,27 @@ impl Control for Local {
         &self,
         request: SubmitRequest,
         by: Option<Principal>,
+        secrets: BTreeMap<String, SecretRef>,
     ) -> BoxFuture<'_, Result<SubmitReply, CommandError>> {
-        let sent = self.0.send(Submit(request, by));
+        let sent = self.0.send(Submit {
+            request,
+            by,
+            secrets,
+        });
+        async move { sent.await.map_err(mailbox)? }.boxed()
+    }
+
+    fn secrets(
+        &self,
+        node: &str,
+        job: JobId,
+        attempt: u32,
+    ) -> BoxFuture<'_, Result<SecretValues, CommandError>> {
+        let sent = self.0.send(ResolveSecrets {
+            node: node.to_owned(),
+            job_id: job,
+            attempt,
+        });
         async move { sent.await.map_err(mailbox)? }.boxed()
     }
 
@@ -192,8 +230,8 @@ impl Control for Local {
         .boxed()
     }
 
-    fn change_key(&self, change: KeyChange) -> BoxFuture<'_, Result<u64, CommandError>> {
-        let sent = self.0.send(ChangeKey(change));
+    fn change_access(&self, change: AccessChange) -> BoxFuture<'_, Result<u64, CommandError>> {
+        let sent = self.0.send(ChangeAccess(change));
         async move { sent.await.map_err(mailbox)? }.boxed()
     }
 

@@ -19,6 +19,9 @@ pub struct RunSpec {
     /// When the log recorded this attempt's start (`job.started`), if it has: a timeout
     /// counts from there, not from a re-attach after a restart.
     pub started_at_ms: Option<u64>,
+    /// The values of `spec.secrets`, read from the store for this attempt: set in the job's
+    /// environment at start (never in a container's configuration) and masked in its output.
+    pub secrets: crate::secrets::SecretValues,
 }
 
 /// How an attempt ended, as the executor saw it.

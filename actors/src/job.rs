@@ -561,6 +561,7 @@ mod tests {
             labels: Default::default(),
             network: Default::default(),
             idempotency_key: None,
+            secrets: Default::default(),
         }
     }
 

@@ -21,6 +21,7 @@ pub mod control;
 pub mod executor;
 pub mod job;
 pub mod placement;
+pub mod secrets;
 pub mod spec;
 pub mod telemetry;
 pub mod world;

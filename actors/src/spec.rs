@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use gantry_events::event::{GpuRequest, JobSpec, Network, Resources, RetryPolicy};
+use gantry_events::event::{GpuRequest, JobSpec, Network, Resources, RetryPolicy, SecretRef};
+
+use crate::secrets::{SECRET_SCHEME, SecretString, valid_name};
 use serde::{Deserialize, Serialize};
 
 /// A job submission as users write it.
@@ -19,8 +21,14 @@ pub struct SubmitRequest {
     pub command: Vec<String>,
     #[serde(default)]
     pub args: Vec<String>,
+    /// Plain environment. A value `secret://NAME` names a stored secret of the submitter's
+    /// group instead (kept out of the log).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Secret environment values given with the job: kept encrypted in the secret store, never
+    /// in the log, the views or any API answer.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretString>,
     #[serde(default)]
     pub working_dir: Option<String>,
     #[serde(default)]
@@ -164,6 +172,8 @@ const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
 /// Environment variables the node sets for every attempt; a job cannot set them.
 pub const RESERVED_ENV: &[&str] = &["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"];
 const MAX_LABELS: usize = 64;
+/// Most secret variables (inline and `secret://` references together) one job may have.
+const MAX_SECRETS: usize = 64;
 const MAX_DAY_MS: u64 = 24 * 3600 * 1000;
 
 /// Checks a submission and produces the spec to record.
@@ -181,26 +191,7 @@ pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid
     }
     for (key, value) in &req.env {
         let field = format!("env.{key}");
-        let mut chars = key.chars();
-        let first_ok = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || key.len() > 256 {
-            return Err(invalid(
-                "invalid_env_key",
-                field,
-                "keys are a letter or _ followed by letters, digits or _",
-            ));
-        }
-        if RESERVED_ENV.contains(&key.as_str()) {
-            // The node sets these to the GPUs it assigned; a job naming its own would see
-            // (and use) GPUs another job holds.
-            return Err(invalid(
-                "reserved_env_key",
-                field,
-                "set by the node to the job's assigned GPUs; ask for GPUs with resources.gpus",
-            ));
-        }
+        check_env_key(&field, key)?;
         if value.len() > MAX_ENV_VALUE_BYTES || value.contains('\0') {
             return Err(invalid(
                 "invalid_env_value",
@@ -209,6 +200,7 @@ pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid
             ));
         }
     }
+    check_secrets(req)?;
     if let Some(dir) = &req.working_dir
         && (!dir.starts_with('/') || dir.len() > 4096 || dir.contains('\0'))
     {
@@ -364,7 +356,14 @@ pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid
         image: req.image.clone(),
         command: req.command.clone(),
         args: req.args.clone(),
-        env: req.env.clone(),
+        // `secret://` references are secrets, recorded (by name) in `secrets`.
+        env: req
+            .env
+            .iter()
+            .filter(|(_, v)| !v.starts_with(SECRET_SCHEME))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        secrets: BTreeMap::new(),
         working_dir: req.working_dir.clone(),
         resources: Resources {
             cpu_millis,
@@ -379,6 +378,135 @@ pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid
         network: req.network.unwrap_or_default(),
         idempotency_key: req.idempotency_key.clone(),
     })
+}
+
+fn check_env_key(field: &str, key: &str) -> Result<(), Invalid> {
+    let mut chars = key.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || key.len() > 256 {
+        return Err(invalid(
+            "invalid_env_key",
+            field,
+            "keys are a letter or _ followed by letters, digits or _",
+        ));
+    }
+    if RESERVED_ENV.contains(&key) {
+        // The node sets these to the GPUs it assigned; a job naming its own would see
+        // (and use) GPUs another job holds.
+        return Err(invalid(
+            "reserved_env_key",
+            field,
+            "set by the node to the job's assigned GPUs; ask for GPUs with resources.gpus",
+        ));
+    }
+    Ok(())
+}
+
+/// The `env` variables that name stored secrets, with the secret's own name.
+pub fn secret_references(req: &SubmitRequest) -> impl Iterator<Item = (&str, &str)> {
+    req.env
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.strip_prefix(SECRET_SCHEME)?)))
+}
+
+/// Checks the secret part of a request: inline values (keys like `env`'s, values up to 32 KiB
+/// without NUL, no key also in `env`) and `secret://NAME` references (a valid name); at most
+/// 64 in all.
+pub fn check_secrets(req: &SubmitRequest) -> Result<(), Invalid> {
+    let references = secret_references(req).count();
+    if req.secrets.len() + references > MAX_SECRETS {
+        return Err(invalid(
+            "too_many",
+            "secrets",
+            format!("at most {MAX_SECRETS} secret variables (inline and secret:// together)"),
+        ));
+    }
+    for (key, value) in &req.secrets {
+        let field = format!("secrets.{key}");
+        check_env_key(&field, key)?;
+        if req.env.contains_key(key) {
+            return Err(invalid(
+                "duplicate_env_key",
+                field,
+                "set in both env and secrets",
+            ));
+        }
+        if value.0.is_empty() || value.0.len() > MAX_ENV_VALUE_BYTES || value.0.contains('\0') {
+            return Err(invalid(
+                "invalid_secret_value",
+                field,
+                "1 byte to 32 KiB, no NUL",
+            ));
+        }
+    }
+    for (key, name) in secret_references(req) {
+        if !valid_name(name) {
+            return Err(invalid(
+                "invalid_secret_name",
+                format!("env.{key}"),
+                "secret://NAME with NAME 1 to 64 of A-Z a-z 0-9 . _ -",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the secret references a gateway stored for a request of `group` and puts them in
+/// `spec`: one for each `secret://` variable, the others for inline values (which the gateway
+/// took out of the request), each a name of the group's own in the store.
+pub fn attach_secrets(
+    spec: &mut JobSpec,
+    req: &SubmitRequest,
+    refs: &BTreeMap<String, SecretRef>,
+    group: &str,
+) -> Result<(), Invalid> {
+    if !req.secrets.is_empty() {
+        // Values reach the scheduler only as names in the store: never record them.
+        return Err(invalid(
+            "secret_not_stored",
+            "secrets",
+            "inline secret values must be stored by the gateway first",
+        ));
+    }
+    for (key, _) in secret_references(req) {
+        if !refs.contains_key(key) {
+            return Err(invalid(
+                "secret_not_stored",
+                format!("env.{key}"),
+                "the secret reference was not resolved",
+            ));
+        }
+    }
+    if refs.len() > MAX_SECRETS {
+        return Err(invalid(
+            "too_many",
+            "secrets",
+            format!("at most {MAX_SECRETS} secret variables"),
+        ));
+    }
+    let prefix = format!("{group}/");
+    for (key, secret) in refs {
+        let field = format!("secrets.{key}");
+        check_env_key(&field, key)?;
+        if spec.env.contains_key(key) {
+            return Err(invalid(
+                "duplicate_env_key",
+                field,
+                "set in both env and secrets",
+            ));
+        }
+        if !secret.name.starts_with(&prefix) {
+            return Err(invalid(
+                "secret_not_found",
+                field,
+                "a job reaches only its own group's secrets",
+            ));
+        }
+    }
+    spec.secrets = refs.clone();
+    Ok(())
 }
 
 fn check_name(field: &str, value: &str, max: usize) -> Result<(), Invalid> {

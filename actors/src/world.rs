@@ -4,18 +4,18 @@
 //! current state and return the events a command would append, or a rejection. The scheduler
 //! actor appends what `decide_*` returns and only then applies it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use gantry_events::event::{
     FailureCause, JobEvent, JobId, JobSubmitted, JobWaiting, KeyCreated, KeyEvent, KeyRevoked,
-    NodeEvent, PendingReason,
+    NodeEvent, PendingReason, SecretDeleted, SecretRef, SecretSet,
 };
 use gantry_events::{Event, NewEvent, Source};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState, Rejection};
 use crate::placement::{Cluster, NodeStatus, Queues};
-use crate::spec::{Invalid, Limits, SubmitRequest, validate};
+use crate::spec::{Invalid, Limits, SubmitRequest, attach_secrets, validate};
 
 /// Why a command produced no events.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -42,6 +42,9 @@ pub enum Refusal {
     /// No such API key; 404.
     #[error("no key {0}")]
     UnknownKey(String),
+    /// A job's secret is not in the store (deleted since it was submitted); 404.
+    #[error("secret {0} is not stored")]
+    SecretNotFound(String),
 }
 
 /// How long an idempotency key is remembered, counted in log time from its job's submission:
@@ -59,12 +62,15 @@ pub struct Principal {
     pub group: String,
 }
 
-/// An admin's change to the API keys (decided by [`World::decide_key`]).
+/// A change to who may do what: API keys (by admins) and stored secrets (by operators),
+/// decided by [`World::decide_access`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum KeyChange {
+pub enum AccessChange {
     Create(KeyCreated),
     Revoke(KeyRevoked),
+    SecretSet(SecretSet),
+    SecretDeleted(SecretDeleted),
 }
 
 /// The answer to a submission.
@@ -168,7 +174,7 @@ impl World {
             Event::Key(KeyEvent::Revoked(k)) => {
                 self.keys.insert(k.key_id.clone(), true);
             }
-            Event::Artifact(_) | Event::Audit(_) => {}
+            Event::Artifact(_) | Event::Audit(_) | Event::Secret(_) => {}
         }
     }
 
@@ -246,14 +252,20 @@ impl World {
         &self,
         request: &SubmitRequest,
         by: Option<&Principal>,
+        secrets: &BTreeMap<String, SecretRef>,
     ) -> Result<Submitted, Refusal> {
-        let spec = validate(request, &self.limits)?;
+        let mut spec = validate(request, &self.limits)?;
         let group = by.map_or(DEFAULT_GROUP, |p| p.group.as_str());
+        attach_secrets(&mut spec, request, secrets, group)?;
         if let Some(key) = &spec.idempotency_key
             && let Some((existing, _)) = self.idempotency.get(&(group.to_owned(), key.clone()))
         {
             // The same key for a different job is a client bug, not a retry: say so.
-            if self.jobs.get(existing).is_some_and(|job| job.spec != spec) {
+            if self
+                .jobs
+                .get(existing)
+                .is_some_and(|job| comparable(&job.spec) != comparable(&spec))
+            {
                 return Err(Refusal::IdempotencyConflict { key: key.clone() });
             }
             return Ok(Submitted::Existing(*existing));
@@ -292,11 +304,12 @@ impl World {
         Ok(self.existing(id)?.cancel(reason, by)?)
     }
 
-    /// An admin's change to the API keys: a key id is created once; revoking an unknown key is
-    /// refused, revoking twice records nothing new.
-    pub fn decide_key(&self, change: KeyChange) -> Result<Vec<Event>, Refusal> {
+    /// A change to keys or secrets: a key id is created once; revoking an unknown key is
+    /// refused, revoking twice records nothing new; secret changes are recorded as they come
+    /// (the store has already changed).
+    pub fn decide_access(&self, change: AccessChange) -> Result<Vec<Event>, Refusal> {
         match change {
-            KeyChange::Create(created) => {
+            AccessChange::Create(created) => {
                 if self.keys.contains_key(&created.key_id) {
                     return Err(Rejection::WrongState {
                         state: "existing",
@@ -306,11 +319,13 @@ impl World {
                 }
                 Ok(vec![created.into()])
             }
-            KeyChange::Revoke(revoked) => match self.keys.get(&revoked.key_id) {
+            AccessChange::Revoke(revoked) => match self.keys.get(&revoked.key_id) {
                 None => Err(Refusal::UnknownKey(revoked.key_id)),
                 Some(true) => Ok(Vec::new()),
                 Some(false) => Ok(vec![revoked.into()]),
             },
+            AccessChange::SecretSet(set) => Ok(vec![set.into()]),
+            AccessChange::SecretDeleted(deleted) => Ok(vec![deleted.into()]),
         }
     }
 
@@ -557,6 +572,20 @@ impl World {
     }
 }
 
+/// A spec as a retry compares it: a value given with the job is stored under a fresh name each
+/// time (`<group>/job-<id>/<VAR>`), so only its hash tells two submissions apart.
+fn comparable(spec: &gantry_events::event::JobSpec) -> gantry_events::event::JobSpec {
+    let mut spec = spec.clone();
+    for secret in spec.secrets.values_mut() {
+        let mut parts: Vec<&str> = secret.name.split('/').collect();
+        if parts.len() == 3 && parts[1].starts_with("job-") {
+            parts[1] = "job-";
+        }
+        secret.name = parts.join("/");
+    }
+    spec
+}
+
 /// Wraps decided events for appending.
 pub fn stamp(events: Vec<Event>, source: &Source) -> Vec<NewEvent> {
     events
@@ -584,7 +613,7 @@ mod tests {
     fn submit_jobs(world: &mut World, log: &mut Vec<Event>, n: usize) {
         for i in 0..n {
             let Submitted::New { events, .. } = world
-                .decide_submit(&request(&format!("j{i}")), None)
+                .decide_submit(&request(&format!("j{i}")), None, &BTreeMap::new())
                 .expect("valid")
             else {
                 panic!("new job")
@@ -664,13 +693,15 @@ mod tests {
         let mut log = Vec::new();
         let mut req = request("once");
         req.idempotency_key = Some("k1".into());
-        let Submitted::New { job_id, events } = world.decide_submit(&req, None).expect("valid")
+        let Submitted::New { job_id, events } = world
+            .decide_submit(&req, None, &BTreeMap::new())
+            .expect("valid")
         else {
             panic!("new")
         };
         commit(&mut world, &mut log, events);
         assert_eq!(
-            world.decide_submit(&req, None),
+            world.decide_submit(&req, None, &BTreeMap::new()),
             Ok(Submitted::Existing(job_id))
         );
     }
@@ -684,8 +715,9 @@ mod tests {
         };
         let mut req = request("once");
         req.idempotency_key = Some("nightly".into());
-        let Submitted::New { job_id, events } =
-            world.decide_submit(&req, Some(&team("a"))).expect("valid")
+        let Submitted::New { job_id, events } = world
+            .decide_submit(&req, Some(&team("a")), &BTreeMap::new())
+            .expect("valid")
         else {
             panic!("new")
         };
@@ -698,27 +730,27 @@ mod tests {
         // The same key in group a is that job; in group b (or with no group) it is a new job,
         // and nothing of group a's job shows.
         assert_eq!(
-            world.decide_submit(&req, Some(&team("a"))),
+            world.decide_submit(&req, Some(&team("a")), &BTreeMap::new()),
             Ok(Submitted::Existing(job_id))
         );
         assert!(matches!(
-            world.decide_submit(&req, Some(&team("b"))),
+            world.decide_submit(&req, Some(&team("b")), &BTreeMap::new()),
             Ok(Submitted::New { .. })
         ));
         assert!(matches!(
-            world.decide_submit(&req, None),
+            world.decide_submit(&req, None, &BTreeMap::new()),
             Ok(Submitted::New { .. })
         ));
         // A submission past the retention forgets the old key.
         let Submitted::New { events, .. } = world
-            .decide_submit(&request("later"), Some(&team("a")))
+            .decide_submit(&request("later"), Some(&team("a")), &BTreeMap::new())
             .expect("valid")
         else {
             panic!("new")
         };
         world.apply(2, 1_000 + IDEMPOTENCY_RETENTION_MS + 1, &events[0]);
         assert!(matches!(
-            world.decide_submit(&req, Some(&team("a"))),
+            world.decide_submit(&req, Some(&team("a")), &BTreeMap::new()),
             Ok(Submitted::New { .. })
         ));
     }
@@ -735,23 +767,23 @@ mod tests {
             hash: Hash::GENESIS,
             by: None,
         };
-        let revoke = KeyChange::Revoke(KeyRevoked {
+        let revoke = AccessChange::Revoke(KeyRevoked {
             key_id: "k1".into(),
             by: Some("admin".into()),
         });
         assert_eq!(
-            world.decide_key(revoke.clone()),
+            world.decide_access(revoke.clone()),
             Err(Refusal::UnknownKey("k1".into()))
         );
         let events = world
-            .decide_key(KeyChange::Create(created.clone()))
+            .decide_access(AccessChange::Create(created.clone()))
             .expect("new key");
         world.apply(1, 0, &events[0]);
-        assert!(world.decide_key(KeyChange::Create(created)).is_err());
-        let events = world.decide_key(revoke.clone()).expect("revoke");
+        assert!(world.decide_access(AccessChange::Create(created)).is_err());
+        let events = world.decide_access(revoke.clone()).expect("revoke");
         assert_eq!(events.len(), 1);
         world.apply(2, 0, &events[0]);
-        assert_eq!(world.decide_key(revoke), Ok(Vec::new()));
+        assert_eq!(world.decide_access(revoke), Ok(Vec::new()));
     }
 
     #[test]
@@ -764,7 +796,7 @@ mod tests {
         let mut bad = request("x");
         bad.image = "NOT VALID".into();
         assert!(matches!(
-            world.decide_submit(&bad, None),
+            world.decide_submit(&bad, None, &BTreeMap::new()),
             Err(Refusal::Invalid(_))
         ));
     }
@@ -828,7 +860,9 @@ mod tests {
         log: &mut Vec<Event>,
         req: &SubmitRequest,
     ) -> (JobId, Vec<Event>) {
-        let Submitted::New { job_id, events } = world.decide_submit(req, None).expect("valid")
+        let Submitted::New { job_id, events } = world
+            .decide_submit(req, None, &BTreeMap::new())
+            .expect("valid")
         else {
             panic!("new job")
         };
@@ -905,7 +939,7 @@ mod tests {
             let mut strict = req.clone();
             strict.reject_unschedulable = true;
             assert!(matches!(
-                world.decide_submit(&strict, None),
+                world.decide_submit(&strict, None, &BTreeMap::new()),
                 Err(Refusal::Unschedulable(r)) if r.code == code
             ));
             // Nothing changed: no new event on later passes.

@@ -34,6 +34,7 @@ pub enum Event {
     Artifact(ArtifactEvent),
     Audit(AuditEvent),
     Key(KeyEvent),
+    Secret(SecretEvent),
 }
 
 /// The job lifecycle.
@@ -77,6 +78,14 @@ pub enum ArtifactEvent {
 pub enum KeyEvent {
     Created(KeyCreated),
     Revoked(KeyRevoked),
+}
+
+/// Secrets kept for jobs: names and keyed hashes, never values.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum SecretEvent {
+    Set(SecretSet),
+    Deleted(SecretDeleted),
 }
 
 /// The auditor's own records.
@@ -137,6 +146,21 @@ pub struct JobSpec {
     pub network: Network,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Environment variables whose values are secrets: the name of each in the secret store
+    /// and a keyed hash of its value at submission, never the value. The node reads the
+    /// values from the store when it starts an attempt.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretRef>,
+}
+
+/// Where a secret environment value is kept, and a keyed hash (HMAC-SHA256 under a key
+/// derived from the server's secret key) of the value it had when the job was submitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRef {
+    /// The secret's name in the store, e.g. `vision/hf-token` (a stored secret of group
+    /// `vision`) or `vision/job-<id>/TOKEN` (a value given with the job).
+    pub name: String,
+    pub hash: Hash,
 }
 
 fn default_queue() -> String {
@@ -450,6 +474,28 @@ pub struct KeyRevoked {
     pub by: Option<String>,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Secret payloads
+
+/// A secret was stored (or replaced) under `name`. The value is kept encrypted in the secret
+/// store; the log has only a keyed hash of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretSet {
+    /// The name in the store, `<group>/<secret>`.
+    pub name: String,
+    pub hash: Hash,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// A secret was deleted; jobs that name it fail to start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretDeleted {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
 /// The auditor re-verified the chain up to and including `through_seq`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditCheckpointed {
@@ -548,6 +594,8 @@ event_types! {
     Audit(AuditEvent)::Checkpointed(AuditCheckpointed) = "audit.checkpointed" v 1;
     Key(KeyEvent)::Created(KeyCreated) = "key.created" v 1;
     Key(KeyEvent)::Revoked(KeyRevoked) = "key.revoked" v 1;
+    Secret(SecretEvent)::Set(SecretSet) = "secret.set" v 1;
+    Secret(SecretEvent)::Deleted(SecretDeleted) = "secret.deleted" v 1;
 }
 
 impl Event {
@@ -559,6 +607,7 @@ impl Event {
             Event::Artifact(_) => "artifact",
             Event::Audit(_) => "audit",
             Event::Key(_) => "key",
+            Event::Secret(_) => "secret",
         }
     }
 
@@ -567,7 +616,7 @@ impl Event {
         match self {
             Event::Job(e) => Some(e.job_id()),
             Event::Artifact(ArtifactEvent::Stored(p)) => Some(p.job_id),
-            Event::Node(_) | Event::Audit(_) | Event::Key(_) => None,
+            Event::Node(_) | Event::Audit(_) | Event::Key(_) | Event::Secret(_) => None,
         }
     }
 }

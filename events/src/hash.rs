@@ -67,17 +67,38 @@ impl Serialize for Hash {
 
 impl<'de> Deserialize<'de> for Hash {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error as _;
+        // Either form is taken whatever the format claims: serde buffers the fields of an
+        // internally tagged enum and then reports them as human-readable even when they came
+        // from MessagePack as bytes.
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Hash;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("32 bytes or 64 hex digits")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Hash, E> {
+                Hash::from_hex(text).ok_or_else(|| E::custom("expected 64 hex digits"))
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Hash, E> {
+                let array: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| E::invalid_length(bytes.len(), &"32 bytes"))?;
+                Ok(Hash(array))
+            }
+
+            fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<Hash, E> {
+                self.visit_bytes(&bytes)
+            }
+        }
+
         if deserializer.is_human_readable() {
-            let text = String::deserialize(deserializer)?;
-            Hash::from_hex(&text).ok_or_else(|| D::Error::custom("expected 64 hex digits"))
+            deserializer.deserialize_any(Visitor)
         } else {
-            let bytes: serde_bytes::ByteBuf = serde_bytes::ByteBuf::deserialize(deserializer)?;
-            let array: [u8; 32] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| D::Error::invalid_length(bytes.len(), &"32 bytes"))?;
-            Ok(Hash(array))
+            deserializer.deserialize_bytes(Visitor)
         }
     }
 }
@@ -85,6 +106,25 @@ impl<'de> Deserialize<'de> for Hash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hash_decodes_from_bytes_inside_an_internally_tagged_enum() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind")]
+        enum Tagged {
+            One { hash: Hash },
+        }
+        let value = Tagged::One {
+            hash: Hash::of(b"x"),
+        };
+        let bytes = rmp_serde::to_vec_named(&value).expect("encode");
+        assert_eq!(
+            rmp_serde::from_slice::<Tagged>(&bytes).expect("decode"),
+            value
+        );
+        let json = serde_json::to_string(&value).expect("json");
+        assert_eq!(serde_json::from_str::<Tagged>(&json).expect("json"), value);
+    }
 
     #[test]
     fn chain_covers_prev_and_record() {

@@ -12,7 +12,7 @@ use gantry_events::event::{
     JobCancelRequested, JobCancelled, JobDeadLettered, JobFailed, JobPlaced, JobRetryScheduled,
     JobSpec, JobStarted, JobSubmitted, JobSucceeded, JobWaiting, KeyCreated, KeyRevoked, Network,
     NodeCordoned, NodeDrained, NodeGpusObserved, NodeJoined, NodeLost, NodeUncordoned,
-    PendingReason, Resources, RetryPolicy,
+    PendingReason, Resources, RetryPolicy, SecretDeleted, SecretRef, SecretSet,
 };
 use gantry_events::{Entry, Event, Hash, NewEvent, Source, seal};
 use uuid::Uuid;
@@ -62,6 +62,7 @@ fn samples() -> Vec<Event> {
         labels: BTreeMap::from([("team".into(), "vision".into())]),
         network: Network::Bridge,
         idempotency_key: Some("train-2026-11-22".into()),
+        secrets: BTreeMap::new(),
     };
     vec![
         // `by` and `group` (and the other `by` fields below) came later as optional fields
@@ -206,6 +207,17 @@ fn samples() -> Vec<Event> {
             by: Some("5f1e7c2a00000000".into()),
         }
         .into(),
+        SecretSet {
+            name: "vision/hf-token".into(),
+            hash: Hash::of(b"keyed value hash"),
+            by: Some("5f1e7c2a00000000".into()),
+        }
+        .into(),
+        SecretDeleted {
+            name: "vision/hf-token".into(),
+            by: Some("5f1e7c2a00000000".into()),
+        }
+        .into(),
     ]
 }
 
@@ -229,6 +241,13 @@ fn principal_fields_round_trip() {
             labels: BTreeMap::new(),
             network: Network::None,
             idempotency_key: None,
+            secrets: BTreeMap::from([(
+                "HF_TOKEN".into(),
+                SecretRef {
+                    name: "vision/hf-token".into(),
+                    hash: Hash::of(b"keyed"),
+                },
+            )]),
         }),
         by: Some("5f1e7c2a00000001".into()),
         group: Some("vision".into()),

@@ -148,6 +148,8 @@ pub struct Auth {
     pub required: bool,
     /// HMAC key for API key hashes, derived from the server's secret key.
     hash_key: [u8; 32],
+    /// HMAC key for the hashes of secret values the log records.
+    secret_hash_key: [u8; 32],
     /// The hash of the one-time token that may create the first admin key.
     bootstrap: Option<Hash>,
     /// Host names (besides IP literals, `localhost` and this machine's name) requests may name.
@@ -196,6 +198,7 @@ impl Default for AuthOptions {
 impl Auth {
     pub fn new(options: AuthOptions) -> Auth {
         let hash_key = hmac_sha256(&options.secret_key, b"gantry api key hash v1");
+        let secret_hash_key = hmac_sha256(&options.secret_key, b"gantry secret value hash v1");
         let bootstrap = options
             .bootstrap_token
             .as_deref()
@@ -203,6 +206,7 @@ impl Auth {
         Auth {
             required: options.required,
             hash_key,
+            secret_hash_key,
             bootstrap,
             allowed_hosts: options.allowed_hosts,
             limiter: RateLimiter::new(options.rate_per_sec, options.burst),
@@ -212,6 +216,11 @@ impl Auth {
     /// The keyed hash of a key as recorded.
     pub fn hash(&self, key: &str) -> Hash {
         Hash(hmac_sha256(&self.hash_key, key.as_bytes()))
+    }
+
+    /// The keyed hash of a secret value, as the log records it.
+    pub fn secret_hash(&self, value: &str) -> Hash {
+        Hash(hmac_sha256(&self.secret_hash_key, value.as_bytes()))
     }
 
     /// Makes a new key.

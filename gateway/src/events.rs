@@ -102,7 +102,7 @@ impl EventFilter {
             Err(_) => return Ok(None),
         };
         let allowed = match (&envelope.event, self.scope.clone()) {
-            (Event::Key(_), _) => self.admin,
+            (Event::Key(_) | Event::Secret(_), _) => self.admin,
             (_, None) => true,
             (Event::Node(_) | Event::Audit(_), Some(_)) => true,
             (event, Some(scope)) => match event.job_id() {

@@ -22,8 +22,17 @@ pub(crate) async fn submit(
     let caller = gateway.caller(&req)?;
     caller.require(Role::Submitter)?;
     let body = read_body(&gateway, &req, payload).await?;
-    let request: SubmitRequest = parse_body(&body, OBJECT_PATHS)?;
-    let reply = gateway.control.submit(request, caller.principal).await?;
+    let mut request: SubmitRequest = parse_body(&body, OBJECT_PATHS)?;
+    let (secrets, stored) = crate::secrets::store_for_job(&gateway, &caller, &mut request).await?;
+    let submitted = gateway
+        .control
+        .submit(request, caller.principal, secrets)
+        .await;
+    // Values stored for a submission that made no new job are not needed.
+    if submitted.as_ref().map_or(true, |reply| reply.existing) {
+        crate::secrets::forget(&gateway, &stored).await;
+    }
+    let reply = submitted?;
     views_reach(&gateway, reply.seq).await;
     Ok(HttpResponse::Accepted().json(serde_json::json!({
         "id": reply.job_id,

@@ -2,7 +2,7 @@
 //! the one-time bootstrap token `gantry up` writes to its data dir while no admin key exists.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use gantry_actors::world::KeyChange;
+use gantry_actors::world::AccessChange;
 use gantry_events::event::{KeyCreated, KeyRevoked};
 use serde::Deserialize;
 
@@ -113,7 +113,7 @@ pub(crate) async fn create(
     let new = gateway.auth.new_key()?;
     let seq = gateway
         .control
-        .change_key(KeyChange::Create(KeyCreated {
+        .change_access(AccessChange::Create(KeyCreated {
             key_id: new.key_id.clone(),
             name: name.clone(),
             role: role.as_str().to_owned(),
@@ -170,7 +170,7 @@ pub(crate) async fn revoke(
     let key_id = id.into_inner();
     let seq = gateway
         .control
-        .change_key(KeyChange::Revoke(KeyRevoked {
+        .change_access(AccessChange::Revoke(KeyRevoked {
             key_id: key_id.clone(),
             by: caller.key_id(),
         }))

@@ -12,7 +12,8 @@
 //! Who may do what ([`auth`]): with authentication on, every route but the health checks needs
 //! an API key; a key has a role and a group, and sees only its group's jobs and events.
 //!
-//! Layout: one file per resource (`jobs`, `nodes`, `events`, `keys`, `health`), with `auth`
+//! Layout: one file per resource (`jobs`, `nodes`, `events`, `keys`, `secrets`, `health`),
+//! with `auth`
 //! (keys, roles, Host check, rate limit), `body` (reading requests) and `error` beside them.
 //!
 //! Must not depend on: `gantry-nodes` (no Docker, NVML, S3 or NATS clients here).
@@ -25,6 +26,7 @@ mod health;
 mod jobs;
 mod keys;
 mod nodes;
+mod secrets;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +38,7 @@ use futures::future::BoxFuture;
 use gantry_actors::actor::supervisor::Supervisor;
 use gantry_actors::actor::worker::Worker;
 use gantry_actors::control::Control;
+use gantry_actors::secrets::SecretStore;
 use gantry_actors::telemetry::Telemetry;
 use gantry_events::EventLog;
 use gantry_events::event::JobId;
@@ -74,6 +77,8 @@ pub struct Gateway {
     pub streams: Arc<StreamSlots>,
     /// Where the one-time bootstrap token was written (removed once it has made an admin key).
     pub bootstrap_file: Option<PathBuf>,
+    /// Where secret values go (encrypted): inline secrets of submitted jobs and stored ones.
+    pub secrets: Arc<dyn SecretStore>,
 }
 
 impl Gateway {
@@ -178,6 +183,12 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
                 .route(web::get().to(keys::list)),
         )
         .service(resource("/v1/keys/{id}/revoke", "POST").route(web::post().to(keys::revoke)))
+        .service(resource("/v1/secrets", "GET").route(web::get().to(secrets::list)))
+        .service(
+            resource("/v1/secrets/{name}", "PUT, DELETE")
+                .route(web::put().to(secrets::set))
+                .route(web::delete().to(secrets::delete)),
+        )
         .default_service(web::to(|req: actix_web::HttpRequest| async move {
             ApiError::new(404, "not_found", format!("no route {}", req.path()), None)
                 .error_response()

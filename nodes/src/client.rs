@@ -113,6 +113,26 @@ impl Client {
         serde_json::from_slice(&body).map_err(|e| self.unreachable(e))
     }
 
+    /// PUT a JSON body, returning JSON.
+    pub fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        let mut request = self.agent.put(format!("{}{path}", self.base));
+        if let Some(value) = self.authorization() {
+            request = request.header("Authorization", value);
+        }
+        let body = self.finish(request.send_json(body))?;
+        serde_json::from_slice(&body).map_err(|e| self.unreachable(e))
+    }
+
+    /// DELETE, returning JSON.
+    pub fn delete(&self, path: &str) -> Result<Value, ClientError> {
+        let mut request = self.agent.delete(format!("{}{path}", self.base));
+        if let Some(value) = self.authorization() {
+            request = request.header("Authorization", value);
+        }
+        let body = self.finish(request.call())?;
+        serde_json::from_slice(&body).map_err(|e| self.unreachable(e))
+    }
+
     /// POST a JSON body, returning JSON.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         let mut request = self.agent.post(format!("{}{path}", self.base));

@@ -168,8 +168,10 @@ pub fn secret_key(path: Option<&Path>) -> Result<Vec<u8>, Error> {
 /// Sets up the edge of a gateway listening on `listen` with its data in `data`. With
 /// authentication on and no admin key yet (once the views have caught up with the log), writes
 /// a one-time bootstrap token to `data/bootstrap.token` and says how to use it.
+/// `secret_key`: the server's (see [`secret_key`]).
 pub async fn build(
     options: &EdgeOptions,
+    secret_key: Vec<u8>,
     listen: SocketAddr,
     data: &Path,
     log: &dyn EventLog,
@@ -183,7 +185,6 @@ pub async fn build(
         AuthMode::Off if loopback => false,
         AuthMode::Off => return Err(Error::AuthOffInTheOpen(listen)),
     };
-    let secret_key = secret_key(options.secret_key_file.as_deref())?;
     let mut bootstrap_token = None;
     let mut bootstrap_file = None;
     if required {

@@ -21,6 +21,7 @@ use gantry_actors::actor::supervisor::{
 use gantry_actors::actor::worker::{GetWorkerStats, HandBack};
 use gantry_actors::control::Control;
 use gantry_actors::executor::GpuInventory;
+use gantry_actors::secrets::SecretStore;
 use gantry_actors::spec::Limits;
 use gantry_actors::telemetry::Telemetry;
 use gantry_events::event::Gpu;
@@ -36,6 +37,7 @@ use crate::nats::output::{self, ShippedOutput};
 use crate::nats::remote::Remote;
 use crate::nats::replica::Replica;
 use crate::nats::{NatsArgs, heartbeat, serve, wire};
+use crate::secrets::{KvSecretStore, Sealer};
 use crate::up::{Error, ExecutorChoice, bind_gateway, choose_executor, project};
 
 /// Settings of a fleet control plane.
@@ -135,7 +137,7 @@ pub async fn control_plane(
     let this = crate::node::this_node(&data)?;
     let client = options
         .nats
-        .connect(&format!("gantry control plane {}", this.id))
+        .connect(&format!("gantry control plane {}", this.id), None)
         .await
         .map_err(setup)?;
     // A JetStream cluster that is still electing its leader refuses for a moment: wait.
@@ -179,8 +181,16 @@ pub async fn control_plane(
         .await
         .map_err(setup)?;
 
+    let secret_key =
+        crate::edge::secret_key(options.edge.secret_key_file.as_deref()).map_err(setup)?;
+    let secrets: Arc<dyn SecretStore> = Arc::new(
+        KvSecretStore::open(&js, options.replicas, Sealer::new(&secret_key))
+            .await
+            .map_err(setup)?,
+    );
     let edge = crate::edge::build(
         &options.edge,
+        secret_key,
         options.listen,
         &data,
         log.as_ref(),
@@ -203,6 +213,7 @@ pub async fn control_plane(
         auth: edge.auth,
         streams: edge.streams,
         bootstrap_file: edge.bootstrap_file,
+        secrets: secrets.clone(),
     };
     let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();
@@ -219,6 +230,7 @@ pub async fn control_plane(
     let campaign = lead(
         client,
         log,
+        secrets,
         lease,
         telemetry,
         &this.id,
@@ -238,9 +250,11 @@ pub async fn control_plane(
 
 /// Campaigns, leads while the lease holds, and campaigns again after losing it. Never returns
 /// `Ok`; dropping it gives up a lease held (a follower takes over at once).
+#[allow(clippy::too_many_arguments)]
 async fn lead(
     client: async_nats::Client,
     log: Arc<JetStreamLog>,
+    secrets: Arc<dyn SecretStore>,
     lease: Lease,
     telemetry: Telemetry,
     name: &str,
@@ -259,6 +273,7 @@ async fn lead(
             Limits::default(),
             Source::new(name, "scheduler"),
             Duration::from_secs(60),
+            Some(secrets.clone()),
         )
         .await
         {
@@ -316,7 +331,10 @@ pub async fn node(
     let this = crate::node::this_node(&data)?;
     let client = options
         .nats
-        .connect(&format!("gantry node {}", options.name))
+        .connect(
+            &format!("gantry node {}", options.name),
+            Some(crate::nats::wire::node_inbox_prefix(&options.name)),
+        )
         .await
         .map_err(setup)?;
     // Nodes read the log their control plane made; they never append to it.

@@ -19,4 +19,5 @@ pub mod gpu;
 pub mod jetstream;
 pub mod nats;
 pub mod node;
+pub mod secrets;
 pub mod up;

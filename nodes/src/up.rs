@@ -20,6 +20,8 @@ use tokio::sync::watch;
 use crate::executor::process::{ProcessExecutor, ProcessOptions};
 use crate::gpu::{FakeInventory, NvmlInventory};
 use crate::node;
+use crate::secrets::{FileSecretStore, Sealer};
+use gantry_actors::secrets::SecretStore;
 
 /// Which executor runs jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -134,6 +136,11 @@ pub async fn up(
         None => Arc::new(NvmlInventory::detect()),
     };
     let this = node::this_node(&data)?;
+    let secret_key = crate::edge::secret_key(options.edge.secret_key_file.as_deref())?;
+    let secrets: Arc<dyn SecretStore> = Arc::new(FileSecretStore::open(
+        &data.join("secrets"),
+        Sealer::new(&secret_key),
+    )?);
     let actors = Supervisor::start(
         log.clone(),
         executor.clone(),
@@ -150,11 +157,13 @@ pub async fn up(
             checkpoint_every: Duration::from_secs(60),
             join_patience: Duration::from_secs(30),
         },
+        Some(secrets.clone()),
     )
     .await?;
 
     let edge = crate::edge::build(
         &options.edge,
+        secret_key,
         options.listen,
         &data,
         log.as_ref(),
@@ -176,6 +185,7 @@ pub async fn up(
         auth: edge.auth,
         streams: edge.streams,
         bootstrap_file: edge.bootstrap_file,
+        secrets,
     };
     let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();

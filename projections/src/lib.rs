@@ -402,7 +402,7 @@ impl Projections {
                     overlay.batch.insert(key, encode(&view)?);
                 }
                 Event::Key(e) => self.apply_key(&env, e, &mut overlay)?,
-                Event::Audit(_) => {}
+                Event::Audit(_) | Event::Secret(_) => {}
             }
             checkpoint = Checkpoint {
                 seq: env.seq,

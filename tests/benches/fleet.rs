@@ -179,7 +179,7 @@ fn nats_args(url: &str) -> NatsArgs {
 async fn start_nodes(url: &str, count: usize, executor: Arc<NoopExecutor>, dir: &Path) {
     for i in 0..count {
         let name = format!("sim-{i:03}");
-        let client = nats_args(url).connect(&name).await.expect("connect");
+        let client = nats_args(url).connect(&name, None).await.expect("connect");
         let log: Arc<dyn EventLog> = Arc::new(
             JetStreamLog::open(client.clone(), JetStreamOptions::default(), false)
                 .await
@@ -243,7 +243,7 @@ fn ms(d: Duration) -> f64 {
 /// Part 1 through gantry: returns (jobs/s, latencies sorted).
 async fn gantry_jobs(url: &str, jobs: usize, executor: Arc<NoopExecutor>) -> (f64, Vec<Duration>) {
     let client = nats_args(url)
-        .connect("bench submitter")
+        .connect("bench submitter", None)
         .await
         .expect("connect");
     let log = JetStreamLog::open(client.clone(), JetStreamOptions::default(), false)
@@ -262,7 +262,10 @@ async fn gantry_jobs(url: &str, jobs: usize, executor: Arc<NoopExecutor>) -> (f6
                     let (gateway, submitted) = (&gateway, submitted.clone());
                     async move {
                         let at = Instant::now();
-                        let reply = gateway.submit(request(i), None).await.expect("submit");
+                        let reply = gateway
+                            .submit(request(i), None, Default::default())
+                            .await
+                            .expect("submit");
                         submitted
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -547,7 +550,7 @@ async fn placed_after(cp: &ControlPlane, log: &JetStreamLog, since: Instant) -> 
 /// Part 3: `runs` leader deaths; returns (healthy submit→placed, death→placed), each sorted.
 async fn failover(url: &str, dir: &Path, runs: usize) -> (Vec<Duration>, Vec<Duration>) {
     let client = nats_args(url)
-        .connect("bench failover")
+        .connect("bench failover", None)
         .await
         .expect("connect");
     let log = JetStreamLog::open(client, JetStreamOptions::default(), false)

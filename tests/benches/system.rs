@@ -69,7 +69,9 @@ fn schedule(nodes: usize, jobs: usize) -> (usize, Duration) {
         world.apply(seq, 0, &node(i));
     }
     for i in 0..jobs {
-        let Ok(Submitted::New { events, .. }) = world.decide_submit(&request(i), None) else {
+        let Ok(Submitted::New { events, .. }) =
+            world.decide_submit(&request(i), None, &Default::default())
+        else {
             panic!("valid")
         };
         for e in events {
@@ -188,6 +190,7 @@ fn bench_end_to_end() {
                 gpu_uuids: vec![],
                 log_path: std::env::temp_dir().join("unused.log"),
                 started_at_ms: None,
+                secrets: Default::default(),
             };
             let body = gantry_nodes::executor::docker::DockerExecutor::config(&run);
             let created = docker.create_container(None, body).await.expect("create");

@@ -568,6 +568,7 @@ fn nats_conf_fsyncs_each_write_and_keeps_each_node_to_its_own_subjects() {
             format!("gantry.node.{me}.report"),
             format!("gantry.node.{me}.record"),
             format!("gantry.node.{me}.heartbeat"),
+            format!("gantry.node.{me}.secrets"),
             format!("gantry.logs.{me}.job.attempt"),
             "$JS.API.INFO".into(),
             "$JS.API.STREAM.INFO.GANTRY_EVENTS".into(),
@@ -600,13 +601,17 @@ fn nats_conf_fsyncs_each_write_and_keeps_each_node_to_its_own_subjects() {
                 "{user} may publish {subject}: {answer:?}"
             );
         }
-        assert_eq!(
-            wire.subscribe("_INBOX.>"),
-            Ok(()),
-            "{user} subscribing _INBOX.>"
-        );
+        let inbox = format!("_INBOX_{me}.>");
+        assert_eq!(wire.subscribe(&inbox), Ok(()), "{user} subscribing {inbox}");
         let others = format!("gantry.node.{other}.>");
-        for subject in ["gantry.events.>", "gantry.cp.command", others.as_str()] {
+        let others_inbox = format!("_INBOX_{other}.>");
+        for subject in [
+            "gantry.events.>",
+            "gantry.cp.command",
+            others.as_str(),
+            "_INBOX.>",
+            others_inbox.as_str(),
+        ] {
             let answer = wire.subscribe(subject);
             assert!(
                 answer

@@ -255,6 +255,7 @@ fn attempt(script: &str, dir: &Path) -> RunSpec {
         gpu_uuids: vec![],
         log_path: dir.join("attempt-1.log"),
         started_at_ms: None,
+        secrets: Default::default(),
     }
 }
 

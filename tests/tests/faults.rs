@@ -188,6 +188,7 @@ async fn start_node(
         executor,
         Arc::new(FakeInventory::new(vec![])),
         options(dir, limits),
+        None,
     )
     .await
     .expect("start")
@@ -207,7 +208,11 @@ fn request(command: &str) -> SubmitRequest {
 async fn submit(actors: &Actors, request: SubmitRequest) -> JobId {
     actors
         .scheduler
-        .send(Submit(request, None))
+        .send(Submit {
+            request,
+            by: None,
+            secrets: Default::default(),
+        })
         .await
         .expect("scheduler")
         .expect("accepted")
@@ -421,6 +426,7 @@ async fn a_lost_gpu_is_recorded_once_the_log_takes_it_and_telemetry_stays_out_of
         Arc::new(ProcessExecutor::new(dir.path().join("work"))),
         Arc::new(inventory.clone()),
         node,
+        None,
     )
     .await
     .expect("start");

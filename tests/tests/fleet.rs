@@ -153,7 +153,13 @@ fn submit(client: &Client, spec: Value) -> String {
     let reply = wait_until(
         "a control plane to take the job",
         Duration::from_secs(30),
-        || client.post("/v1/jobs", &spec).ok(),
+        || match client.post("/v1/jobs", &spec) {
+            Ok(reply) => Some(reply),
+            Err(error) => {
+                eprintln!("submit: {error}");
+                None
+            }
+        },
     );
     reply["id"].as_str().expect("id").to_owned()
 }
@@ -480,7 +486,7 @@ fn node_permissions(name: &str) -> String {
             "$JS.API.CONSUMER.INFO.GANTRY_EVENTS.>",
             "$JS.API.STREAM.INFO.GANTRY_LOGS", "$JS.API.STREAM.MSG.GET.GANTRY_LOGS",
             "$JS.API.DIRECT.GET.GANTRY_LOGS.>"
-          ] }}, subscribe: {{ allow: ["_INBOX.>"] }} }}"#
+          ] }}, subscribe: {{ allow: ["_INBOX_{name}.>"] }} }}"#
     )
 }
 
@@ -511,7 +517,15 @@ fn a_node_account_runs_jobs_but_cannot_publish_events_or_speak_for_another_node(
         &node_auth,
     );
     nodes_ready(&client, &["a"]);
-    let id = submit(&client, spec("restricted", "echo fine", json!(null)));
+    // With a secret: the node asks the leader for it on its own subject and gets the answer
+    // in its own inbox, the only one its account may read.
+    let mut restricted = spec(
+        "restricted",
+        "echo \"token=$TOKEN len=${#TOKEN}\"",
+        json!(null),
+    );
+    restricted["secrets"] = json!({ "TOKEN": "fleet-s3cr3t-value" });
+    let id = submit(&client, restricted);
     let done = wait_state(
         &client,
         &id,
@@ -519,6 +533,13 @@ fn a_node_account_runs_jobs_but_cannot_publish_events_or_speak_for_another_node(
         Duration::from_secs(60),
     );
     assert_eq!(done["state"], "succeeded", "{done}");
+    // Shipped through NATS: it may land a moment after the job's end.
+    wait_until("the masked output", Duration::from_secs(30), || {
+        let output = client.get_raw(&format!("/v1/jobs/{id}/logs")).ok()?;
+        let output = String::from_utf8_lossy(&output);
+        assert!(!output.contains("fleet-s3cr3t-value"), "{output}");
+        output.contains("token=*** len=18").then_some(())
+    });
 
     // The same account, used directly: NATS refuses what a node may not do.
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -539,9 +560,22 @@ fn a_node_account_runs_jobs_but_cannot_publish_events_or_speak_for_another_node(
         .connect(nats.url())
         .await
         .expect("connect as node-a");
+        // Replies meant for other connections (another node's secrets) are out of reach.
+        let _inboxes = nc.subscribe("_INBOX.>").await.expect("subscribe");
+        nc.flush().await.expect("flush");
+        let refused = tokio::time::timeout(Duration::from_secs(5), errors.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        assert!(
+            refused.to_lowercase().contains("permissions violation"),
+            "subscribing _INBOX.>: {refused:?}"
+        );
         for subject in [
             "gantry.events.job.succeeded",
             "gantry.node.b.report",
+            "gantry.node.b.secrets",
             "gantry.cp.command",
         ] {
             nc.publish(subject, "forged".into()).await.expect("publish");

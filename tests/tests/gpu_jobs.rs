@@ -52,6 +52,7 @@ fn attempt(command: &[&str], gpus: &[&str], dir: &Path) -> RunSpec {
         gpu_uuids: gpus.iter().map(|g| (*g).to_owned()).collect(),
         log_path: dir.join(format!("{job_id}.log")),
         started_at_ms: None,
+        secrets: Default::default(),
     }
 }
 

@@ -123,6 +123,7 @@ impl Setup {
                 .join(job_id.to_string())
                 .join("attempt-1.log"),
             started_at_ms: None,
+            secrets: Default::default(),
         }
     }
 

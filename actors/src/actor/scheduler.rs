@@ -3,18 +3,20 @@
 //! and applied only once appended. A timer runs placement rounds. Handling is atomic: the next
 //! message is not looked at until the previous one's events are in the log and applied.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use gantry_events::event::{FailureCause, JobId};
+use gantry_events::event::{FailureCause, JobId, SecretRef};
 use gantry_events::{Appended, Entry, Event, EventLog, NewEvent, Source, record::now_ns};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState};
 use crate::placement::{Node, NodeStatus};
+use crate::secrets::{SecretStore, SecretValues};
 use crate::spec::{Limits, SubmitRequest};
-use crate::world::{KeyChange, Principal, Refusal, Submitted, World, stamp};
+use crate::world::{AccessChange, Principal, Refusal, Submitted, World, stamp};
 
 /// How often placement runs when nothing else wakes it.
 const TICK: Duration = Duration::from_millis(50);
@@ -60,6 +62,8 @@ pub struct SchedulerStats {
 
 pub struct Scheduler {
     log: Arc<dyn EventLog>,
+    /// Where the values of jobs' secrets are kept (`None`: jobs with secrets cannot start).
+    secrets: Option<Arc<dyn SecretStore>>,
     world: World,
     source: Source,
     stats: SchedulerStats,
@@ -106,11 +110,18 @@ impl Scheduler {
         );
         Ok(Scheduler {
             log,
+            secrets: None,
             world,
             source,
             stats: SchedulerStats::default(),
             started_ms: now_ms(),
         })
+    }
+
+    /// Hands out jobs' secrets from `store`.
+    pub fn with_secrets(mut self, store: Option<Arc<dyn SecretStore>>) -> Scheduler {
+        self.secrets = store;
+        self
     }
 
     fn apply_appended(&mut self, batch: &[NewEvent], seqs: &[u64]) {
@@ -305,7 +316,13 @@ impl Handler<PlaceNow> for Scheduler {
 /// Submit a job.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<SubmitReply, CommandError>")]
-pub struct Submit(pub SubmitRequest, pub Option<Principal>);
+pub struct Submit {
+    pub request: SubmitRequest,
+    /// Who submits (`None`: without authentication).
+    pub by: Option<Principal>,
+    /// The secret variables the gateway stored, by name (see [`crate::secrets`]).
+    pub secrets: BTreeMap<String, SecretRef>,
+}
 
 /// The job a submission created or found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,7 +338,10 @@ impl Handler<Submit> for Scheduler {
     type Result = AtomicResponse<Self, Result<SubmitReply, CommandError>>;
 
     fn handle(&mut self, msg: Submit, _: &mut Context<Self>) -> Self::Result {
-        match self.world.decide_submit(&msg.0, msg.1.as_ref()) {
+        match self
+            .world
+            .decide_submit(&msg.request, msg.by.as_ref(), &msg.secrets)
+        {
             Ok(Submitted::New { job_id, events }) => self.commit(events, move |act| SubmitReply {
                 job_id,
                 seq: act.world.seq(),
@@ -557,16 +577,64 @@ impl Handler<NodeChange> for Scheduler {
     }
 }
 
-/// An admin's change to the API keys. Answers the sequence to wait for (0: nothing new).
+/// A node asks for the secret values of an attempt: answered only for the attempt the log
+/// has placed (or running) on that node.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<SecretValues, CommandError>")]
+pub struct ResolveSecrets {
+    pub node: String,
+    pub job_id: JobId,
+    pub attempt: u32,
+}
+
+impl Handler<ResolveSecrets> for Scheduler {
+    type Result = ResponseFuture<Result<SecretValues, CommandError>>;
+
+    fn handle(&mut self, msg: ResolveSecrets, _: &mut Context<Self>) -> Self::Result {
+        let refs = self
+            .world
+            .check_reporter(msg.job_id, msg.attempt, &msg.node)
+            .map(|()| {
+                self.world
+                    .job(&msg.job_id)
+                    .map(|j| j.spec.secrets.clone())
+                    .unwrap_or_default()
+            });
+        let store = self.secrets.clone();
+        Box::pin(async move {
+            let refs = refs.map_err(CommandError::Refused)?;
+            let mut values = SecretValues::new();
+            if refs.is_empty() {
+                return Ok(values);
+            }
+            let store = store.ok_or_else(|| {
+                CommandError::Unavailable("this control plane has no secret store".into())
+            })?;
+            for (env, secret) in refs {
+                let value = store
+                    .get(&secret.name)
+                    .await
+                    .map_err(|e| CommandError::Unavailable(e.to_string()))?
+                    .ok_or_else(|| {
+                        CommandError::Refused(Refusal::SecretNotFound(secret.name.clone()))
+                    })?;
+                values.insert(env, value);
+            }
+            Ok(values)
+        })
+    }
+}
+
+/// A change to keys or secrets. Answers the sequence to wait for (0: nothing new).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<u64, CommandError>")]
-pub struct ChangeKey(pub KeyChange);
+pub struct ChangeAccess(pub AccessChange);
 
-impl Handler<ChangeKey> for Scheduler {
+impl Handler<ChangeAccess> for Scheduler {
     type Result = AtomicResponse<Self, Result<u64, CommandError>>;
 
-    fn handle(&mut self, msg: ChangeKey, _: &mut Context<Self>) -> Self::Result {
-        match self.world.decide_key(msg.0) {
+    fn handle(&mut self, msg: ChangeAccess, _: &mut Context<Self>) -> Self::Result {
+        match self.world.decide_access(msg.0) {
             Ok(events) if events.is_empty() => self.commit(events, |_| 0),
             Ok(events) => self.commit(events, |act| act.world.seq()),
             Err(refusal) => self.refuse(refusal),

@@ -18,6 +18,7 @@ use crate::actor::scheduler::{CommandError, Scheduler};
 use crate::actor::worker::{Rejoin, Worker};
 use crate::control::{Control, Local, until_answered};
 use crate::executor::{Executor, GpuInventory};
+use crate::secrets::SecretStore;
 use crate::spec::Limits;
 use crate::telemetry::Telemetry;
 
@@ -109,9 +110,11 @@ pub async fn start_control_plane(
     limits: Limits,
     source: Source,
     checkpoint_every: Duration,
+    secrets: Option<Arc<dyn SecretStore>>,
 ) -> Result<ControlActors, gantry_events::Error> {
     let scheduler = Scheduler::rebuild(log.clone(), limits, source)
         .await?
+        .with_secrets(secrets)
         .start();
     let auditor = {
         let scheduler = scheduler.clone();
@@ -228,6 +231,7 @@ impl Supervisor {
         executor: Arc<dyn Executor>,
         inventory: Arc<dyn GpuInventory>,
         options: NodeOptions,
+        secrets: Option<Arc<dyn SecretStore>>,
     ) -> Result<Actors, gantry_events::Error> {
         let source = Source::new(&options.node_id, "scheduler");
         let ControlActors { scheduler, auditor } = start_control_plane(
@@ -235,6 +239,7 @@ impl Supervisor {
             options.limits.clone(),
             source,
             options.checkpoint_every,
+            secrets,
         )
         .await?;
         let control: Arc<dyn Control> = Arc::new(Local(scheduler.clone()));

@@ -135,6 +135,7 @@ impl Worker {
             gpu_uuids: job.gpu_uuids.clone(),
             log_path: Worker::log_path(&self.logs_dir, job.id, attempt),
             started_at_ms: job.started_at_ms,
+            secrets: Default::default(),
         };
         let recorded_start = job.state == JobState::Running;
         let (stop_tx, stop_rx) =
@@ -372,11 +373,40 @@ async fn run_attempt(
     executor: Arc<dyn Executor>,
     control: Arc<dyn Control>,
     node: String,
-    run: RunSpec,
+    mut run: RunSpec,
     found: Option<Found>,
     recorded_start: bool,
     mut stop: watch::Receiver<Option<FailureCause>>,
 ) {
+    if !run.spec.secrets.is_empty() {
+        // Read for this attempt only, from the control plane that knows it is placed here.
+        let asked = until_answered("the attempt's secrets", Some(SECRETS_PATIENCE), || {
+            control.secrets(&node, run.job_id, run.attempt)
+        })
+        .await;
+        match asked {
+            Ok(values) => run.secrets = values,
+            Err(error) if found.is_some() => {
+                // It runs already; only the masking of its output is lost.
+                tracing::warn!(job = %run.job_id, attempt = run.attempt, %error, "secrets unavailable; output of this attempt is not masked");
+            }
+            Err(error) => {
+                let failed = AttemptReport {
+                    node: node.clone(),
+                    job_id: run.job_id,
+                    attempt: run.attempt,
+                    report: Report::Failed {
+                        cause: FailureCause::ExecutorError {
+                            message: format!("secrets: {}", error.fault().message),
+                        },
+                        duration_ms: None,
+                    },
+                };
+                let _ = report_until_recorded(&*control, failed).await;
+                return;
+            }
+        }
+    }
     let scheduler = &*control;
     let report = |report: Report| AttemptReport {
         node: node.clone(),
@@ -470,6 +500,9 @@ fn stop_cause(cause: Option<&Option<FailureCause>>) -> FailureCause {
 /// Longest message (an engine's error, a pull failure) a report carries: an event must stay
 /// far below the log's entry limit, or the report could never be recorded.
 const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// How long a start waits for the control plane to hand over the attempt's secrets.
+const SECRETS_PATIENCE: Duration = Duration::from_secs(60);
 
 fn bounded(mut message: String) -> String {
     if message.len() > MAX_MESSAGE_BYTES {

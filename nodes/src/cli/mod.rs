@@ -18,6 +18,7 @@ mod node;
 mod nodes;
 mod output;
 mod projections;
+mod secrets;
 mod server;
 mod submit;
 mod up;
@@ -141,6 +142,9 @@ pub enum Command {
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Store, list and delete secrets jobs name as `secret://NAME` in their env.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
     /// Manage the read-side views.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
@@ -188,6 +192,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Err
             follow,
         } => events::events(&server, after, follow, out).await,
         Command::Keys(command) => keys::keys(command, out).await,
+        Command::Secrets(command) => secrets::secrets(command, out).await,
         Command::Projections(ProjectionsCommand::Rebuild { data }) => {
             projections::rebuild(data, out).await
         }

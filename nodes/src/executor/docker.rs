@@ -48,6 +48,7 @@ use bollard::query_parameters::{
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
 use gantry_actors::executor::{Executor, Found, Outcome, RunSpec};
+use gantry_actors::secrets::Masker;
 use gantry_events::event::{JobId, Network};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
@@ -352,10 +353,29 @@ impl DockerExecutor {
         lock(&self.state.starts).insert(key, done_rx.clone());
         let docker = self.docker.clone();
         let name = DockerExecutor::container_name(run.job_id, run.attempt);
-        let config = DockerExecutor::config_with(run, &self.options);
+        let mut config = DockerExecutor::config_with(run, &self.options);
+        let secrets = (!run.secrets.is_empty()).then(|| secrets_script(&run.secrets));
+        if secrets.is_some() {
+            let image = if config.entrypoint.is_none() {
+                // The wrapper runs what the image would have run.
+                let inspected = self
+                    .docker
+                    .inspect_image(&run.spec.image)
+                    .await
+                    .map_err(|e| Outcome::Failed {
+                        message: format!("inspecting the image for its entrypoint: {e}"),
+                    })?;
+                inspected
+                    .config
+                    .map(|c| (c.entrypoint.unwrap_or_default(), c.cmd.unwrap_or_default()))
+            } else {
+                None
+            };
+            wrap_for_secrets(&mut config, image);
+        }
         let state = self.state.clone();
         let task = tokio::spawn(async move {
-            let made = make_container(&docker, name, config).await;
+            let made = make_container(&docker, name, config, secrets).await;
             let mut starts = lock(&state.starts);
             if starts.get(&key).is_some_and(|r| r.same_channel(&done_rx)) {
                 starts.remove(&key);
@@ -388,6 +408,7 @@ impl DockerExecutor {
             generation,
             handle.to_owned(),
             run.log_path.clone(),
+            Masker::new(&run.secrets),
         ));
         let wait = async move { task.await.map_err(|e| e.to_string()) }
             .boxed()
@@ -415,10 +436,51 @@ async fn remove(docker: &Docker, id: &str) {
     }
 }
 
+/// What a container with secrets runs first: it reads `export NAME='value'` lines from its
+/// stdin (which gantry writes once, then closes), then becomes the job's own command. The
+/// values are never in the container's configuration (`docker inspect` shows none), its
+/// labels or its filesystem.
+const SECRETS_WRAPPER: &str = ". /dev/stdin; exec \"$@\"";
+
+/// The shell lines that set each secret, single-quoted.
+fn secrets_script(secrets: &gantry_actors::secrets::SecretValues) -> String {
+    secrets
+        .iter()
+        .map(|(k, v)| format!("export {k}='{}'\n", v.0.replace('\'', "'\\''")))
+        .collect()
+}
+
+/// Makes the container run [`SECRETS_WRAPPER`] with the job's command (or, `image`, the
+/// image's own entrypoint and command) as its arguments, with a stdin to read once.
+fn wrap_for_secrets(config: &mut ContainerCreateBody, image: Option<(Vec<String>, Vec<String>)>) {
+    let argv: Vec<String> = match config.entrypoint.take() {
+        Some(entrypoint) => entrypoint
+            .into_iter()
+            .chain(config.cmd.take().unwrap_or_default())
+            .collect(),
+        None => {
+            let (entrypoint, image_cmd) = image.unwrap_or_default();
+            let cmd = config.cmd.take().unwrap_or(image_cmd);
+            entrypoint.into_iter().chain(cmd).collect()
+        }
+    };
+    config.entrypoint = Some(vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        SECRETS_WRAPPER.into(),
+        "gantry-secrets".into(),
+    ]);
+    config.cmd = Some(argv);
+    config.open_stdin = Some(true);
+    config.stdin_once = Some(true);
+    config.attach_stdin = Some(true);
+}
+
 async fn make_container(
     docker: &Docker,
     name: String,
     config: ContainerCreateBody,
+    secrets: Option<String>,
 ) -> Result<String, Outcome> {
     // A container of this attempt left by a crash: it is not ours to trust.
     remove(docker, &name).await;
@@ -432,12 +494,43 @@ async fn make_container(
         .map_err(|e| Outcome::Failed {
             message: format!("creating the container: {e}"),
         })?;
+    // Attached before the start, so the wrapper's read of stdin finds the secrets.
+    let mut stdin = None;
+    if secrets.is_some() {
+        let options = bollard::query_parameters::AttachContainerOptions {
+            stdin: true,
+            stream: true,
+            ..Default::default()
+        };
+        match docker.attach_container(&created.id, Some(options)).await {
+            Ok(attached) => stdin = Some(attached.input),
+            Err(e) => {
+                remove(docker, &created.id).await;
+                return Err(Outcome::Failed {
+                    message: format!("attaching to hand over the secrets: {e}"),
+                });
+            }
+        }
+    }
     if let Err(e) = docker.start_container(&created.id, None).await {
         // A failed start leaves a created container behind.
         remove(docker, &created.id).await;
         return Err(Outcome::Failed {
             message: format!("starting the container: {e}"),
         });
+    }
+    if let (Some(mut input), Some(script)) = (stdin, secrets) {
+        let handed = async {
+            input.write_all(script.as_bytes()).await?;
+            input.flush().await?;
+            input.shutdown().await
+        };
+        if let Err(e) = handed.await {
+            remove(docker, &created.id).await;
+            return Err(Outcome::Failed {
+                message: format!("handing over the secrets: {e}"),
+            });
+        }
     }
     Ok(created.id)
 }
@@ -450,8 +543,9 @@ async fn finish(
     generation: u64,
     id: String,
     log_path: PathBuf,
+    masker: Masker,
 ) -> Outcome {
-    let outcome = collect(&docker, &state, &id, log_path).await;
+    let outcome = collect(&docker, &state, &id, log_path, &masker).await;
     let mut waits = lock(&state.waits);
     if waits
         .in_flight
@@ -467,7 +561,13 @@ async fn finish(
     outcome
 }
 
-async fn collect(docker: &Docker, state: &State, id: &str, log_path: PathBuf) -> Outcome {
+async fn collect(
+    docker: &Docker,
+    state: &State,
+    id: &str,
+    log_path: PathBuf,
+    masker: &Masker,
+) -> Outcome {
     // Checked before the log file is touched: a wait on a container that is gone must not
     // truncate the output a finished collector wrote.
     match docker.inspect_container(id, None).await {
@@ -501,7 +601,7 @@ async fn collect(docker: &Docker, state: &State, id: &str, log_path: PathBuf) ->
         }
     };
     // Both in this one task: the collector never outlives the wait that owns it.
-    let (code, logs) = tokio::join!(waited, copy_logs(docker, id, &log_path));
+    let (code, logs) = tokio::join!(waited, copy_logs(docker, id, &log_path, masker));
     state.collectors_running.fetch_sub(1, Ordering::SeqCst);
     if let Err(error) = logs {
         tracing::warn!(container = id, path = %log_path.display(), %error, "log collection failed");
@@ -533,7 +633,14 @@ async fn collect(docker: &Docker, state: &State, id: &str, log_path: PathBuf) ->
 /// Copies the container's output into the attempt log, stdout and stderr in order, one
 /// `<timestamp> <stream> <text>` line each. Reads from the container's first line: the file is
 /// written anew, so a collector that replaces one that died leaves one complete copy.
-async fn copy_logs(docker: &Docker, id: &str, path: &std::path::Path) -> Result<(), String> {
+/// Copies the container's output into the attempt log, one timestamped line each, with its
+/// secrets masked.
+async fn copy_logs(
+    docker: &Docker,
+    id: &str,
+    path: &std::path::Path,
+    masker: &Masker,
+) -> Result<(), String> {
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent)
             .await
@@ -560,6 +667,7 @@ async fn copy_logs(docker: &Docker, id: &str, path: &std::path::Path) -> Result<
         for line in String::from_utf8_lossy(&message).lines() {
             // Docker puts the timestamp first: "<ts> <text>".
             let (stamp, text) = line.split_once(' ').unwrap_or((line, ""));
+            let text = masker.mask(text);
             file.write_all(format!("{stamp} {stream} {text}\n").as_bytes())
                 .await
                 .map_err(|e| e.to_string())?;
@@ -753,6 +861,7 @@ mod tests {
             gpu_uuids: vec![],
             log_path: PathBuf::from("/nonexistent/attempt-2.log"),
             started_at_ms: None,
+            secrets: Default::default(),
         }
     }
 

@@ -102,6 +102,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use gantry_actors::executor::{Executor, Found, Outcome, RunSpec};
+use gantry_actors::secrets::Masker;
 use gantry_events::event::JobId;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -535,6 +536,7 @@ impl ProcessExecutor {
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &prepared.dir)
             .envs(&run.spec.env)
+            .envs(run.secrets.iter().map(|(k, v)| (k, &v.0)))
             // After the job's own: the same name set again replaces its value, so a job
             // cannot choose GPUs it was not given.
             .envs(super::gpu_env(&run.gpu_uuids))
@@ -944,9 +946,11 @@ async fn pump(
     reader: impl tokio::io::AsyncRead + Unpin,
     stream: &'static str,
     out: Arc<tokio::sync::Mutex<tokio::fs::File>>,
+    masker: Masker,
 ) {
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        let line = masker.mask(&line);
         let stamp = humantime::format_rfc3339_nanos(std::time::SystemTime::now());
         let mut out = out.lock().await;
         let _ = out
@@ -1138,10 +1142,12 @@ impl Executor for ProcessExecutor {
             )));
             let mut pumps = Vec::new();
             if let Some(stdout) = child.stdout.take() {
-                pumps.push(tokio::spawn(pump(stdout, "stdout", log.clone())));
+                let masker = Masker::new(&run.secrets);
+                pumps.push(tokio::spawn(pump(stdout, "stdout", log.clone(), masker)));
             }
             if let Some(stderr) = child.stderr.take() {
-                pumps.push(tokio::spawn(pump(stderr, "stderr", log)));
+                let masker = Masker::new(&run.secrets);
+                pumps.push(tokio::spawn(pump(stderr, "stderr", log, masker)));
             }
             tracing::debug!(job = %run.job_id, attempt = run.attempt, pid, uid, "process started");
             self.state().live.insert(

@@ -73,7 +73,13 @@ pub fn server_list(urls: &str) -> Vec<&str> {
 impl NatsArgs {
     /// Connects as `name` (shown in the server's connection list) and checks that gantry's
     /// largest message fits the server's `max_payload`. Reconnects on its own, without end.
-    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, Error> {
+    /// `inbox_prefix`: where replies to this connection go (a node's own, see
+    /// [`wire::node_inbox_prefix`]).
+    pub async fn connect(
+        &self,
+        name: &str,
+        inbox_prefix: Option<String>,
+    ) -> Result<async_nats::Client, Error> {
         let url = self
             .url
             .clone()
@@ -97,6 +103,9 @@ impl NatsArgs {
             return Err(Error::Setup(
                 "--nats-user and --nats-password go together".into(),
             ));
+        }
+        if let Some(prefix) = inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
         }
         if let Some(token) = &self.nats_token {
             options = options.token(token.clone());

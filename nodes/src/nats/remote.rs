@@ -3,6 +3,7 @@
 //! mean no control plane leads right now (503, retried by the callers that must not give up:
 //! a worker's reports and its join).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -11,10 +12,11 @@ use gantry_actors::actor::scheduler::{AttemptReport, CommandError, NodeChange, S
 use gantry_actors::control::{CancelReply, Control};
 use gantry_actors::job::Job;
 use gantry_actors::placement::Node;
+use gantry_actors::secrets::SecretValues;
 use gantry_actors::spec::SubmitRequest;
-use gantry_actors::world::{KeyChange, Principal};
+use gantry_actors::world::{AccessChange, Principal};
 use gantry_events::Event;
-use gantry_events::event::JobId;
+use gantry_events::event::{JobId, SecretRef};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -94,6 +96,7 @@ impl Control for Remote {
         &self,
         request: SubmitRequest,
         by: Option<Principal>,
+        secrets: BTreeMap<String, SecretRef>,
     ) -> BoxFuture<'_, Result<SubmitReply, CommandError>> {
         async move {
             self.ask(
@@ -101,9 +104,29 @@ impl Control for Remote {
                 &Command::Submit {
                     request: Box::new(request),
                     by,
+                    secrets,
                 },
             )
             .await
+        }
+        .boxed()
+    }
+
+    fn secrets(
+        &self,
+        node: &str,
+        job: JobId,
+        attempt: u32,
+    ) -> BoxFuture<'_, Result<SecretValues, CommandError>> {
+        let node = node.to_owned();
+        async move {
+            let mine = self.node_name()?;
+            if mine != node {
+                return Err(CommandError::Unavailable(format!(
+                    "this connection speaks for node {mine}, not {node}"
+                )));
+            }
+            self.ask(wire::secrets_subject(mine), &(job, attempt)).await
         }
         .boxed()
     }
@@ -128,9 +151,9 @@ impl Control for Remote {
         .boxed()
     }
 
-    fn change_key(&self, change: KeyChange) -> BoxFuture<'_, Result<u64, CommandError>> {
+    fn change_access(&self, change: AccessChange) -> BoxFuture<'_, Result<u64, CommandError>> {
         async move {
-            self.ask(wire::COMMANDS.into(), &Command::ChangeKey { change })
+            self.ask(wire::COMMANDS.into(), &Command::ChangeAccess { change })
                 .await
         }
         .boxed()

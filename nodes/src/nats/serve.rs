@@ -43,6 +43,12 @@ pub async fn serve(
             &local,
             record,
         ),
+        serve_each(
+            subscribe(wire::NODE_SECRETS).await?,
+            &client,
+            &local,
+            secrets,
+        ),
     ])
 }
 
@@ -106,8 +112,17 @@ async fn command(client: async_nats::Client, local: Local, message: async_nats::
         Err(error) => return reply::<()>(&client, to, Err(bad_message(error))).await,
     };
     match command {
-        Command::Submit { request, by } => {
-            reply(&client, to, answered(local.submit(*request, by).await)).await
+        Command::Submit {
+            request,
+            by,
+            secrets,
+        } => {
+            reply(
+                &client,
+                to,
+                answered(local.submit(*request, by, secrets).await),
+            )
+            .await
         }
         Command::Cancel { job_id, reason, by } => {
             reply(
@@ -117,8 +132,8 @@ async fn command(client: async_nats::Client, local: Local, message: async_nats::
             )
             .await
         }
-        Command::ChangeKey { change } => {
-            reply(&client, to, answered(local.change_key(change).await)).await
+        Command::ChangeAccess { change } => {
+            reply(&client, to, answered(local.change_access(change).await)).await
         }
         Command::ChangeNode { change } => {
             reply(&client, to, answered(local.change_node(change).await)).await
@@ -142,6 +157,20 @@ async fn report_answer(local: &Local, subject: &str, payload: &[u8]) -> Answer<(
         )));
     }
     answered(local.report(report).await)
+}
+
+/// A node's request for its attempt's secrets: answered only for an attempt the log has on
+/// the node the subject names.
+async fn secrets(client: async_nats::Client, local: Local, message: async_nats::Message) {
+    let answer = match (
+        wire::node_of(&message.subject),
+        wire::decode::<(gantry_events::event::JobId, u32)>(&message.payload),
+    ) {
+        (Some(node), Ok((job, attempt))) => answered(local.secrets(node, job, attempt).await),
+        (None, _) => Err(forbidden("not a node subject".into())),
+        (_, Err(error)) => Err(bad_message(error)),
+    };
+    reply(&client, message.reply, answer).await;
 }
 
 async fn record(client: async_nats::Client, local: Local, message: async_nats::Message) {

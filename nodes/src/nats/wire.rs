@@ -6,9 +6,11 @@ use gantry_actors::actor::scheduler::NodeChange;
 use gantry_actors::control::Fault;
 use gantry_actors::spec::SubmitRequest;
 use gantry_actors::telemetry::GpuSample;
-use gantry_actors::world::{KeyChange, Principal};
+use gantry_actors::world::{AccessChange, Principal};
 use gantry_events::Event;
-use gantry_events::event::JobId;
+use gantry_events::event::{JobId, SecretRef};
+use std::collections::BTreeMap;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +26,18 @@ pub fn report_subject(node: &str) -> String {
     format!("gantry.node.{node}.report")
 }
 
+/// A node asks for the secret values of an attempt placed on it (request/reply). The answer
+/// goes to the node's own inbox (`_INBOX_<node>.`), which only its account may read.
+pub fn secrets_subject(node: &str) -> String {
+    format!("gantry.node.{node}.secrets")
+}
+
+/// The inbox prefix of a node's connection: replies to it (secrets among them) go where only
+/// that node's account may subscribe.
+pub fn node_inbox_prefix(node: &str) -> String {
+    format!("_INBOX_{node}")
+}
+
 /// A fact a node records about itself: joined, GPUs changed, draining (request/reply).
 pub fn record_subject(node: &str) -> String {
     format!("gantry.node.{node}.record")
@@ -37,6 +51,7 @@ pub fn heartbeat_subject(node: &str) -> String {
 /// What the control plane subscribes to for every node's reports, records and heartbeats.
 pub const NODE_REPORTS: &str = "gantry.node.*.report";
 pub const NODE_RECORDS: &str = "gantry.node.*.record";
+pub const NODE_SECRETS: &str = "gantry.node.*.secrets";
 pub const NODE_HEARTBEATS: &str = "gantry.node.*.heartbeat";
 
 /// The node a `gantry.node.<node>.…` subject names. NATS permissions let a node publish only
@@ -106,6 +121,9 @@ pub enum Command {
         /// Who submits (the gateway authenticated them); absent without authentication.
         #[serde(default)]
         by: Option<Principal>,
+        /// The job's secret variables, as names in the store (never values).
+        #[serde(default)]
+        secrets: BTreeMap<String, SecretRef>,
     },
     Cancel {
         job_id: JobId,
@@ -116,8 +134,8 @@ pub enum Command {
     ChangeNode {
         change: NodeChange,
     },
-    ChangeKey {
-        change: KeyChange,
+    ChangeAccess {
+        change: AccessChange,
     },
     Nodes,
 }
