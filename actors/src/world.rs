@@ -756,6 +756,63 @@ mod tests {
     }
 
     #[test]
+    fn secret_references_stay_in_the_submitters_group_and_never_carry_values() {
+        use gantry_events::Hash;
+        let world = World::default();
+        let team = Principal {
+            key_id: "k".into(),
+            group: "vision".into(),
+        };
+        let reference = |name: &str| SecretRef {
+            name: name.into(),
+            hash: Hash::of(b"keyed"),
+        };
+        let mut req = request("with-secrets");
+        req.env.insert("TOKEN".into(), "secret://hf".into());
+        // Resolved by the gateway into the group's own store names: recorded, without values.
+        let refs = BTreeMap::from([
+            ("TOKEN".to_owned(), reference("vision/hf")),
+            ("PASSWORD".to_owned(), reference("vision/job-1/PASSWORD")),
+        ]);
+        let Ok(Submitted::New { events, .. }) = world.decide_submit(&req, Some(&team), &refs)
+        else {
+            panic!("accepted")
+        };
+        let Event::Job(JobEvent::Submitted(submitted)) = &events[0] else {
+            panic!("submitted")
+        };
+        assert_eq!(submitted.spec.secrets, refs);
+        assert!(
+            !submitted.spec.env.contains_key("TOKEN"),
+            "the reference is not plain env"
+        );
+        // Another group's secret, an unresolved reference, or a value that reached the
+        // scheduler are refused.
+        let foreign = BTreeMap::from([("TOKEN".to_owned(), reference("audio/hf"))]);
+        let refused = |r: Result<Submitted, Refusal>| match r {
+            Err(Refusal::Invalid(i)) => i.code,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            refused(world.decide_submit(&req, Some(&team), &foreign)),
+            "secret_not_found"
+        );
+        assert_eq!(
+            refused(world.decide_submit(&req, Some(&team), &BTreeMap::new())),
+            "secret_not_stored"
+        );
+        let mut inline = request("inline");
+        inline.secrets.insert(
+            "PASSWORD".into(),
+            crate::secrets::SecretString("hunter2".into()),
+        );
+        assert_eq!(
+            refused(world.decide_submit(&inline, Some(&team), &BTreeMap::new())),
+            "secret_not_stored"
+        );
+    }
+
+    #[test]
     fn keys_are_created_once_and_revoked_once() {
         use gantry_events::Hash;
         let mut world = World::default();

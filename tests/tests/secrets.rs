@@ -86,7 +86,11 @@ fn run_job_with_secrets(
         "resources": { "cpus": 0.25, "memory_bytes": 64u64 << 20 },
     });
     let id = gantry.submit(job);
-    gantry.wait_for(&id, &["running"], Duration::from_secs(60));
+    gantry.wait_for(
+        &id,
+        &["running", "succeeded", "dead_lettered"],
+        Duration::from_secs(60),
+    );
     during(&id);
     let done = gantry.wait_for(
         &id,
