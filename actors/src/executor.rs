@@ -88,6 +88,12 @@ pub trait Executor: Send + Sync + 'static {
     /// Stops the attempt now (SIGKILL to the container or the whole process group).
     fn kill<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, ()>;
 
+    /// Where the ended attempt's outputs (`$GANTRY_OUTPUT_DIR`) can be read on this machine,
+    /// if this executor gives jobs one (`None`: outputs are not collected).
+    fn outputs(&self, _job_id: JobId, _attempt: u32) -> Option<PathBuf> {
+        None
+    }
+
     /// Whether the engine answers (`/readyz`, health).
     fn ping(&self) -> BoxFuture<'_, Result<(), String>>;
 

@@ -520,7 +520,8 @@ pub fn retryable(cause: &FailureCause, policy: &RetryPolicy) -> bool {
         | FailureCause::ImageUnavailable { .. } => true,
         FailureCause::NonZeroExit { .. }
         | FailureCause::OomKilled
-        | FailureCause::Timeout { .. } => policy.retry_user_failures,
+        | FailureCause::Timeout { .. }
+        | FailureCause::OutputsTooLarge { .. } => policy.retry_user_failures,
         FailureCause::Cancelled => false,
     }
 }

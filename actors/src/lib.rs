@@ -17,6 +17,7 @@
 //! NATS.
 
 pub mod actor;
+pub mod artifacts;
 pub mod control;
 pub mod executor;
 pub mod job;

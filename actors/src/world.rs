@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use gantry_events::event::{
-    FailureCause, JobEvent, JobId, JobSubmitted, JobWaiting, KeyCreated, KeyEvent, KeyRevoked,
-    NodeEvent, PendingReason, SecretDeleted, SecretRef, SecretSet,
+    ArtifactEvent, ArtifactStored, FailureCause, JobEvent, JobId, JobSubmitted, JobWaiting,
+    KeyCreated, KeyEvent, KeyRevoked, NodeEvent, PendingReason, SecretDeleted, SecretRef,
+    SecretSet,
 };
 use gantry_events::{Event, NewEvent, Source};
 use serde::{Deserialize, Serialize};
@@ -105,6 +106,8 @@ pub struct World {
     idempotency_order: VecDeque<(u64, (String, String))>,
     /// API keys ever created, and whether each is revoked.
     keys: HashMap<String, bool>,
+    /// Artifacts recorded, by (job, attempt, name): a repeated report records nothing new.
+    stored: HashSet<(JobId, u32, String)>,
     cluster: Cluster,
     queues: Queues,
     /// Jobs whose current attempt is placed and not yet started: the ones a lease can expire.
@@ -174,8 +177,20 @@ impl World {
             Event::Key(KeyEvent::Revoked(k)) => {
                 self.keys.insert(k.key_id.clone(), true);
             }
-            Event::Artifact(_) | Event::Audit(_) | Event::Secret(_) => {}
+            Event::Artifact(ArtifactEvent::Stored(a)) => {
+                self.stored.insert((a.job_id, a.attempt, a.name.clone()));
+            }
+            Event::Audit(_) | Event::Secret(_) => {}
         }
+    }
+
+    /// An output of a live attempt was stored: recorded once per (job, attempt, name).
+    pub fn decide_stored(&self, stored: ArtifactStored) -> Vec<Event> {
+        let key = (stored.job_id, stored.attempt, stored.name.clone());
+        if self.stored.contains(&key) {
+            return Vec::new();
+        }
+        vec![stored.into()]
     }
 
     fn apply_job(&mut self, seq: u64, time_ms: u64, event: &JobEvent) {

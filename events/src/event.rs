@@ -294,6 +294,9 @@ pub enum FailureCause {
     /// The node did not start the placed attempt within the placement lease; the attempt was
     /// taken back and the job queued again.
     PlacementExpired { node_id: String, after_secs: u64 },
+    /// The attempt left more outputs than a job may (files or bytes); the ones within the
+    /// limit were stored.
+    OutputsTooLarge { limit: String },
 }
 
 /// A failed job will run again.

@@ -12,12 +12,14 @@
 //! Who may do what ([`auth`]): with authentication on, every route but the health checks needs
 //! an API key; a key has a role and a group, and sees only its group's jobs and events.
 //!
-//! Layout: one file per resource (`jobs`, `nodes`, `events`, `keys`, `secrets`, `health`),
+//! Layout: one file per resource (`jobs`, `artifacts`, `nodes`, `events`, `keys`, `secrets`,
+//! `health`),
 //! with `auth`
 //! (keys, roles, Host check, rate limit), `body` (reading requests) and `error` beside them.
 //!
 //! Must not depend on: `gantry-nodes` (no Docker, NVML, S3 or NATS clients here).
 
+mod artifacts;
 pub mod auth;
 mod body;
 pub mod error;
@@ -37,6 +39,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use gantry_actors::actor::supervisor::Supervisor;
 use gantry_actors::actor::worker::Worker;
+use gantry_actors::artifacts::ArtifactStore;
 use gantry_actors::control::Control;
 use gantry_actors::secrets::SecretStore;
 use gantry_actors::telemetry::Telemetry;
@@ -79,6 +82,8 @@ pub struct Gateway {
     pub bootstrap_file: Option<PathBuf>,
     /// Where secret values go (encrypted): inline secrets of submitted jobs and stored ones.
     pub secrets: Arc<dyn SecretStore>,
+    /// Where jobs' outputs are read from (`None`: this gateway cannot reach them).
+    pub artifacts: Option<Arc<dyn ArtifactStore>>,
 }
 
 impl Gateway {
@@ -170,6 +175,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
         .service(resource("/v1/jobs/{id}", "GET").route(web::get().to(jobs::get_job)))
         .service(resource("/v1/jobs/{id}/cancel", "POST").route(web::post().to(jobs::cancel)))
         .service(resource("/v1/jobs/{id}/logs", "GET").route(web::get().to(jobs::logs)))
+        .service(resource("/v1/jobs/{id}/artifacts", "GET").route(web::get().to(artifacts::list)))
+        .service(
+            resource("/v1/jobs/{id}/artifacts/{name:.+}", "GET")
+                .route(web::get().to(artifacts::download)),
+        )
         .service(resource("/v1/nodes", "GET").route(web::get().to(nodes::nodes)))
         .service(
             resource("/v1/nodes/{id}/{action}", "POST").route(web::post().to(nodes::change_node)),

@@ -107,6 +107,41 @@ impl Client {
         self.finish(request.call())
     }
 
+    /// GET `path`, streaming the body into `out` in chunks (bounded memory); `progress` is
+    /// told the total size, if the gateway says it, and each chunk's length.
+    pub fn download(
+        &self,
+        path: &str,
+        out: &mut dyn std::io::Write,
+        progress: &mut dyn FnMut(Option<u64>, u64),
+    ) -> Result<u64, ClientError> {
+        let mut request = self.agent.get(format!("{}{path}", self.base));
+        if let Some(value) = self.authorization() {
+            request = request.header("Authorization", value);
+        }
+        let mut response = request.call().map_err(|e| self.unreachable(e))?;
+        if response.status().as_u16() >= 400 {
+            return self.finish(Ok(response)).map(|_| 0);
+        }
+        let total = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        progress(total, 0);
+        let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut written = 0u64;
+        loop {
+            let n = std::io::Read::read(&mut reader, &mut buf).map_err(|e| self.unreachable(e))?;
+            if n == 0 {
+                return Ok(written);
+            }
+            out.write_all(&buf[..n]).map_err(|e| self.unreachable(e))?;
+            written += n as u64;
+            progress(total, n as u64);
+        }
+    }
+
     /// GET, returning JSON.
     pub fn get(&self, path: &str) -> Result<Value, ClientError> {
         let body = self.get_raw(path)?;

@@ -214,6 +214,8 @@ pub async fn control_plane(
         streams: edge.streams,
         bootstrap_file: edge.bootstrap_file,
         secrets: secrets.clone(),
+        // Nodes keep outputs on their own disks for now; a shared store (S3) is planned.
+        artifacts: None,
     };
     let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();
@@ -365,6 +367,7 @@ pub async fn node(
             gpu_probe_every: Duration::from_secs(30),
             checkpoint_every: Duration::from_secs(60),
             join_patience: Duration::from_secs(60),
+            artifacts: None,
         },
         None,
     )

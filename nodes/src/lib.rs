@@ -10,6 +10,7 @@
 //! implements the traits the inner crates define; nothing else depends on it except the
 //! integration tests.
 
+pub mod artifacts;
 pub mod cli;
 pub mod client;
 pub mod edge;

@@ -226,19 +226,9 @@ impl KvSecretStore {
         replicas: usize,
         sealer: Sealer,
     ) -> Result<KvSecretStore, SecretError> {
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.into(),
-                    history: 1,
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    num_replicas: replicas.max(1),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| unavailable(format!("creating the secret bucket: {e}")))?,
-        };
+        let kv = crate::nats::open_bucket(js, BUCKET, replicas)
+            .await
+            .map_err(|e| unavailable(format!("the secret bucket: {e}")))?;
         Ok(KvSecretStore { kv, sealer })
     }
 }

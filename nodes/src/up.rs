@@ -17,10 +17,12 @@ use gantry_gateway::{Gateway, LocalOutput};
 use gantry_projections::Projections;
 use tokio::sync::watch;
 
+use crate::artifacts::LocalArtifactStore;
 use crate::executor::process::{ProcessExecutor, ProcessOptions};
 use crate::gpu::{FakeInventory, NvmlInventory};
 use crate::node;
 use crate::secrets::{FileSecretStore, Sealer};
+use gantry_actors::artifacts::ArtifactStore;
 use gantry_actors::secrets::SecretStore;
 
 /// Which executor runs jobs.
@@ -141,6 +143,8 @@ pub async fn up(
         &data.join("secrets"),
         Sealer::new(&secret_key),
     )?);
+    let artifacts: Arc<dyn ArtifactStore> =
+        Arc::new(LocalArtifactStore::open(&data.join("artifacts"))?);
     let actors = Supervisor::start(
         log.clone(),
         executor.clone(),
@@ -156,6 +160,7 @@ pub async fn up(
             gpu_probe_every: Duration::from_secs(30),
             checkpoint_every: Duration::from_secs(60),
             join_patience: Duration::from_secs(30),
+            artifacts: Some(artifacts.clone()),
         },
         Some(secrets.clone()),
     )
@@ -186,6 +191,7 @@ pub async fn up(
         streams: edge.streams,
         bootstrap_file: edge.bootstrap_file,
         secrets,
+        artifacts: Some(artifacts),
     };
     let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();

@@ -234,6 +234,11 @@ pub struct ArtifactView {
     pub location: String,
     pub sha256: Hash,
     pub size_bytes: u64,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// Unix ns it was recorded.
+    #[serde(default)]
+    pub stored_ns: u64,
 }
 
 /// One stored row: key kind, key, value.
@@ -395,6 +400,8 @@ impl Projections {
                         location: a.location.clone(),
                         sha256: a.sha256,
                         size_bytes: a.size_bytes,
+                        content_type: a.content_type.clone(),
+                        stored_ns: env.time_ns,
                     };
                     let mut key = vec![kind::ARTIFACT];
                     key.extend_from_slice(a.job_id.as_bytes());
@@ -777,6 +784,25 @@ impl Projections {
     /// group: every group).
     pub fn job_in(&self, id: &JobId, group: Option<&str>) -> Result<Option<JobView>, Error> {
         Ok(self.job(id)?.filter(|v| group.is_none_or(|g| v.group == g)))
+    }
+
+    /// A job's artifacts by name (of the latest attempt that stored each name).
+    pub fn artifacts(&self, job: &JobId) -> Result<Vec<ArtifactView>, Error> {
+        let mut prefix = vec![kind::ARTIFACT];
+        prefix.extend_from_slice(job.as_bytes());
+        self.tree
+            .scan_prefix(prefix)
+            .values()
+            .map(|v| decode(&v?))
+            .collect()
+    }
+
+    /// One artifact of a job.
+    pub fn artifact(&self, job: &JobId, name: &str) -> Result<Option<ArtifactView>, Error> {
+        let mut key = vec![kind::ARTIFACT];
+        key.extend_from_slice(job.as_bytes());
+        key.extend_from_slice(name.as_bytes());
+        self.tree.get(key)?.map(|v| decode(&v)).transpose()
     }
 
     /// An API key by id.

@@ -206,6 +206,7 @@ async fn start_nodes(url: &str, count: usize, executor: Arc<NoopExecutor>, dir: 
                 gpu_probe_every: Duration::from_secs(3600),
                 checkpoint_every: Duration::from_secs(3600),
                 join_patience: Duration::from_secs(60),
+                artifacts: None,
             },
             None,
         )

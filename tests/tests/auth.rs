@@ -4,15 +4,13 @@
 //! recorded in the events it causes, revoked keys stop working, and the Host check, the rate
 //! limit and the websocket limits answer with JSON errors.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use gantry_nodes::edge::{AuthMode, EdgeOptions};
 use gantry_nodes::up::ExecutorChoice;
-use gantry_tests::system::Gantry;
+use gantry_tests::system::{Gantry, file_containing, raw_http};
 use serde_json::{Value, json};
 
 /// One raw HTTP/1.1 exchange with these extra headers: (status, headers in lower case, JSON
@@ -24,38 +22,12 @@ fn send(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> (u16, String, Value) {
-    let mut stream = TcpStream::connect(gantry.addr).expect("connect");
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        head.push_str(&format!("Host: {}\r\n", gantry.addr));
-    }
+    let mut headers = headers.to_vec();
     if !body.is_empty() {
-        head.push_str("Content-Type: application/json\r\n");
+        headers.push(("Content-Type", "application/json"));
     }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).expect("write");
-    stream.write_all(body.as_bytes()).expect("write body");
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = headers
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        headers.to_lowercase(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    raw_http(gantry.addr, method, path, &headers, body.as_bytes())
 }
 
 /// A request with `key` as its bearer token.
@@ -99,23 +71,6 @@ fn cli_create_key(gantry: &Gantry, args: &[&str], env_key: Option<&str>) -> Stri
         .expect("utf-8")
         .trim()
         .to_owned()
-}
-
-/// Whether any file under `dir` holds `needle`.
-fn found_in_files(dir: &Path, needle: &[u8]) -> Option<std::path::PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            if let Some(found) = found_in_files(&path, needle) {
-                return Some(found);
-            }
-        } else if let Ok(bytes) = std::fs::read(&path)
-            && bytes.windows(needle.len()).any(|w| w == needle)
-        {
-            return Some(path);
-        }
-    }
-    None
 }
 
 fn queued_job(name: &str) -> Value {
@@ -310,8 +265,8 @@ fn keys_roles_and_groups_decide_what_each_caller_sees_and_does() {
     for key in [&admin, &alice, &bob, &viewer, &operator, &other] {
         assert!(!listed.to_string().contains(key.as_str()));
         let secret = key.rsplit('_').next().expect("secret part");
-        assert_eq!(found_in_files(gantry.data(), key.as_bytes()), None);
-        assert_eq!(found_in_files(gantry.data(), secret.as_bytes()), None);
+        assert_eq!(file_containing(gantry.data(), key.as_bytes()), None);
+        assert_eq!(file_containing(gantry.data(), secret.as_bytes()), None);
     }
 
     // A revoked key stops working at once.

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use gantry_nodes::up::ExecutorChoice;
-use gantry_tests::system::Gantry;
+use gantry_tests::system::{Gantry, raw_http};
 use serde_json::{Value, json};
 
 /// One raw HTTP/1.1 exchange: (status, headers in lower case, JSON body or Null).
@@ -16,30 +16,11 @@ fn send(
     content_type: Option<&str>,
     body: &[u8],
 ) -> (u16, String, Value) {
-    let mut stream = TcpStream::connect(gantry.addr).expect("connect");
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        gantry.addr,
-        body.len()
-    );
-    if let Some(content_type) = content_type {
-        head.push_str(&format!("Content-Type: {content_type}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).expect("write");
-    // A body past the limit may be cut off by the server before it is all sent.
-    let _ = stream.write_all(body);
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = headers
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let json = serde_json::from_str(body).unwrap_or(Value::Null);
-    (status, headers.to_lowercase(), json)
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|t| ("Content-Type", t))
+        .into_iter()
+        .collect();
+    raw_http(gantry.addr, method, path, &headers, body)
 }
 
 /// (method, path, content type, body, status, code, field).

@@ -173,6 +173,7 @@ fn options(dir: &std::path::Path, limits: Limits) -> NodeOptions {
         gpu_probe_every: Duration::from_secs(60),
         checkpoint_every: Duration::from_secs(60),
         join_patience: Duration::from_secs(30),
+        artifacts: None,
     }
 }
 

@@ -490,6 +490,19 @@ fn node_permissions(name: &str) -> String {
     )
 }
 
+/// The server's next error (within 5 s) is a permissions violation.
+async fn expect_violation(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &str) {
+    let refused = tokio::time::timeout(Duration::from_secs(5), errors.recv())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    assert!(
+        refused.to_lowercase().contains("permissions violation"),
+        "{what}: {refused:?}"
+    );
+}
+
 #[test]
 fn a_node_account_runs_jobs_but_cannot_publish_events_or_speak_for_another_node() {
     let config = format!(
@@ -563,15 +576,7 @@ fn a_node_account_runs_jobs_but_cannot_publish_events_or_speak_for_another_node(
         // Replies meant for other connections (another node's secrets) are out of reach.
         let _inboxes = nc.subscribe("_INBOX.>").await.expect("subscribe");
         nc.flush().await.expect("flush");
-        let refused = tokio::time::timeout(Duration::from_secs(5), errors.recv())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        assert!(
-            refused.to_lowercase().contains("permissions violation"),
-            "subscribing _INBOX.>: {refused:?}"
-        );
+        expect_violation(&mut errors, "subscribing _INBOX.>").await;
         for subject in [
             "gantry.events.job.succeeded",
             "gantry.node.b.report",
@@ -580,15 +585,7 @@ fn a_node_account_runs_jobs_but_cannot_publish_events_or_speak_for_another_node(
         ] {
             nc.publish(subject, "forged".into()).await.expect("publish");
             nc.flush().await.expect("flush");
-            let refused = tokio::time::timeout(Duration::from_secs(5), errors.recv())
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            assert!(
-                refused.to_lowercase().contains("permissions violation"),
-                "{subject}: {refused:?}"
-            );
+            expect_violation(&mut errors, subject).await;
         }
         // Its own heartbeat subject is allowed: no error follows.
         nc.publish("gantry.node.a.heartbeat", "x".into())

@@ -5,35 +5,17 @@
 
 use std::io::Read;
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use gantry_nodes::edge::EdgeOptions;
 use gantry_nodes::up::ExecutorChoice;
 use gantry_tests::services::unavailable;
-use gantry_tests::system::{Gantry, all_events};
+use gantry_tests::system::{Gantry, all_events, file_containing};
 use serde_json::{Value, json};
 
 const STORED: &str = "stored-s3cr3t-hf-token";
 const INLINE: &str = "inline-s3cr3t-password";
-
-/// Whether any file under `dir` holds `needle`; the first such path.
-fn found_in_files(dir: &Path, needle: &str) -> Option<std::path::PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            if let Some(found) = found_in_files(&path, needle) {
-                return Some(found);
-            }
-        } else if let Ok(bytes) = std::fs::read(&path)
-            && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
-        {
-            return Some(path);
-        }
-    }
-    None
-}
 
 fn assert_no_secret(what: &str, text: &str) {
     for value in [STORED, INLINE] {
@@ -142,7 +124,11 @@ fn check_files(gantry: &mut Gantry) {
     let data = gantry.data().to_owned();
     gantry.stop();
     for value in [STORED, INLINE] {
-        assert_eq!(found_in_files(&data, value), None, "{value} on disk");
+        assert_eq!(
+            file_containing(&data, value.as_bytes()),
+            None,
+            "{value} on disk"
+        );
     }
     let export = data.join("export.bin");
     let exported = Command::new(env!("CARGO_BIN_EXE_gantry-node"))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use gantry_events::event::{FailureCause, JobId, SecretRef};
+use gantry_events::event::{ArtifactStored, FailureCause, JobId, SecretRef};
 use gantry_events::{Appended, Entry, Event, EventLog, NewEvent, Source, record::now_ns};
 use serde::{Deserialize, Serialize};
 
@@ -400,6 +400,15 @@ pub enum Report {
         cause: FailureCause,
         duration_ms: Option<u64>,
     },
+    /// One of the attempt's outputs is in the artifact store (before the attempt's end).
+    Stored {
+        name: String,
+        location: String,
+        sha256: gantry_events::Hash,
+        size_bytes: u64,
+        #[serde(default)]
+        content_type: Option<String>,
+    },
 }
 
 /// A worker's report. Idempotent by (job, attempt): the same report again is accepted and
@@ -442,6 +451,21 @@ impl Handler<AttemptReport> for Scheduler {
                 self.world
                     .decide_failed(id, attempt, cause, duration_ms, now_ms())
             }
+            Report::Stored {
+                name,
+                location,
+                sha256,
+                size_bytes,
+                content_type,
+            } => Ok(self.world.decide_stored(ArtifactStored {
+                job_id: id,
+                attempt,
+                name,
+                location,
+                sha256,
+                size_bytes,
+                content_type,
+            })),
         };
         match decided {
             Ok(events) => self.commit(events, |_| ()),

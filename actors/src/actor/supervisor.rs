@@ -16,6 +16,7 @@ use crate::actor::auditor::{AuditStatus, Auditor, GetAudit};
 use crate::actor::gpu_probe::GpuProbe;
 use crate::actor::scheduler::{CommandError, Scheduler};
 use crate::actor::worker::{Rejoin, Worker};
+use crate::artifacts::ArtifactStore;
 use crate::control::{Control, Local, until_answered};
 use crate::executor::{Executor, GpuInventory};
 use crate::secrets::SecretStore;
@@ -37,6 +38,8 @@ pub struct NodeOptions {
     pub checkpoint_every: Duration,
     /// How long joining waits for a control plane to answer.
     pub join_patience: Duration,
+    /// Where attempts' outputs are stored (`None`: outputs are not collected on this node).
+    pub artifacts: Option<Arc<dyn ArtifactStore>>,
 }
 
 /// Addresses of the running actors.
@@ -182,15 +185,18 @@ pub async fn start_node(
 
     let rejoin: Rejoin = Arc::new(joined);
     let worker = {
-        let (node, executor, control, log, dir) = (
+        let (node, executor, control, log, dir, artifacts) = (
             options.node_id.clone(),
             executor.clone(),
             control.clone(),
             log.clone(),
             options.logs_dir.clone(),
+            options.artifacts.clone(),
         );
         actix::Supervisor::start(move |_| {
-            Worker::new(node, executor, control, log, dir).rejoin_with(rejoin.clone())
+            Worker::new(node, executor, control, log, dir)
+                .rejoin_with(rejoin.clone())
+                .with_artifacts(artifacts.clone())
         })
     };
     let telemetry = Telemetry::default();

@@ -28,6 +28,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::actor::scheduler::{AttemptReport, CommandError, Report};
+use crate::artifacts::{self, ArtifactStore, OutputLimits};
 use crate::control::{Control, until_answered};
 use crate::executor::{Executor, Found, Outcome, RunSpec};
 use crate::job::{Job, JobState};
@@ -61,6 +62,8 @@ pub struct Worker {
     stats: WorkerStats,
     /// Times the supervisor restarted this worker; each restart waits a little longer.
     restarts: u32,
+    /// Where attempts' outputs are stored.
+    artifacts: Option<Arc<dyn ArtifactStore>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -91,7 +94,14 @@ impl Worker {
             running: HashMap::new(),
             stats: WorkerStats::default(),
             restarts: 0,
+            artifacts: None,
         }
+    }
+
+    /// Stores each attempt's outputs (and its kept output) in `store` when it ends.
+    pub fn with_artifacts(mut self, store: Option<Arc<dyn ArtifactStore>>) -> Worker {
+        self.artifacts = store;
+        self
     }
 
     /// When the log says this node was lost (it was partitioned away, or silent too long),
@@ -147,12 +157,15 @@ impl Worker {
         } else {
             self.stats.started += 1;
         }
-        let executor = self.executor.clone();
-        let control = self.control.clone();
-        let node = self.node.clone();
+        let runner = Runner {
+            executor: self.executor.clone(),
+            control: self.control.clone(),
+            node: self.node.clone(),
+            artifacts: self.artifacts.clone(),
+        };
         let job_id = job.id;
         ctx.spawn(
-            run_attempt(executor, control, node, run, found, recorded_start, stop_rx)
+            run_attempt(runner, run, found, recorded_start, stop_rx)
                 .into_actor(self)
                 .map(move |(), act, _| {
                     act.running.remove(&(job_id, attempt));
@@ -369,15 +382,27 @@ fn clock_start(started_at_ms: Option<u64>) -> Instant {
 
 /// Runs one attempt to its end and reports it. Never panics; every path reports exactly one
 /// end, retried until recorded, or stops the attempt when the scheduler refuses its start.
-async fn run_attempt(
+/// What one attempt's run uses of its node.
+struct Runner {
     executor: Arc<dyn Executor>,
     control: Arc<dyn Control>,
     node: String,
+    artifacts: Option<Arc<dyn ArtifactStore>>,
+}
+
+async fn run_attempt(
+    runner: Runner,
     mut run: RunSpec,
     found: Option<Found>,
     recorded_start: bool,
     mut stop: watch::Receiver<Option<FailureCause>>,
 ) {
+    let Runner {
+        executor,
+        control,
+        node,
+        artifacts,
+    } = runner;
     if !run.spec.secrets.is_empty() {
         // Read for this attempt only, from the control plane that knows it is placed here.
         let asked = until_answered("the attempt's secrets", Some(SECRETS_PATIENCE), || {
@@ -489,7 +514,79 @@ async fn run_attempt(
             Report::Failed { cause, duration_ms }
         }
     };
+    // Outputs are recorded before the end, on success and on failure alike.
+    let over_limit = match &artifacts {
+        Some(store) => store_outputs(&*executor, &**store, &run, &report, scheduler).await,
+        None => None,
+    };
+    let message = match (message, over_limit) {
+        (Report::Succeeded { duration_ms }, Some(limit)) => Report::Failed {
+            cause: FailureCause::OutputsTooLarge { limit },
+            duration_ms: Some(duration_ms),
+        },
+        (message, _) => message,
+    };
     let _ = report_until_recorded(scheduler, report(message)).await;
+}
+
+/// Stores the ended attempt's output files and its kept output, reporting each; returns the
+/// limit the outputs went past, if any. A file that cannot be stored is logged and left out
+/// (the attempt's end is still recorded).
+async fn store_outputs(
+    executor: &dyn Executor,
+    store: &dyn ArtifactStore,
+    run: &RunSpec,
+    report: &impl Fn(Report) -> AttemptReport,
+    scheduler: &dyn Control,
+) -> Option<String> {
+    let mut files = Vec::new();
+    let mut over_limit = None;
+    if let Some(dir) = executor.outputs(run.job_id, run.attempt) {
+        let limits = OutputLimits::default();
+        match tokio::task::spawn_blocking(move || artifacts::collect(&dir, &limits)).await {
+            Ok(Ok(collected)) => {
+                for (name, why) in &collected.skipped {
+                    tracing::warn!(job = %run.job_id, attempt = run.attempt, %name, why, "output not collected");
+                }
+                over_limit = collected.over_limit;
+                files = collected
+                    .files
+                    .into_iter()
+                    .map(|(name, path, _)| (name, path))
+                    .collect();
+            }
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err(error)) => {
+                tracing::warn!(job = %run.job_id, attempt = run.attempt, %error, "outputs unreadable")
+            }
+            Err(error) => tracing::warn!(%error, "output collection died"),
+        }
+    }
+    if run.log_path.exists() {
+        files.push((artifacts::OUTPUT_LOG_NAME.to_owned(), run.log_path.clone()));
+    }
+    for (name, path) in files {
+        let stored = match store.put_file(&path).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(job = %run.job_id, attempt = run.attempt, %name, %error, "output not stored");
+                continue;
+            }
+        };
+        let content_type = Some(artifacts::media_type(&name).to_owned());
+        let stored = report(Report::Stored {
+            name,
+            location: stored.location,
+            sha256: stored.sha256,
+            size_bytes: stored.size_bytes,
+            content_type,
+        });
+        if report_until_recorded(scheduler, stored).await.is_err() {
+            // Taken back: the attempt's end will be refused too.
+            break;
+        }
+    }
+    over_limit
 }
 
 /// The cause an attempt stopped by its switch ends with.

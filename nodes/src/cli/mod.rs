@@ -5,6 +5,7 @@
 //! Commands write to the `out` they are given (stdout in the binary, a buffer in tests) and
 //! return the process exit status.
 
+mod artifacts;
 mod cancel;
 mod demo;
 mod error;
@@ -108,6 +109,18 @@ pub enum Command {
         attempt: Option<u32>,
         id: String,
     },
+    /// List a job's stored outputs, or download one (`--get NAME [-o FILE]`).
+    Artifacts {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+        /// The artifact to download.
+        #[arg(long)]
+        get: Option<String>,
+        /// Where to write it (default: its file name, here).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Cancel a job.
     Cancel {
         #[command(flatten)]
@@ -174,6 +187,12 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Err
             id,
         } => logs::logs(&server, id, follow, attempt, out).await,
         Command::Cancel { server, reason, id } => cancel::cancel(&server, id, reason, out).await,
+        Command::Artifacts {
+            server,
+            id,
+            get,
+            output,
+        } => artifacts::artifacts(&server, id, get, output, out).await,
         Command::Nodes { server } => nodes::nodes(&server, out).await,
         Command::Node { change, run } => {
             let Some(change) = change else {

@@ -461,6 +461,13 @@ impl ProcessExecutor {
                 .and_then(|()| std::os::unix::fs::chown(&dir, Some(uid), Some(uid)))
                 .map_err(|e| format!("handing {} to uid {uid}: {e}", dir.display()))?;
         }
+        let outputs = dir.join(OUTPUTS);
+        std::fs::create_dir(&outputs)
+            .map_err(|e| format!("creating {}: {e}", outputs.display()))?;
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(&outputs, Some(uid), Some(uid))
+                .map_err(|e| format!("handing {} to uid {uid}: {e}", outputs.display()))?;
+        }
         let cwd = working_dir(&dir, run.spec.working_dir.as_deref(), uid)?;
         if let Some(parent) = run.log_path.parent() {
             std::fs::create_dir_all(parent)
@@ -535,6 +542,7 @@ impl ProcessExecutor {
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &prepared.dir)
+            .env("GANTRY_OUTPUT_DIR", prepared.dir.join(OUTPUTS))
             .envs(&run.spec.env)
             .envs(run.secrets.iter().map(|(k, v)| (k, &v.0)))
             // After the job's own: the same name set again replaces its value, so a job
@@ -941,6 +949,9 @@ async fn read_old_pid(path: &Path) -> Option<i32> {
         .ok()
 }
 
+/// The folder in an attempt's directory the job leaves its outputs in (`$GANTRY_OUTPUT_DIR`).
+const OUTPUTS: &str = "outputs";
+
 /// Copies a pipe into the attempt log, one timestamped line at a time.
 async fn pump(
     reader: impl tokio::io::AsyncRead + Unpin,
@@ -1049,6 +1060,10 @@ impl Executor for ProcessExecutor {
 
     fn limits_enforced(&self) -> bool {
         self.cgroups.as_ref().is_some_and(|c| c.enforced())
+    }
+
+    fn outputs(&self, job_id: JobId, attempt: u32) -> Option<PathBuf> {
+        Some(self.attempt_dir(job_id, attempt).join(OUTPUTS))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), String>> {

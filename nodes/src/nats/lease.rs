@@ -45,21 +45,9 @@ impl Lease {
         ttl: Duration,
         replicas: usize,
     ) -> Result<Lease, super::Error> {
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.into(),
-                    history: 1,
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    num_replicas: replicas.max(1),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| {
-                    super::Error::Setup(format!("creating the leader lease bucket: {e}"))
-                })?,
-        };
+        let kv = super::open_bucket(js, BUCKET, replicas)
+            .await
+            .map_err(|e| super::Error::Setup(format!("creating the leader lease bucket: {e}")))?;
         let suffix = uuid::Uuid::now_v7().simple().to_string();
         Ok(Lease {
             kv,

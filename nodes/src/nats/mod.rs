@@ -140,3 +140,24 @@ impl NatsArgs {
         Ok(client)
     }
 }
+
+/// Opens a JetStream key-value bucket of gantry's (one value per key, on file, with
+/// `replicas` copies), creating it when missing.
+pub async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    if let Ok(kv) = js.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: bucket.into(),
+        history: 1,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())
+}

@@ -1,0 +1,178 @@
+//! `/v1/jobs/{id}/artifacts`: a job's stored outputs, listed and downloaded (streamed, with
+//! `Range` and an `ETag` that is the SHA-256), scoped to the caller's group like the job.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures::StreamExt;
+
+use crate::Gateway;
+use crate::body::parse_id;
+use crate::error::ApiError;
+use crate::jobs::visible_job;
+
+pub(crate) async fn list(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = gateway.caller(&req)?;
+    let id = parse_id(&id)?;
+    visible_job(&gateway, &caller, &id)?;
+    let artifacts: Vec<serde_json::Value> = gateway
+        .views
+        .artifacts(&id)?
+        .into_iter()
+        .map(|a| {
+            serde_json::json!({
+                "name": a.name,
+                "attempt": a.attempt,
+                "size_bytes": a.size_bytes,
+                "sha256": a.sha256,
+                "content_type": a.content_type,
+                "stored_ns": a.stored_ns,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "artifacts": artifacts })))
+}
+
+/// A `Range: bytes=…` header against a body of `size` bytes: `None` for the whole body,
+/// `Some((start, end))` (end exclusive) for one satisfiable range, 416 otherwise. Only single
+/// ranges are served.
+fn range(req: &HttpRequest, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(value) = req.headers().get(header::RANGE) else {
+        return Ok(None);
+    };
+    let unsatisfiable = || {
+        ApiError::new(
+            416,
+            "range_not_satisfiable",
+            format!("one range of bytes within 0-{}", size.saturating_sub(1)),
+            Some("Range".into()),
+        )
+    };
+    let spec = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+        .filter(|s| !s.contains(','))
+        .ok_or_else(unsatisfiable)?;
+    let (first, last) = spec.split_once('-').ok_or_else(unsatisfiable)?;
+    let parse = |s: &str| s.trim().parse::<u64>().map_err(|_| unsatisfiable());
+    let (start, end) = match (first.trim(), last.trim()) {
+        ("", "") => return Err(unsatisfiable()),
+        // The last n bytes.
+        ("", n) => (size.saturating_sub(parse(n)?), size),
+        (a, "") => (parse(a)?, size),
+        (a, b) => (parse(a)?, parse(b)?.saturating_add(1).min(size)),
+    };
+    if start >= end || start >= size {
+        return Err(unsatisfiable());
+    }
+    Ok(Some((start, end)))
+}
+
+pub(crate) async fn download(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = gateway.caller(&req)?;
+    let (id, name) = path.into_inner();
+    let id = parse_id(&id)?;
+    visible_job(&gateway, &caller, &id)?;
+    let missing = || ApiError::not_found(format!("job {id} has no artifact {name:?}"));
+    if !gantry_actors::artifacts::valid_name(&name) {
+        return Err(missing());
+    }
+    let artifact = gateway.views.artifact(&id, &name)?.ok_or_else(missing)?;
+    let store = gateway
+        .artifacts
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("this gateway cannot reach the artifact store"))?;
+    let etag = format!("\"{}\"", artifact.sha256.to_hex());
+    if req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, etag))
+            .finish());
+    }
+    let size = artifact.size_bytes;
+    let wanted = range(&req, size)?;
+    let (start, end) = wanted.unwrap_or((0, size));
+    let stream = store
+        .read(&artifact.location, start, end)
+        .await
+        .map_err(|e| match e {
+            gantry_actors::artifacts::ArtifactError::NotFound(_) => ApiError::new(
+                410,
+                "artifact_gone",
+                format!("the bytes of {name:?} are no longer in the store"),
+                None,
+            ),
+            other => ApiError::unavailable(other),
+        })?
+        .map(|chunk| chunk.map_err(|e| actix_web::error::ErrorServiceUnavailable(e.to_string())));
+    let mut response = match wanted {
+        Some(_) => {
+            let mut r = HttpResponse::PartialContent();
+            r.insert_header((
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{size}", end - 1),
+            ));
+            r
+        }
+        None => HttpResponse::Ok(),
+    };
+    response
+        .insert_header((header::ETAG, etag))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header(("Gantry-Attempt", artifact.attempt.to_string()))
+        .content_type(
+            artifact
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".into()),
+        )
+        .no_chunking(end - start);
+    Ok(response.streaming(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(range_header: &str) -> HttpRequest {
+        actix_web::test::TestRequest::default()
+            .insert_header(("Range", range_header))
+            .to_http_request()
+    }
+
+    #[test]
+    fn ranges_are_single_and_within_the_body() {
+        assert_eq!(range(&with("bytes=0-9"), 100).ok(), Some(Some((0, 10))));
+        assert_eq!(range(&with("bytes=90-"), 100).ok(), Some(Some((90, 100))));
+        assert_eq!(range(&with("bytes=-5"), 100).ok(), Some(Some((95, 100))));
+        assert_eq!(
+            range(&with("bytes=95-500"), 100).ok(),
+            Some(Some((95, 100)))
+        );
+        for bad in [
+            "bytes=100-",
+            "bytes=5-2",
+            "bytes=0-1,4-5",
+            "items=0-1",
+            "bytes=-",
+            "bytes=x-",
+        ] {
+            assert_eq!(
+                range(&with(bad), 100).err().map(|e| e.status),
+                Some(416),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! A job's outputs (files under `$GANTRY_OUTPUT_DIR`) and its kept output are stored when the
+//! attempt ends, on success and on failure, recorded by `artifact.stored` events, listed and
+//! downloaded byte for byte (whole, by range, with the SHA-256 as ETag) through the gateway
+//! and the CLI; links out of the output dir are never followed.
+
+use std::process::Command;
+use std::time::Duration;
+
+use gantry_events::Hash;
+use gantry_nodes::up::ExecutorChoice;
+use gantry_tests::system::{Gantry, all_events, raw_http};
+use serde_json::{Value, json};
+
+fn job(name: &str, script: &str) -> Value {
+    json!({
+        "name": name, "image": "busybox", "command": ["sh", "-c", script],
+        "resources": { "cpus": 0.25, "memory_bytes": 64u64 << 20 },
+        "retry": { "max_attempts": 1 },
+    })
+}
+
+fn artifacts(gantry: &Gantry, id: &str) -> Vec<Value> {
+    gantry
+        .client
+        .get(&format!("/v1/jobs/{id}/artifacts"))
+        .expect("artifacts")["artifacts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn download(
+    gantry: &Gantry,
+    id: &str,
+    name: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(gantry.addr).expect("connect");
+    let mut head = format!(
+        "GET /v1/jobs/{id}/artifacts/{name} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        gantry.addr
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head");
+    let head = String::from_utf8_lossy(&response[..split]).to_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head, response[split + 4..].to_vec())
+}
+
+#[test]
+fn outputs_are_stored_listed_and_downloaded_byte_for_byte() {
+    let gantry = Gantry::start(ExecutorChoice::Process);
+    // 1 MiB of varied bytes, a nested file, and links out of the output dir.
+    let script = "cd \"$GANTRY_OUTPUT_DIR\" && mkdir -p ckpt && echo '{\"loss\": 0.25}' > metrics.json \
+        && i=0; while [ $i -lt 16384 ]; do printf '%08d-abcdefghijklmnopqrstuvwxyz-0123456789-ABCDEFGHIJKLMNOP\\n' $i; i=$((i+1)); done > ckpt/weights.bin \
+        && ln -s /etc/passwd leak && ln -s / root && echo done";
+    let id = gantry.submit(job("outputs", script));
+    let done = gantry.wait_for(
+        &id,
+        &["succeeded", "dead_lettered"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    let listed = artifacts(&gantry, &id);
+    let names: Vec<&str> = listed.iter().filter_map(|a| a["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [".gantry/output.log", "ckpt/weights.bin", "metrics.json"]
+    );
+    let weights = listed
+        .iter()
+        .find(|a| a["name"] == "ckpt/weights.bin")
+        .expect("weights");
+    assert_eq!(weights["size_bytes"], 16384 * 64);
+    assert_eq!(weights["attempt"], 1);
+
+    // Whole, byte for byte, hashing to what was recorded.
+    let (status, head, body) = download(&gantry, &id, "ckpt/weights.bin", &[]);
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body.len(), 16384 * 64);
+    assert_eq!(
+        Some(Hash::of(&body).to_hex().as_str()),
+        weights["sha256"].as_str()
+    );
+    assert!(body.starts_with(b"00000000-abcdefghijklmnopqrstuvwxyz-"));
+    let etag = format!("\"{}\"", Hash::of(&body).to_hex());
+    assert!(head.contains(&format!("etag: {etag}")), "{head}");
+    // A range, the unchanged answer, a range past the end.
+    let (status, head, part) = download(
+        &gantry,
+        &id,
+        "ckpt/weights.bin",
+        &[("Range", "bytes=64-71")],
+    );
+    assert_eq!(status, 206);
+    assert_eq!(part, b"00000001");
+    assert!(
+        head.contains("content-range: bytes 64-71/1048576"),
+        "{head}"
+    );
+    let (status, _, _) = download(
+        &gantry,
+        &id,
+        "ckpt/weights.bin",
+        &[("If-None-Match", &etag)],
+    );
+    assert_eq!(status, 304);
+    let (status, _, _) = download(
+        &gantry,
+        &id,
+        "ckpt/weights.bin",
+        &[("Range", "bytes=2000000-")],
+    );
+    assert_eq!(status, 416);
+    // The output log, stored like the files.
+    let (_, _, log) = download(&gantry, &id, ".gantry/output.log", &[]);
+    assert!(String::from_utf8_lossy(&log).contains("stdout done"));
+    // Links were not followed, and names that leave the job's artifacts find nothing.
+    for name in [
+        "leak",
+        "root/etc/passwd",
+        "..%2F..%2Fetc%2Fpasswd",
+        "ckpt/../metrics.json",
+    ] {
+        let (status, _, body) = download(&gantry, &id, name, &[]);
+        assert_eq!(status, 404, "{name}: {}", String::from_utf8_lossy(&body));
+    }
+
+    // Each one is an `artifact.stored` event of attempt 1, before the job's end.
+    let events = all_events(&gantry.client);
+    let stored: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "artifact.stored" && e["event"]["job_id"] == json!(id))
+        .collect();
+    assert_eq!(stored.len(), 3);
+    let end = events
+        .iter()
+        .position(|e| e["type"] == "job.succeeded" && e["event"]["job_id"] == json!(id))
+        .expect("end");
+    assert!(
+        events[..end]
+            .iter()
+            .filter(|e| e["type"] == "artifact.stored")
+            .count()
+            >= 3
+    );
+
+    // The CLI downloads the same bytes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("weights.bin");
+    let cli = Command::new(env!("CARGO_BIN_EXE_gantry-node"))
+        .args(["artifacts", &id, "--get", "ckpt/weights.bin", "-o"])
+        .arg(&target)
+        .args(["--server", &format!("http://{}", gantry.addr)])
+        .output()
+        .expect("gantry artifacts");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(std::fs::read(&target).expect("downloaded"), body);
+}
+
+#[test]
+fn a_failed_attempt_keeps_its_outputs_and_too_many_fail_the_job() {
+    let gantry = Gantry::start(ExecutorChoice::Process);
+    let id = gantry.submit(job(
+        "fails",
+        "echo partial > \"$GANTRY_OUTPUT_DIR/partial.txt\"; exit 3",
+    ));
+    let done = gantry.wait_for(
+        &id,
+        &["dead_lettered", "succeeded"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(done["state"], "dead_lettered");
+    let names: Vec<String> = artifacts(&gantry, &id)
+        .iter()
+        .filter_map(|a| a["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(names.contains(&"partial.txt".to_owned()), "{names:?}");
+
+    // More files than a job may leave: the job fails with the limit named, and what fitted is
+    // listed.
+    let id = gantry.submit(job(
+        "too-many",
+        "cd \"$GANTRY_OUTPUT_DIR\"; i=0; while [ $i -lt 1005 ]; do : > f$i; i=$((i+1)); done",
+    ));
+    let done = gantry.wait_for(
+        &id,
+        &["dead_lettered", "succeeded"],
+        Duration::from_secs(90),
+    );
+    assert_eq!(done["state"], "dead_lettered", "{done}");
+    assert_eq!(done["last_cause"]["kind"], "outputs_too_large", "{done}");
+    let kept = artifacts(&gantry, &id).len();
+    assert_eq!(kept, 1_000 + 1, "the first 1,000 files and the output log");
+    let (status, _, _) = raw_http(gantry.addr, "GET", "/v1/jobs/not-a-job/artifacts", &[], b"");
+    assert_eq!(status, 400);
+}
