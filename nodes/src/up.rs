@@ -65,6 +65,22 @@ pub enum Error {
 }
 
 /// Picks the executor: Docker when asked or when one answers, else local processes.
+/// The Docker executor's options on this node: job outputs in `data/outputs`, bind-mounted
+/// into containers. The engine resolves that path on its own host, so where gantry runs in a
+/// container of that engine, `GANTRY_DOCKER_OUTPUTS` must name a folder mounted at the same
+/// path on the host, or `off`.
+fn docker_options(data: &std::path::Path) -> crate::executor::docker::DockerOptions {
+    let outputs_root = match std::env::var_os("GANTRY_DOCKER_OUTPUTS") {
+        Some(dir) if dir == "off" => None,
+        Some(dir) => Some(std::path::PathBuf::from(dir)),
+        None => Some(data.join("outputs")),
+    };
+    crate::executor::docker::DockerOptions {
+        outputs_root: outputs_root.map(|d| std::path::absolute(&d).unwrap_or(d)),
+        ..Default::default()
+    }
+}
+
 pub async fn choose_executor(
     choice: ExecutorChoice,
     data: &std::path::Path,
@@ -94,17 +110,22 @@ pub async fn choose_executor(
     };
     match choice {
         ExecutorChoice::Process => process(),
-        ExecutorChoice::Docker => crate::executor::docker::DockerExecutor::connect()
-            .await
-            .map(|d| Arc::new(d) as Arc<dyn Executor>)
-            .map_err(|e| Error::Setup(format!("no Docker engine: {e}"))),
-        ExecutorChoice::Auto => match crate::executor::docker::DockerExecutor::connect().await {
-            Ok(d) => Ok(Arc::new(d)),
-            Err(e) => {
-                tracing::info!(error = %e, "no Docker engine answered; using the local process executor");
-                process()
+        ExecutorChoice::Docker => {
+            crate::executor::docker::DockerExecutor::connect_with(docker_options(data))
+                .await
+                .map(|d| Arc::new(d) as Arc<dyn Executor>)
+                .map_err(|e| Error::Setup(format!("no Docker engine: {e}")))
+        }
+        ExecutorChoice::Auto => {
+            match crate::executor::docker::DockerExecutor::connect_with(docker_options(data)).await
+            {
+                Ok(d) => Ok(Arc::new(d)),
+                Err(e) => {
+                    tracing::info!(error = %e, "no Docker engine answered; using the local process executor");
+                    process()
+                }
             }
-        },
+        }
     }
 }
 

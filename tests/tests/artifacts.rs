@@ -214,3 +214,38 @@ fn a_failed_attempt_keeps_its_outputs_and_too_many_fail_the_job() {
     let (status, _, _) = raw_http(gantry.addr, "GET", "/v1/jobs/not-a-job/artifacts", &[], b"");
     assert_eq!(status, 400);
 }
+
+#[test]
+fn a_docker_job_leaves_outputs_in_its_mounted_folder() {
+    let image =
+        std::env::var("GANTRY_TEST_IMAGE").unwrap_or_else(|_| "gantry-test/busybox:latest".into());
+    let present = Command::new("docker")
+        .args(["image", "inspect", &image])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        gantry_tests::services::unavailable::<()>("Docker", &format!("test image {image} missing"));
+        return;
+    }
+    let gantry = Gantry::start(ExecutorChoice::Docker);
+    let mut spec = job(
+        "in-docker",
+        "echo \"model from $(id -u)\" > \"$GANTRY_OUTPUT_DIR/model.txt\"; echo ok",
+    );
+    spec["image"] = json!(image);
+    let id = gantry.submit(spec);
+    let done = gantry.wait_for(
+        &id,
+        &["succeeded", "dead_lettered"],
+        Duration::from_secs(90),
+    );
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let names: Vec<String> = artifacts(&gantry, &id)
+        .iter()
+        .filter_map(|a| a["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(names, [".gantry/output.log", "model.txt"]);
+    let (status, _, body) = download(&gantry, &id, "model.txt", &[]);
+    assert_eq!(status, 200);
+    assert_eq!(body, b"model from 1000\n", "written by the job's own user");
+}

@@ -515,10 +515,8 @@ async fn run_attempt(
         }
     };
     // Outputs are recorded before the end, on success and on failure alike.
-    let over_limit = match &artifacts {
-        Some(store) => store_outputs(&*executor, &**store, &run, &report, scheduler).await,
-        None => None,
-    };
+    let over_limit =
+        store_outputs(&*executor, artifacts.as_deref(), &run, &report, scheduler).await;
     let message = match (message, over_limit) {
         (Report::Succeeded { duration_ms }, Some(limit)) => Report::Failed {
             cause: FailureCause::OutputsTooLarge { limit },
@@ -531,17 +529,19 @@ async fn run_attempt(
 
 /// Stores the ended attempt's output files and its kept output, reporting each; returns the
 /// limit the outputs went past, if any. A file that cannot be stored is logged and left out
-/// (the attempt's end is still recorded).
+/// (the attempt's end is still recorded). Without a store (a node that keeps no artifacts) the
+/// output folder is only removed.
 async fn store_outputs(
     executor: &dyn Executor,
-    store: &dyn ArtifactStore,
+    store: Option<&dyn ArtifactStore>,
     run: &RunSpec,
     report: &impl Fn(Report) -> AttemptReport,
     scheduler: &dyn Control,
 ) -> Option<String> {
     let mut files = Vec::new();
     let mut over_limit = None;
-    if let Some(dir) = executor.outputs(run.job_id, run.attempt) {
+    let outputs = executor.outputs(run.job_id, run.attempt);
+    if let (Some(dir), Some(_)) = (outputs.clone(), store) {
         let limits = OutputLimits::default();
         match tokio::task::spawn_blocking(move || artifacts::collect(&dir, &limits)).await {
             Ok(Ok(collected)) => {
@@ -562,10 +562,11 @@ async fn store_outputs(
             Err(error) => tracing::warn!(%error, "output collection died"),
         }
     }
-    if run.log_path.exists() {
+    if store.is_some() && run.log_path.exists() {
         files.push((artifacts::OUTPUT_LOG_NAME.to_owned(), run.log_path.clone()));
     }
     for (name, path) in files {
+        let Some(store) = store else { break };
         let stored = match store.put_file(&path).await {
             Ok(stored) => stored,
             Err(error) => {
@@ -585,6 +586,13 @@ async fn store_outputs(
             // Taken back: the attempt's end will be refused too.
             break;
         }
+    }
+    // Kept in the store now: the folder only takes the node's disk.
+    if let Some(dir) = outputs
+        && let Err(error) = tokio::fs::remove_dir_all(&dir).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), %error, "could not remove an attempt's outputs");
     }
     over_limit
 }

@@ -88,6 +88,11 @@ pub struct DockerOptions {
     /// that starts late (an attempt that ran while gantry was down) gets at most this much.
     /// Default: 5.
     pub log_max_files: u32,
+    /// A folder of the engine's host where each attempt gets its output folder, bind-mounted
+    /// at `/outputs` (`$GANTRY_OUTPUT_DIR`) and read after the container exits. The engine
+    /// resolves the path on its host, so it must be the same path there as here. `None` (the
+    /// default): jobs get no output folder.
+    pub outputs_root: Option<PathBuf>,
 }
 
 impl Default for DockerOptions {
@@ -99,9 +104,13 @@ impl Default for DockerOptions {
             pids_limit: 512,
             log_max_size: "10m".into(),
             log_max_files: 5,
+            outputs_root: None,
         }
     }
 }
+
+/// Where a job's container sees its output folder.
+const OUTPUTS_MOUNT: &str = "/outputs";
 
 /// Counters of the log collectors, for tests and diagnostics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -274,6 +283,12 @@ impl DockerExecutor {
                 ])),
             }),
             device_requests,
+            binds: options.outputs_root.as_ref().map(|root| {
+                vec![format!(
+                    "{}:{OUTPUTS_MOUNT}:rw",
+                    root.join(outputs_folder(run.job_id, run.attempt)).display()
+                )]
+            }),
             ..Default::default()
         };
         let (entrypoint, cmd) = if spec.command.is_empty() {
@@ -296,6 +311,12 @@ impl DockerExecutor {
                         super::gpu_env(&run.gpu_uuids)
                             .into_iter()
                             .map(|(k, v)| format!("{k}={v}")),
+                    )
+                    .chain(
+                        options
+                            .outputs_root
+                            .is_some()
+                            .then(|| format!("GANTRY_OUTPUT_DIR={OUTPUTS_MOUNT}")),
                     )
                     .collect(),
             ),
@@ -353,6 +374,12 @@ impl DockerExecutor {
         lock(&self.state.starts).insert(key, done_rx.clone());
         let docker = self.docker.clone();
         let name = DockerExecutor::container_name(run.job_id, run.attempt);
+        if let Some(root) = &self.options.outputs_root {
+            let dir = root.join(outputs_folder(run.job_id, run.attempt));
+            prepare_outputs(&dir).map_err(|e| Outcome::Failed {
+                message: format!("preparing the output folder {}: {e}", dir.display()),
+            })?;
+        }
         let mut config = DockerExecutor::config_with(run, &self.options);
         let secrets = (!run.secrets.is_empty()).then(|| secrets_script(&run.secrets));
         if secrets.is_some() {
@@ -433,6 +460,33 @@ async fn remove(docker: &Docker, id: &str) {
             status_code: 404, ..
         }) => {}
         Err(e) => tracing::warn!(container = id, error = %e, "removing a container failed"),
+    }
+}
+
+/// An attempt's output folder under the outputs root.
+fn outputs_folder(job_id: JobId, attempt: u32) -> String {
+    format!("{job_id}-{attempt}")
+}
+
+/// A fresh, empty output folder the job's user (uid 1000) may write: handed to it when gantry
+/// runs as root, else open to all (inside a root only gantry's user can list).
+fn prepare_outputs(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(root) = dir.parent() {
+        std::fs::create_dir_all(root)?;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))?;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir(dir)?;
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(dir, Some(1000), Some(1000))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    } else {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
     }
 }
 
@@ -751,6 +805,13 @@ impl Executor for DockerExecutor {
             }
         }
         .boxed()
+    }
+
+    fn outputs(&self, job_id: JobId, attempt: u32) -> Option<PathBuf> {
+        self.options
+            .outputs_root
+            .as_ref()
+            .map(|root| root.join(outputs_folder(job_id, attempt)))
     }
 
     fn discard<'a>(&'a self, job_id: JobId, attempt: u32) -> BoxFuture<'a, ()> {
