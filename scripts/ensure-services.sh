@@ -71,3 +71,14 @@ ensure_docker_compose() {
     echo "no docker-compose here: compose tests will be skipped (or fail in CI)" >&2; return 1
   fi
 }
+
+# A real S3 server for the artifact tests: s3s-fs (a Rust S3 server over a directory that
+# checks signatures), installed with cargo from crates.io when missing.
+ensure_s3s_fs() {
+  if command -v "${GANTRY_S3S_FS:-s3s-fs}" >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "installing s3s-fs 0.14.1 from crates.io (an S3 server for the tests)" >&2
+  cargo install --quiet s3s-fs@0.14.1 --features binary --locked >&2 || return 1
+  export PATH="$HOME/.cargo/bin:$PATH"
+}

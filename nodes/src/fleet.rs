@@ -49,6 +49,8 @@ pub struct ControlPlaneOptions {
     pub max_body_bytes: usize,
     /// Keys, origins, hosts and limits at the gateway.
     pub edge: crate::edge::EdgeOptions,
+    /// The fleet's S3 bucket, where nodes store jobs' outputs and the gateway reads them.
+    pub s3: crate::s3::S3Options,
     /// Silence after which a node is lost.
     pub node_timeout: Duration,
     /// The leader lease's time to live.
@@ -71,6 +73,8 @@ pub struct NodeRunOptions {
     /// On Ctrl-C: how long attempts may take to finish (or to be handed back) before the node
     /// leaves.
     pub drain_timeout: Duration,
+    /// The fleet's S3 bucket for jobs' outputs (none: outputs are not kept).
+    pub s3: crate::s3::S3Options,
 }
 
 /// What a node leaving does with the attempts running on it.
@@ -214,8 +218,8 @@ pub async fn control_plane(
         streams: edge.streams,
         bootstrap_file: edge.bootstrap_file,
         secrets: secrets.clone(),
-        // Nodes keep outputs on their own disks for now; a shared store (S3) is planned.
-        artifacts: None,
+        // Nodes' outputs are readable here only through the fleet's bucket.
+        artifacts: crate::up::artifact_store(&options.s3, None).await?,
     };
     let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();
@@ -367,7 +371,7 @@ pub async fn node(
             gpu_probe_every: Duration::from_secs(30),
             checkpoint_every: Duration::from_secs(60),
             join_patience: Duration::from_secs(60),
-            artifacts: None,
+            artifacts: crate::up::artifact_store(&options.s3, None).await?,
         },
         None,
     )

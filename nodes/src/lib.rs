@@ -20,5 +20,6 @@ pub mod gpu;
 pub mod jetstream;
 pub mod nats;
 pub mod node;
+pub mod s3;
 pub mod secrets;
 pub mod up;

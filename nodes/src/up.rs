@@ -47,6 +47,29 @@ pub struct UpOptions {
     pub max_body_bytes: usize,
     /// Keys, origins, hosts and limits at the gateway.
     pub edge: crate::edge::EdgeOptions,
+    /// An S3 bucket for jobs' outputs (default: a folder of the data dir).
+    pub s3: crate::s3::S3Options,
+}
+
+/// The artifact store `s3` names, or, without a bucket, `local` when given.
+pub async fn artifact_store(
+    s3: &crate::s3::S3Options,
+    local: Option<&std::path::Path>,
+) -> Result<Option<Arc<dyn ArtifactStore>>, Error> {
+    if s3.s3_bucket.is_some() {
+        let store = crate::s3::S3ArtifactStore::connect(s3)
+            .await
+            .map_err(|e| Error::Setup(e.to_string()))?;
+        store
+            .ensure_bucket()
+            .await
+            .map_err(|e| Error::Setup(format!("the artifact bucket: {e}")))?;
+        return Ok(Some(Arc::new(store)));
+    }
+    match local {
+        Some(dir) => Ok(Some(Arc::new(LocalArtifactStore::open(dir)?))),
+        None => Ok(None),
+    }
 }
 
 /// Why `gantry up` could not start.
@@ -164,8 +187,7 @@ pub async fn up(
         &data.join("secrets"),
         Sealer::new(&secret_key),
     )?);
-    let artifacts: Arc<dyn ArtifactStore> =
-        Arc::new(LocalArtifactStore::open(&data.join("artifacts"))?);
+    let artifacts = artifact_store(&options.s3, Some(&data.join("artifacts"))).await?;
     let actors = Supervisor::start(
         log.clone(),
         executor.clone(),
@@ -181,7 +203,7 @@ pub async fn up(
             gpu_probe_every: Duration::from_secs(30),
             checkpoint_every: Duration::from_secs(60),
             join_patience: Duration::from_secs(30),
-            artifacts: Some(artifacts.clone()),
+            artifacts: artifacts.clone(),
         },
         Some(secrets.clone()),
     )
@@ -212,7 +234,7 @@ pub async fn up(
         streams: edge.streams,
         bootstrap_file: edge.bootstrap_file,
         secrets,
-        artifacts: Some(artifacts),
+        artifacts,
     };
     let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();

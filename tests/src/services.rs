@@ -359,3 +359,78 @@ impl Drop for Partition {
         let _ = ip(&["netns", "del", &self.name]);
     }
 }
+
+/// An `s3s-fs` S3 server of our own (a Rust S3 server over a temp dir that checks request
+/// signatures), on a free port, with its own access key; killed on drop.
+#[derive(Debug)]
+pub struct S3Server {
+    child: Child,
+    port: u16,
+    _root: tempfile::TempDir,
+}
+
+/// The access key and secret of every [`S3Server`].
+pub const S3_ACCESS_KEY: &str = "gantry-test";
+pub const S3_SECRET_KEY: &str = "gantry-test-secret";
+
+impl S3Server {
+    /// Starts one, or reports it unavailable (see [`unavailable`]). `scripts/test` installs
+    /// `s3s-fs` with cargo when missing.
+    pub fn start() -> Option<S3Server> {
+        let binary = std::env::var("GANTRY_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
+        let root = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = match Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => return unavailable("an S3 server", &format!("{binary}: {e}")),
+        };
+        let server = S3Server {
+            child,
+            port,
+            _root: root,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return unavailable("an S3 server", "s3s-fs did not listen within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(server)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment a gantry process needs to reach it (credentials as AWS reads them).
+    pub fn env(&self) -> [(&'static str, String); 3] {
+        [
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

@@ -76,6 +76,7 @@ impl Gantry {
             fake_gpus,
             max_body_bytes,
             edge,
+            s3: Default::default(),
         };
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {

@@ -835,3 +835,54 @@ fn a_node_stopped_with_finish_lets_its_attempt_end_there_first() {
         .expect("leaving node");
     assert_eq!(leaving["status"], "draining", "{leaving}");
 }
+
+#[test]
+fn a_nodes_outputs_go_to_the_fleets_bucket_and_download_through_any_gateway() {
+    let Some(s3) = gantry_tests::services::S3Server::start() else {
+        return;
+    };
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let endpoint = s3.endpoint();
+    let mut env: Vec<(&str, String)> = s3.env().to_vec();
+    env.extend([
+        ("GANTRY_S3_BUCKET", "fleet-artifacts".to_owned()),
+        ("GANTRY_S3_ENDPOINT", endpoint),
+        ("GANTRY_S3_PATH_STYLE", "true".to_owned()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (_cp, client) = control_plane(&nats.url(), &dir.path().join("cp"), &env);
+    let _a = node(&nats.url(), "a", &dir.path().join("a"), &json!([]), &env);
+    nodes_ready(&client, &["a"]);
+    let id = submit(
+        &client,
+        spec(
+            "with-outputs",
+            "echo 'epoch 3' > \"$GANTRY_OUTPUT_DIR/metrics.txt\"",
+            json!(null),
+        ),
+    );
+    let done = wait_state(
+        &client,
+        &id,
+        &["succeeded", "dead_lettered"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let listed = client
+        .get(&format!("/v1/jobs/{id}/artifacts"))
+        .expect("artifacts");
+    let names: Vec<&str> = listed["artifacts"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names, [".gantry/output.log", "metrics.txt"]);
+    let bytes = client
+        .get_raw(&format!("/v1/jobs/{id}/artifacts/metrics.txt"))
+        .expect("download");
+    assert_eq!(bytes, b"epoch 3\n");
+}

@@ -40,6 +40,7 @@ pub async fn demo(
         fake_gpus: None,
         max_body_bytes: 1 << 20,
         edge: crate::edge::EdgeOptions::default(),
+        s3: Default::default(),
     };
     let system = actix_rt::spawn(async move {
         up(options, Some(started_tx), async {

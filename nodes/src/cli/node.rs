@@ -53,6 +53,9 @@ pub struct NodeArgs {
     /// On Ctrl-C, how long running attempts may take to finish before the node leaves.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// Where jobs' outputs go: the fleet's S3 bucket (without one, outputs are not kept).
+    #[command(flatten)]
+    pub s3: crate::s3::S3Options,
 }
 
 pub(crate) async fn node(args: NodeArgs) -> Result<ExitCode, Error> {
@@ -80,6 +83,7 @@ pub(crate) async fn node(args: NodeArgs) -> Result<ExitCode, Error> {
         labels,
         on_stop: args.on_stop,
         drain_timeout: args.drain_timeout,
+        s3: args.s3,
     };
     crate::fleet::node(options, crate::up::shutdown_signal())
         .await

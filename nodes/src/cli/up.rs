@@ -23,6 +23,10 @@ pub struct UpArgs {
     /// API keys, the secret key, allowed origins and hosts, rate and stream limits.
     #[command(flatten)]
     pub edge: crate::edge::EdgeOptions,
+    /// Where jobs' outputs go: an S3 bucket (default: `DATA/artifacts` embedded; a fleet
+    /// needs the bucket to keep outputs at all).
+    #[command(flatten)]
+    pub s3: crate::s3::S3Options,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -61,6 +65,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
             listen: args.listen,
             max_body_bytes: args.max_body_bytes,
             edge: args.edge.clone(),
+            s3: args.s3.clone(),
             node_timeout: args.node_timeout,
             lease_ttl: args.lease_ttl,
             replicas: args.nats_replicas,
@@ -78,6 +83,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
         fake_gpus,
         max_body_bytes: args.max_body_bytes,
         edge: args.edge,
+        s3: args.s3,
     };
     crate::up::up(options, None, crate::up::shutdown_signal())
         .await
