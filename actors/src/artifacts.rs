@@ -163,6 +163,77 @@ fn walk(
     Ok(())
 }
 
+/// Writes the artifact at `location` to `path`, hashing what it writes: an error names what
+/// went wrong, including bytes that do not hash to `sha256`.
+pub async fn fetch(
+    store: &dyn ArtifactStore,
+    location: &str,
+    size: u64,
+    sha256: Hash,
+    path: &Path,
+) -> Result<(), String> {
+    use futures::StreamExt;
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let mut stream = store
+        .read(location, 0, size)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut hasher = sha2::Sha256::new();
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        hasher.update(&chunk);
+        written += chunk.len() as u64;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    file.flush().await.map_err(|e| e.to_string())?;
+    let got = Hash(hasher.finalize().into());
+    if written != size || got != sha256 {
+        return Err(format!(
+            "{written} bytes hashing to {} (recorded: {size} bytes, {})",
+            got.to_hex(),
+            sha256.to_hex()
+        ));
+    }
+    Ok(())
+}
+
+/// Makes a folder and everything in it readable by all and writable by none (a job reads its
+/// inputs, never changes them).
+pub fn make_read_only(dir: &Path) -> std::io::Result<()> {
+    set_modes(dir, 0o555, 0o444)
+}
+
+/// Gives the owner write access back, so the folder can be removed.
+pub fn make_writable(dir: &Path) -> std::io::Result<()> {
+    set_modes(dir, 0o755, 0o644)
+}
+
+fn set_modes(dir: &Path, dirs: u32, files: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.path().symlink_metadata()?;
+        if meta.is_dir() {
+            set_modes(&entry.path(), dirs, files)?;
+        } else if meta.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(files))?;
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dirs))
+}
+
 /// A media type from the name's extension (`application/octet-stream` when unknown).
 pub fn media_type(name: &str) -> &'static str {
     let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());

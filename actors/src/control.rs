@@ -8,7 +8,6 @@
 //! The Worker, the GpuProbe and the gateway only see [`Control`], so both ways run the same
 //! actor code.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use actix::prelude::*;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use gantry_events::Event;
-use gantry_events::event::{JobId, SecretRef};
+use gantry_events::event::JobId;
 use serde::{Deserialize, Serialize};
 
 use crate::actor::scheduler::{
@@ -26,7 +25,7 @@ use crate::actor::scheduler::{
 use crate::job::{Job, JobState};
 use crate::placement::Node;
 use crate::secrets::SecretValues;
-use crate::spec::SubmitRequest;
+use crate::spec::{Resolved, SubmitRequest};
 use crate::world::{AccessChange, Principal, Refusal};
 
 /// The answer to a cancel: the job's state after it, and the sequence to wait for.
@@ -39,12 +38,12 @@ pub struct CancelReply {
 /// The control plane as a node and the gateway see it.
 pub trait Control: Send + Sync + 'static {
     /// Submits a job on behalf of `by` (`None`: without authentication, the default group),
-    /// with the secret variables the gateway stored.
+    /// with what the gateway resolved (secret variables it stored, inputs).
     fn submit(
         &self,
         request: SubmitRequest,
         by: Option<Principal>,
-        secrets: BTreeMap<String, SecretRef>,
+        resolved: Resolved,
     ) -> BoxFuture<'_, Result<SubmitReply, CommandError>>;
 
     /// The secret values of `node`'s attempt, for its start (refused unless the log has that
@@ -188,12 +187,12 @@ impl Control for Local {
         &self,
         request: SubmitRequest,
         by: Option<Principal>,
-        secrets: BTreeMap<String, SecretRef>,
+        resolved: Resolved,
     ) -> BoxFuture<'_, Result<SubmitReply, CommandError>> {
         let sent = self.0.send(Submit {
             request,
             by,
-            secrets,
+            resolved,
         });
         async move { sent.await.map_err(mailbox)? }.boxed()
     }

@@ -94,6 +94,13 @@ pub trait Executor: Send + Sync + 'static {
         None
     }
 
+    /// Where the worker puts an attempt's inputs before it starts; the executor shows that
+    /// folder to the job, read-only, as `$GANTRY_INPUT_DIR` when the spec has inputs (`None`:
+    /// this executor cannot give jobs inputs).
+    fn inputs(&self, _job_id: JobId, _attempt: u32) -> Option<PathBuf> {
+        None
+    }
+
     /// Whether the engine answers (`/readyz`, health).
     fn ping(&self) -> BoxFuture<'_, Result<(), String>>;
 

@@ -521,7 +521,8 @@ pub fn retryable(cause: &FailureCause, policy: &RetryPolicy) -> bool {
         FailureCause::NonZeroExit { .. }
         | FailureCause::OomKilled
         | FailureCause::Timeout { .. }
-        | FailureCause::OutputsTooLarge { .. } => policy.retry_user_failures,
+        | FailureCause::OutputsTooLarge { .. }
+        | FailureCause::InputCorrupt { .. } => policy.retry_user_failures,
         FailureCause::Cancelled => false,
     }
 }
@@ -563,6 +564,7 @@ mod tests {
             network: Default::default(),
             idempotency_key: None,
             secrets: Default::default(),
+            inputs: Vec::new(),
         }
     }
 

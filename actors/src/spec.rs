@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use gantry_events::event::{GpuRequest, JobSpec, Network, Resources, RetryPolicy, SecretRef};
+use gantry_events::event::{
+    GpuRequest, InputRef, JobId, JobSpec, Network, Resources, RetryPolicy, SecretRef,
+};
 
 use crate::secrets::{SECRET_SCHEME, SecretString, valid_name};
 use serde::{Deserialize, Serialize};
@@ -29,6 +31,9 @@ pub struct SubmitRequest {
     /// in the log, the views or any API answer.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretString>,
+    /// Artifacts of earlier jobs (of the same group) to read, under `$GANTRY_INPUT_DIR`.
+    #[serde(default)]
+    pub inputs: Vec<InputRequest>,
     #[serde(default)]
     pub working_dir: Option<String>,
     #[serde(default)]
@@ -52,6 +57,30 @@ pub struct SubmitRequest {
     #[serde(default)]
     pub reject_unschedulable: bool,
 }
+
+/// What the gateway resolved for a submission, which only it can: the secret variables' names
+/// in the store (values it stored) and the inputs' stored artifacts (read from the views).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Resolved {
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretRef>,
+    #[serde(default)]
+    pub inputs: Vec<InputRef>,
+}
+
+/// An earlier job's artifact a job asks for.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputRequest {
+    pub from: JobId,
+    pub artifact: String,
+    /// Where the job finds it under `$GANTRY_INPUT_DIR` (default: the artifact's name).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// Most inputs one job may read.
+pub const MAX_INPUTS: usize = 64;
 
 /// Resources as users write them.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -364,6 +393,7 @@ pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         secrets: BTreeMap::new(),
+        inputs: Vec::new(),
         working_dir: req.working_dir.clone(),
         resources: Resources {
             cpu_millis,
@@ -450,6 +480,70 @@ pub fn check_secrets(req: &SubmitRequest) -> Result<(), Invalid> {
             ));
         }
     }
+    Ok(())
+}
+
+/// Checks a request's inputs: at most 64, each a valid artifact name and a valid path (the
+/// artifact's name by default), no two at one path.
+pub fn check_inputs(req: &SubmitRequest) -> Result<(), Invalid> {
+    use crate::artifacts::valid_name as valid_artifact;
+    if req.inputs.len() > MAX_INPUTS {
+        return Err(invalid(
+            "too_many",
+            "inputs",
+            format!("at most {MAX_INPUTS} inputs"),
+        ));
+    }
+    let mut paths = std::collections::BTreeSet::new();
+    for (i, input) in req.inputs.iter().enumerate() {
+        if !valid_artifact(&input.artifact) {
+            return Err(invalid(
+                "invalid_name",
+                format!("inputs[{i}].artifact"),
+                "a relative path of at most 512 bytes, without . or .. parts",
+            ));
+        }
+        let path = input.path.as_deref().unwrap_or(&input.artifact);
+        if !valid_artifact(path) {
+            return Err(invalid(
+                "invalid_path",
+                format!("inputs[{i}].path"),
+                "a relative path of at most 512 bytes, without . or .. parts",
+            ));
+        }
+        if !paths.insert(path) {
+            return Err(invalid(
+                "duplicate_path",
+                format!("inputs[{i}].path"),
+                "two inputs at one path",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the inputs a gateway resolved for a request (one per requested input, in order, at
+/// the paths asked) and puts them in `spec`.
+pub fn attach_inputs(
+    spec: &mut JobSpec,
+    req: &SubmitRequest,
+    resolved: &[InputRef],
+) -> Result<(), Invalid> {
+    check_inputs(req)?;
+    let matches = resolved.len() == req.inputs.len()
+        && req.inputs.iter().zip(resolved).all(|(asked, got)| {
+            asked.from == got.from
+                && asked.artifact == got.artifact
+                && asked.path.as_deref().unwrap_or(&asked.artifact) == got.path
+        });
+    if !matches {
+        return Err(invalid(
+            "input_not_resolved",
+            "inputs",
+            "the inputs were not resolved to stored artifacts",
+        ));
+    }
+    spec.inputs = resolved.to_vec();
     Ok(())
 }
 

@@ -4,19 +4,20 @@
 //! current state and return the events a command would append, or a rejection. The scheduler
 //! actor appends what `decide_*` returns and only then applies it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use gantry_events::event::{
     ArtifactEvent, ArtifactStored, FailureCause, JobEvent, JobId, JobSubmitted, JobWaiting,
-    KeyCreated, KeyEvent, KeyRevoked, NodeEvent, PendingReason, SecretDeleted, SecretRef,
-    SecretSet,
+    KeyCreated, KeyEvent, KeyRevoked, NodeEvent, PendingReason, SecretDeleted, SecretSet,
 };
 use gantry_events::{Event, NewEvent, Source};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState, Rejection};
 use crate::placement::{Cluster, NodeStatus, Queues};
-use crate::spec::{Invalid, Limits, SubmitRequest, attach_secrets, validate};
+use crate::spec::{
+    Invalid, Limits, Resolved, SubmitRequest, attach_inputs, attach_secrets, validate,
+};
 
 /// Why a command produced no events.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -267,11 +268,12 @@ impl World {
         &self,
         request: &SubmitRequest,
         by: Option<&Principal>,
-        secrets: &BTreeMap<String, SecretRef>,
+        resolved: &Resolved,
     ) -> Result<Submitted, Refusal> {
         let mut spec = validate(request, &self.limits)?;
         let group = by.map_or(DEFAULT_GROUP, |p| p.group.as_str());
-        attach_secrets(&mut spec, request, secrets, group)?;
+        attach_secrets(&mut spec, request, &resolved.secrets, group)?;
+        attach_inputs(&mut spec, request, &resolved.inputs)?;
         if let Some(key) = &spec.idempotency_key
             && let Some((existing, _)) = self.idempotency.get(&(group.to_owned(), key.clone()))
         {
@@ -613,6 +615,10 @@ pub fn stamp(events: Vec<Event>, source: &Source) -> Vec<NewEvent> {
 mod tests {
     use gantry_events::event::NodeJoined;
 
+    use std::collections::BTreeMap;
+
+    use gantry_events::event::SecretRef;
+
     use super::*;
 
     fn request(name: &str) -> SubmitRequest {
@@ -628,7 +634,7 @@ mod tests {
     fn submit_jobs(world: &mut World, log: &mut Vec<Event>, n: usize) {
         for i in 0..n {
             let Submitted::New { events, .. } = world
-                .decide_submit(&request(&format!("j{i}")), None, &BTreeMap::new())
+                .decide_submit(&request(&format!("j{i}")), None, &Resolved::default())
                 .expect("valid")
             else {
                 panic!("new job")
@@ -709,14 +715,14 @@ mod tests {
         let mut req = request("once");
         req.idempotency_key = Some("k1".into());
         let Submitted::New { job_id, events } = world
-            .decide_submit(&req, None, &BTreeMap::new())
+            .decide_submit(&req, None, &Resolved::default())
             .expect("valid")
         else {
             panic!("new")
         };
         commit(&mut world, &mut log, events);
         assert_eq!(
-            world.decide_submit(&req, None, &BTreeMap::new()),
+            world.decide_submit(&req, None, &Resolved::default()),
             Ok(Submitted::Existing(job_id))
         );
     }
@@ -731,7 +737,7 @@ mod tests {
         let mut req = request("once");
         req.idempotency_key = Some("nightly".into());
         let Submitted::New { job_id, events } = world
-            .decide_submit(&req, Some(&team("a")), &BTreeMap::new())
+            .decide_submit(&req, Some(&team("a")), &Resolved::default())
             .expect("valid")
         else {
             panic!("new")
@@ -745,29 +751,36 @@ mod tests {
         // The same key in group a is that job; in group b (or with no group) it is a new job,
         // and nothing of group a's job shows.
         assert_eq!(
-            world.decide_submit(&req, Some(&team("a")), &BTreeMap::new()),
+            world.decide_submit(&req, Some(&team("a")), &Resolved::default()),
             Ok(Submitted::Existing(job_id))
         );
         assert!(matches!(
-            world.decide_submit(&req, Some(&team("b")), &BTreeMap::new()),
+            world.decide_submit(&req, Some(&team("b")), &Resolved::default()),
             Ok(Submitted::New { .. })
         ));
         assert!(matches!(
-            world.decide_submit(&req, None, &BTreeMap::new()),
+            world.decide_submit(&req, None, &Resolved::default()),
             Ok(Submitted::New { .. })
         ));
         // A submission past the retention forgets the old key.
         let Submitted::New { events, .. } = world
-            .decide_submit(&request("later"), Some(&team("a")), &BTreeMap::new())
+            .decide_submit(&request("later"), Some(&team("a")), &Resolved::default())
             .expect("valid")
         else {
             panic!("new")
         };
         world.apply(2, 1_000 + IDEMPOTENCY_RETENTION_MS + 1, &events[0]);
         assert!(matches!(
-            world.decide_submit(&req, Some(&team("a")), &BTreeMap::new()),
+            world.decide_submit(&req, Some(&team("a")), &Resolved::default()),
             Ok(Submitted::New { .. })
         ));
+    }
+
+    fn with_secrets(secrets: &BTreeMap<String, SecretRef>) -> Resolved {
+        Resolved {
+            secrets: secrets.clone(),
+            ..Resolved::default()
+        }
     }
 
     #[test]
@@ -789,7 +802,8 @@ mod tests {
             ("TOKEN".to_owned(), reference("vision/hf")),
             ("PASSWORD".to_owned(), reference("vision/job-1/PASSWORD")),
         ]);
-        let Ok(Submitted::New { events, .. }) = world.decide_submit(&req, Some(&team), &refs)
+        let Ok(Submitted::New { events, .. }) =
+            world.decide_submit(&req, Some(&team), &with_secrets(&refs))
         else {
             panic!("accepted")
         };
@@ -809,11 +823,11 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(
-            refused(world.decide_submit(&req, Some(&team), &foreign)),
+            refused(world.decide_submit(&req, Some(&team), &with_secrets(&foreign))),
             "secret_not_found"
         );
         assert_eq!(
-            refused(world.decide_submit(&req, Some(&team), &BTreeMap::new())),
+            refused(world.decide_submit(&req, Some(&team), &Resolved::default())),
             "secret_not_stored"
         );
         let mut inline = request("inline");
@@ -822,7 +836,7 @@ mod tests {
             crate::secrets::SecretString("hunter2".into()),
         );
         assert_eq!(
-            refused(world.decide_submit(&inline, Some(&team), &BTreeMap::new())),
+            refused(world.decide_submit(&inline, Some(&team), &Resolved::default())),
             "secret_not_stored"
         );
     }
@@ -868,7 +882,7 @@ mod tests {
         let mut bad = request("x");
         bad.image = "NOT VALID".into();
         assert!(matches!(
-            world.decide_submit(&bad, None, &BTreeMap::new()),
+            world.decide_submit(&bad, None, &Resolved::default()),
             Err(Refusal::Invalid(_))
         ));
     }
@@ -933,7 +947,7 @@ mod tests {
         req: &SubmitRequest,
     ) -> (JobId, Vec<Event>) {
         let Submitted::New { job_id, events } = world
-            .decide_submit(req, None, &BTreeMap::new())
+            .decide_submit(req, None, &Resolved::default())
             .expect("valid")
         else {
             panic!("new job")
@@ -1011,7 +1025,7 @@ mod tests {
             let mut strict = req.clone();
             strict.reject_unschedulable = true;
             assert!(matches!(
-                world.decide_submit(&strict, None, &BTreeMap::new()),
+                world.decide_submit(&strict, None, &Resolved::default()),
                 Err(Refusal::Unschedulable(r)) if r.code == code
             ));
             // Nothing changed: no new event on later passes.

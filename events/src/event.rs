@@ -151,6 +151,24 @@ pub struct JobSpec {
     /// values from the store when it starts an attempt.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, SecretRef>,
+    /// Artifacts of earlier jobs this job reads, fetched (and their SHA-256 checked) before
+    /// it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputRef>,
+}
+
+/// An earlier job's artifact a job reads, as resolved when it was submitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRef {
+    /// The job that stored it, and its name there.
+    pub from: JobId,
+    pub artifact: String,
+    /// Where the job finds it, relative to `$GANTRY_INPUT_DIR`.
+    pub path: String,
+    pub sha256: Hash,
+    pub size_bytes: u64,
+    /// Where the bytes are in the artifact store.
+    pub location: String,
 }
 
 /// Where a secret environment value is kept, and a keyed hash (HMAC-SHA256 under a key
@@ -297,6 +315,9 @@ pub enum FailureCause {
     /// The attempt left more outputs than a job may (files or bytes); the ones within the
     /// limit were stored.
     OutputsTooLarge { limit: String },
+    /// An input's bytes did not hash to the SHA-256 recorded for it (or could not be read);
+    /// the job was not started.
+    InputCorrupt { artifact: String, reason: String },
 }
 
 /// A failed job will run again.

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use gantry_events::event::{
-    ALL_TYPES, ArtifactStored, AuditCheckpointed, FailureCause, Gpu, GpuRequest,
+    ALL_TYPES, ArtifactStored, AuditCheckpointed, FailureCause, Gpu, GpuRequest, InputRef,
     JobCancelRequested, JobCancelled, JobDeadLettered, JobFailed, JobPlaced, JobRetryScheduled,
     JobSpec, JobStarted, JobSubmitted, JobSucceeded, JobWaiting, KeyCreated, KeyRevoked, Network,
     NodeCordoned, NodeDrained, NodeGpusObserved, NodeJoined, NodeLost, NodeUncordoned,
@@ -63,6 +63,7 @@ fn samples() -> Vec<Event> {
         network: Network::Bridge,
         idempotency_key: Some("train-2026-11-22".into()),
         secrets: BTreeMap::new(),
+        inputs: Vec::new(),
     };
     vec![
         // `by` and `group` (and the other `by` fields below) came later as optional fields
@@ -248,6 +249,14 @@ fn principal_fields_round_trip() {
                     hash: Hash::of(b"keyed"),
                 },
             )]),
+            inputs: vec![InputRef {
+                from: Uuid::from_u128(6),
+                artifact: "ckpt/model.pt".into(),
+                path: "model.pt".into(),
+                sha256: Hash::of(b"model"),
+                size_bytes: 5,
+                location: format!("sha256/{}", Hash::of(b"model").to_hex()),
+            }],
         }),
         by: Some("5f1e7c2a00000001".into()),
         group: Some("vision".into()),

@@ -5,10 +5,60 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
 
+use gantry_actors::spec::{SubmitRequest, check_inputs};
+use gantry_events::event::InputRef;
+
 use crate::Gateway;
+use crate::auth::Caller;
 use crate::body::parse_id;
 use crate::error::ApiError;
 use crate::jobs::visible_job;
+
+/// Resolves a request's inputs to the stored artifacts they name, of jobs the caller's group
+/// may see: 400 naming `inputs[i].from` or `inputs[i].artifact` when one is not there.
+pub(crate) fn resolve_inputs(
+    gateway: &Gateway,
+    caller: &Caller,
+    request: &SubmitRequest,
+) -> Result<Vec<InputRef>, ApiError> {
+    check_inputs(request).map_err(|i| ApiError::new(400, i.code, i.message, Some(i.field)))?;
+    request
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let missing = |field: &str, message: String| {
+                ApiError::new(
+                    400,
+                    "input_not_found",
+                    message,
+                    Some(format!("inputs[{i}].{field}")),
+                )
+            };
+            gateway
+                .views
+                .job_in(&input.from, caller.scope())?
+                .ok_or_else(|| missing("from", format!("no job {}", input.from)))?;
+            let artifact = gateway
+                .views
+                .artifact(&input.from, &input.artifact)?
+                .ok_or_else(|| {
+                    missing(
+                        "artifact",
+                        format!("job {} has no artifact {:?}", input.from, input.artifact),
+                    )
+                })?;
+            Ok(InputRef {
+                from: input.from,
+                artifact: input.artifact.clone(),
+                path: input.path.clone().unwrap_or_else(|| input.artifact.clone()),
+                sha256: artifact.sha256,
+                size_bytes: artifact.size_bytes,
+                location: artifact.location,
+            })
+        })
+        .collect()
+}
 
 pub(crate) async fn list(
     gateway: web::Data<Gateway>,

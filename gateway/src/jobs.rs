@@ -3,7 +3,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use gantry_actors::job::JobState;
-use gantry_actors::spec::SubmitRequest;
+use gantry_actors::spec::{Resolved, SubmitRequest};
 use gantry_events::event::JobId;
 use gantry_projections::{JobFilter, JobView};
 use serde::Deserialize;
@@ -23,10 +23,12 @@ pub(crate) async fn submit(
     caller.require(Role::Submitter)?;
     let body = read_body(&gateway, &req, payload).await?;
     let mut request: SubmitRequest = parse_body(&body, OBJECT_PATHS)?;
+    let inputs = crate::artifacts::resolve_inputs(&gateway, &caller, &request)?;
     let (secrets, stored) = crate::secrets::store_for_job(&gateway, &caller, &mut request).await?;
+    let resolved = Resolved { secrets, inputs };
     let submitted = gateway
         .control
-        .submit(request, caller.principal, secrets)
+        .submit(request, caller.principal, resolved)
         .await;
     // Values stored for a submission that made no new job are not needed.
     if submitted.as_ref().map_or(true, |reply| reply.existing) {

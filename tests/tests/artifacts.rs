@@ -248,4 +248,116 @@ fn a_docker_job_leaves_outputs_in_its_mounted_folder() {
     let (status, _, body) = download(&gantry, &id, "model.txt", &[]);
     assert_eq!(status, 200);
     assert_eq!(body, b"model from 1000\n", "written by the job's own user");
+
+    // A second container reads it as an input, read-only.
+    let mut reader = job(
+        "reads-in-docker",
+        "cat \"$GANTRY_INPUT_DIR/model.txt\"; (echo x > \"$GANTRY_INPUT_DIR/model.txt\") 2>/dev/null || echo READ-ONLY",
+    );
+    reader["image"] = json!(image);
+    reader["inputs"] = json!([{ "from": id, "artifact": "model.txt" }]);
+    let second = gantry.submit(reader);
+    let done = gantry.wait_for(
+        &second,
+        &["succeeded", "dead_lettered"],
+        Duration::from_secs(90),
+    );
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let output = gantry.logs(&second, 1);
+    assert!(output.contains("stdout model from 1000"), "{output}");
+    assert!(output.contains("stdout READ-ONLY"), "{output}");
+}
+
+#[test]
+fn a_job_reads_an_earlier_jobs_output_read_only_and_a_corrupted_one_stops_it() {
+    let gantry = Gantry::start(ExecutorChoice::Process);
+    let first = gantry.submit(job(
+        "prepare",
+        "mkdir -p \"$GANTRY_OUTPUT_DIR/data\" && echo 'x,y' > \"$GANTRY_OUTPUT_DIR/data/train.csv\"",
+    ));
+    let done = gantry.wait_for(
+        &first,
+        &["succeeded", "dead_lettered"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let stored = artifacts(&gantry, &first)
+        .into_iter()
+        .find(|a| a["name"] == "data/train.csv")
+        .expect("stored");
+
+    let mut second = job(
+        "train",
+        "cat \"$GANTRY_INPUT_DIR/in/train.csv\"; \
+         (echo changed > \"$GANTRY_INPUT_DIR/in/train.csv\") 2>/dev/null && echo WROTE || echo READ-ONLY",
+    );
+    second["inputs"] =
+        json!([{ "from": first, "artifact": "data/train.csv", "path": "in/train.csv" }]);
+    let id = gantry.submit(second.clone());
+    let done = gantry.wait_for(
+        &id,
+        &["succeeded", "dead_lettered"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let input = &done["spec"]["inputs"][0];
+    assert_eq!(
+        input["sha256"], stored["sha256"],
+        "the input is recorded by its hash"
+    );
+    let output = gantry.logs(&id, 1);
+    assert!(output.contains("stdout x,y"), "{output}");
+    assert!(output.contains("stdout READ-ONLY"), "{output}");
+
+    // Inputs that name nothing, or a path out of the input folder, are refused at the edge.
+    for (inputs, field) in [
+        (
+            json!([{ "from": first, "artifact": "nope.csv" }]),
+            "inputs[0].artifact",
+        ),
+        (
+            json!([{ "from": uuid::Uuid::now_v7(), "artifact": "data/train.csv" }]),
+            "inputs[0].from",
+        ),
+        (
+            json!([{ "from": first, "artifact": "data/train.csv", "path": "../escape" }]),
+            "inputs[0].path",
+        ),
+    ] {
+        let mut spec = job("bad-input", "true");
+        spec["inputs"] = inputs;
+        match gantry.try_submit(&spec) {
+            Err(gantry_nodes::client::ClientError::Api {
+                status, field: f, ..
+            }) => {
+                assert_eq!((status, f.as_deref()), (400, Some(field)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // The stored bytes change under gantry: a job reading them fails as input_corrupt and
+    // never starts.
+    let hex = stored["sha256"].as_str().expect("sha256");
+    let blob = gantry
+        .data()
+        .join("artifacts/sha256")
+        .join(&hex[..2])
+        .join(hex);
+    std::fs::write(&blob, b"x,z\n").expect("tamper");
+    let third = gantry.submit(second);
+    let done = gantry.wait_for(
+        &third,
+        &["succeeded", "dead_lettered"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(done["state"], "dead_lettered", "{done}");
+    assert_eq!(done["last_cause"]["kind"], "input_corrupt", "{done}");
+    let events = all_events(&gantry.client);
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "job.started" && e["event"]["job_id"] == json!(third)),
+        "never started"
+    );
 }

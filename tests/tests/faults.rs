@@ -212,7 +212,7 @@ async fn submit(actors: &Actors, request: SubmitRequest) -> JobId {
         .send(Submit {
             request,
             by: None,
-            secrets: Default::default(),
+            resolved: Default::default(),
         })
         .await
         .expect("scheduler")

@@ -3,19 +3,18 @@
 //! and applied only once appended. A timer runs placement rounds. Handling is atomic: the next
 //! message is not looked at until the previous one's events are in the log and applied.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use gantry_events::event::{ArtifactStored, FailureCause, JobId, SecretRef};
+use gantry_events::event::{ArtifactStored, FailureCause, JobId};
 use gantry_events::{Appended, Entry, Event, EventLog, NewEvent, Source, record::now_ns};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState};
 use crate::placement::{Node, NodeStatus};
 use crate::secrets::{SecretStore, SecretValues};
-use crate::spec::{Limits, SubmitRequest};
+use crate::spec::{Limits, Resolved, SubmitRequest};
 use crate::world::{AccessChange, Principal, Refusal, Submitted, World, stamp};
 
 /// How often placement runs when nothing else wakes it.
@@ -320,8 +319,9 @@ pub struct Submit {
     pub request: SubmitRequest,
     /// Who submits (`None`: without authentication).
     pub by: Option<Principal>,
-    /// The secret variables the gateway stored, by name (see [`crate::secrets`]).
-    pub secrets: BTreeMap<String, SecretRef>,
+    /// What the gateway resolved: secret variables (by name, see [`crate::secrets`]) and
+    /// inputs.
+    pub resolved: Resolved,
 }
 
 /// The job a submission created or found.
@@ -340,7 +340,7 @@ impl Handler<Submit> for Scheduler {
     fn handle(&mut self, msg: Submit, _: &mut Context<Self>) -> Self::Result {
         match self
             .world
-            .decide_submit(&msg.request, msg.by.as_ref(), &msg.secrets)
+            .decide_submit(&msg.request, msg.by.as_ref(), &msg.resolved)
         {
             Ok(Submitted::New { job_id, events }) => self.commit(events, move |act| SubmitReply {
                 job_id,

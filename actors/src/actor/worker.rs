@@ -432,6 +432,23 @@ async fn run_attempt(
             }
         }
     }
+    if found.is_none()
+        && !run.spec.inputs.is_empty()
+        && let Err(cause) = fetch_inputs(&*executor, artifacts.as_deref(), &run).await
+    {
+        tracing::warn!(job = %run.job_id, attempt = run.attempt, ?cause, "inputs not fetched; the job is not started");
+        let failed = AttemptReport {
+            node: node.clone(),
+            job_id: run.job_id,
+            attempt: run.attempt,
+            report: Report::Failed {
+                cause,
+                duration_ms: None,
+            },
+        };
+        let _ = report_until_recorded(&*control, failed).await;
+        return;
+    }
     let scheduler = &*control;
     let report = |report: Report| AttemptReport {
         node: node.clone(),
@@ -527,6 +544,52 @@ async fn run_attempt(
     let _ = report_until_recorded(scheduler, report(message)).await;
 }
 
+/// Fetches the attempt's inputs into the folder the executor shows the job, checking each
+/// against the SHA-256 recorded at submission, then makes them read-only.
+async fn fetch_inputs(
+    executor: &dyn Executor,
+    store: Option<&dyn ArtifactStore>,
+    run: &RunSpec,
+) -> Result<(), FailureCause> {
+    let unavailable = |message: &str| FailureCause::ExecutorError {
+        message: message.to_owned(),
+    };
+    let store = store.ok_or_else(|| unavailable("inputs: this node has no artifact store"))?;
+    let dir = executor
+        .inputs(run.job_id, run.attempt)
+        .ok_or_else(|| unavailable("inputs: this executor cannot give jobs inputs"))?;
+    match tokio::fs::remove_dir_all(&dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(unavailable(&format!(
+                "inputs: clearing {}: {e}",
+                dir.display()
+            )));
+        }
+    }
+    for input in &run.spec.inputs {
+        let path = dir.join(&input.path);
+        artifacts::fetch(
+            store,
+            &input.location,
+            input.size_bytes,
+            input.sha256,
+            &path,
+        )
+        .await
+        .map_err(|reason| FailureCause::InputCorrupt {
+            artifact: format!("{}/{}", input.from, input.artifact),
+            reason,
+        })?;
+    }
+    let readable = dir.clone();
+    tokio::task::spawn_blocking(move || artifacts::make_read_only(&readable))
+        .await
+        .map_err(|e| unavailable(&e.to_string()))?
+        .map_err(|e| unavailable(&format!("inputs: {e}")))
+}
+
 /// Stores the ended attempt's output files and its kept output, reporting each; returns the
 /// limit the outputs went past, if any. A file that cannot be stored is logged and left out
 /// (the attempt's end is still recorded). Without a store (a node that keeps no artifacts) the
@@ -586,6 +649,15 @@ async fn store_outputs(
             // Taken back: the attempt's end will be refused too.
             break;
         }
+    }
+    if let Some(dir) = executor.inputs(run.job_id, run.attempt)
+        && !run.spec.inputs.is_empty()
+    {
+        let _ = tokio::task::spawn_blocking(move || {
+            artifacts::make_writable(&dir)?;
+            std::fs::remove_dir_all(&dir)
+        })
+        .await;
     }
     // Kept in the store now: the folder only takes the node's disk.
     if let Some(dir) = outputs

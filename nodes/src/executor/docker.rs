@@ -109,8 +109,9 @@ impl Default for DockerOptions {
     }
 }
 
-/// Where a job's container sees its output folder.
+/// Where a job's container sees its output folder, and its inputs (read-only).
 const OUTPUTS_MOUNT: &str = "/outputs";
+const INPUTS_MOUNT: &str = "/inputs";
 
 /// Counters of the log collectors, for tests and diagnostics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -284,10 +285,13 @@ impl DockerExecutor {
             }),
             device_requests,
             binds: options.outputs_root.as_ref().map(|root| {
-                vec![format!(
-                    "{}:{OUTPUTS_MOUNT}:rw",
-                    root.join(outputs_folder(run.job_id, run.attempt)).display()
-                )]
+                let folder = root.join(outputs_folder(run.job_id, run.attempt));
+                let mut binds = vec![format!("{}:{OUTPUTS_MOUNT}:rw", folder.display())];
+                if !spec.inputs.is_empty() {
+                    let inputs = root.join(inputs_folder(run.job_id, run.attempt));
+                    binds.push(format!("{}:{INPUTS_MOUNT}:ro", inputs.display()));
+                }
+                binds
             }),
             ..Default::default()
         };
@@ -317,6 +321,10 @@ impl DockerExecutor {
                             .outputs_root
                             .is_some()
                             .then(|| format!("GANTRY_OUTPUT_DIR={OUTPUTS_MOUNT}")),
+                    )
+                    .chain(
+                        (options.outputs_root.is_some() && !spec.inputs.is_empty())
+                            .then(|| format!("GANTRY_INPUT_DIR={INPUTS_MOUNT}")),
                     )
                     .collect(),
             ),
@@ -466,6 +474,11 @@ async fn remove(docker: &Docker, id: &str) {
 /// An attempt's output folder under the outputs root.
 fn outputs_folder(job_id: JobId, attempt: u32) -> String {
     format!("{job_id}-{attempt}")
+}
+
+/// An attempt's input folder under the outputs root.
+fn inputs_folder(job_id: JobId, attempt: u32) -> String {
+    format!("{job_id}-{attempt}-inputs")
 }
 
 /// A fresh, empty output folder the job's user (uid 1000) may write: handed to it when gantry
@@ -812,6 +825,13 @@ impl Executor for DockerExecutor {
             .outputs_root
             .as_ref()
             .map(|root| root.join(outputs_folder(job_id, attempt)))
+    }
+
+    fn inputs(&self, job_id: JobId, attempt: u32) -> Option<PathBuf> {
+        self.options
+            .outputs_root
+            .as_ref()
+            .map(|root| root.join(inputs_folder(job_id, attempt)))
     }
 
     fn discard<'a>(&'a self, job_id: JobId, attempt: u32) -> BoxFuture<'a, ()> {

@@ -399,6 +399,14 @@ impl ProcessExecutor {
     }
 
     /// Where an attempt runs.
+    /// Where an attempt's inputs are put before it starts: beside its directory (which a
+    /// start clears), readable by the job's user, writable by none.
+    pub fn inputs_dir(&self, job: JobId, attempt: u32) -> PathBuf {
+        self.root
+            .join(job.to_string())
+            .join(format!("inputs-{attempt}"))
+    }
+
     pub fn attempt_dir(&self, job: JobId, attempt: u32) -> PathBuf {
         self.root.join(job.to_string()).join(attempt.to_string())
     }
@@ -543,6 +551,10 @@ impl ProcessExecutor {
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &prepared.dir)
             .env("GANTRY_OUTPUT_DIR", prepared.dir.join(OUTPUTS))
+            .envs(
+                (!run.spec.inputs.is_empty())
+                    .then(|| ("GANTRY_INPUT_DIR", self.inputs_dir(run.job_id, run.attempt))),
+            )
             .envs(&run.spec.env)
             .envs(run.secrets.iter().map(|(k, v)| (k, &v.0)))
             // After the job's own: the same name set again replaces its value, so a job
@@ -1064,6 +1076,10 @@ impl Executor for ProcessExecutor {
 
     fn outputs(&self, job_id: JobId, attempt: u32) -> Option<PathBuf> {
         Some(self.attempt_dir(job_id, attempt).join(OUTPUTS))
+    }
+
+    fn inputs(&self, job_id: JobId, attempt: u32) -> Option<PathBuf> {
+        Some(self.inputs_dir(job_id, attempt))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), String>> {

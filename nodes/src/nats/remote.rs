@@ -3,7 +3,6 @@
 //! mean no control plane leads right now (503, retried by the callers that must not give up:
 //! a worker's reports and its join).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -13,10 +12,10 @@ use gantry_actors::control::{CancelReply, Control};
 use gantry_actors::job::Job;
 use gantry_actors::placement::Node;
 use gantry_actors::secrets::SecretValues;
-use gantry_actors::spec::SubmitRequest;
+use gantry_actors::spec::{Resolved, SubmitRequest};
 use gantry_actors::world::{AccessChange, Principal};
 use gantry_events::Event;
-use gantry_events::event::{JobId, SecretRef};
+use gantry_events::event::JobId;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -96,7 +95,7 @@ impl Control for Remote {
         &self,
         request: SubmitRequest,
         by: Option<Principal>,
-        secrets: BTreeMap<String, SecretRef>,
+        resolved: Resolved,
     ) -> BoxFuture<'_, Result<SubmitReply, CommandError>> {
         async move {
             self.ask(
@@ -104,7 +103,7 @@ impl Control for Remote {
                 &Command::Submit {
                     request: Box::new(request),
                     by,
-                    secrets,
+                    resolved,
                 },
             )
             .await

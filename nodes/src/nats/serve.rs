@@ -115,12 +115,12 @@ async fn command(client: async_nats::Client, local: Local, message: async_nats::
         Command::Submit {
             request,
             by,
-            secrets,
+            resolved,
         } => {
             reply(
                 &client,
                 to,
-                answered(local.submit(*request, by, secrets).await),
+                answered(local.submit(*request, by, resolved).await),
             )
             .await
         }

@@ -4,13 +4,11 @@
 
 use gantry_actors::actor::scheduler::NodeChange;
 use gantry_actors::control::Fault;
-use gantry_actors::spec::SubmitRequest;
+use gantry_actors::spec::{Resolved, SubmitRequest};
 use gantry_actors::telemetry::GpuSample;
 use gantry_actors::world::{AccessChange, Principal};
 use gantry_events::Event;
-use gantry_events::event::{JobId, SecretRef};
-use std::collections::BTreeMap;
-
+use gantry_events::event::JobId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -121,9 +119,10 @@ pub enum Command {
         /// Who submits (the gateway authenticated them); absent without authentication.
         #[serde(default)]
         by: Option<Principal>,
-        /// The job's secret variables, as names in the store (never values).
+        /// What the gateway resolved: secret variables as names in the store (never values),
+        /// and inputs.
         #[serde(default)]
-        secrets: BTreeMap<String, SecretRef>,
+        resolved: Resolved,
     },
     Cancel {
         job_id: JobId,
