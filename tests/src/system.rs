@@ -201,11 +201,14 @@ pub fn all_events(client: &Client) -> Vec<Value> {
 }
 
 /// The lifecycle of one job, by event type, from a list of events. `job.waiting` (which only
-/// says why a queued job is not placed yet, and depends on what else is running) is left out.
+/// says why a queued job is not placed yet, and depends on what else is running) and the
+/// job's stored outputs are left out.
 pub fn job_event_types(events: &[Value], id: &str) -> Vec<String> {
     events
         .iter()
         .filter(|e| e["event"]["job_id"] == id && e["type"] != "job.waiting")
+        // Its outputs (`artifact.stored`) are not steps of its lifecycle.
+        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("job.")))
         .map(|e| e["type"].as_str().unwrap_or("").to_owned())
         .collect()
 }
