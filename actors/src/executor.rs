@@ -88,6 +88,12 @@ pub trait Executor: Send + Sync + 'static {
     /// Stops the attempt now (SIGKILL to the container or the whole process group).
     fn kill<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, ()>;
 
+    /// What the started attempt runs, resolved (an image id, an executable's path and hash),
+    /// for its record; `None` when it cannot be told.
+    fn resolve<'a>(&'a self, _run: &'a RunSpec, _handle: &'a str) -> BoxFuture<'a, Option<String>> {
+        Box::pin(async { None })
+    }
+
     /// Where the ended attempt's outputs (`$GANTRY_OUTPUT_DIR`) can be read on this machine,
     /// if this executor gives jobs one (`None`: outputs are not collected).
     fn outputs(&self, _job_id: JobId, _attempt: u32) -> Option<PathBuf> {

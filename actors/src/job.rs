@@ -336,6 +336,7 @@ impl Job {
         }
         Ok(vec![
             JobStarted {
+                image: None,
                 job_id: self.id,
                 attempt,
                 node_id: self.node.clone().unwrap_or_default(),

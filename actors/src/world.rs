@@ -352,10 +352,17 @@ impl World {
         attempt: u32,
         handle: Option<String>,
         limits_enforced: Option<bool>,
+        image: Option<String>,
     ) -> Result<Vec<Event>, Refusal> {
-        Ok(self
+        let mut events = self
             .existing(id)?
-            .started(attempt, handle, limits_enforced)?)
+            .started(attempt, handle, limits_enforced)?;
+        for event in &mut events {
+            if let Event::Job(JobEvent::Started(started)) = event {
+                started.image.clone_from(&image);
+            }
+        }
+        Ok(events)
     }
 
     pub fn decide_succeeded(

@@ -269,6 +269,10 @@ pub struct JobStarted {
     /// executor cannot without writable cgroups). Absent in records written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits_enforced: Option<bool>,
+    /// What ran, resolved by the node: Docker, the image id (`sha256:…`) the container was
+    /// made from; the process executor, the executable's path and SHA-256 (`/bin/sh@sha256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// An attempt exited with status 0.

@@ -84,6 +84,7 @@ fn samples() -> Vec<Event> {
         }
         .into(),
         JobStarted {
+            image: None,
             job_id: job,
             attempt: 1,
             node_id: "node-a".into(),

@@ -28,6 +28,7 @@ mod health;
 mod jobs;
 mod keys;
 mod nodes;
+mod receipt;
 mod secrets;
 
 use std::path::PathBuf;
@@ -176,6 +177,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
         .service(resource("/v1/jobs/{id}/cancel", "POST").route(web::post().to(jobs::cancel)))
         .service(resource("/v1/jobs/{id}/logs", "GET").route(web::get().to(jobs::logs)))
         .service(resource("/v1/jobs/{id}/artifacts", "GET").route(web::get().to(artifacts::list)))
+        .service(resource("/v1/jobs/{id}/receipt", "GET").route(web::get().to(receipt::receipt)))
         .service(
             resource("/v1/jobs/{id}/artifacts/{name:.+}", "GET")
                 .route(web::get().to(artifacts::download)),

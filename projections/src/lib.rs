@@ -115,6 +115,9 @@ struct JobRecord {
     job: Job,
     #[serde(default)]
     attempts: Vec<AttemptView>,
+    /// Every event about the job (its outputs' included), where the log has it.
+    #[serde(default)]
+    history: Vec<EventRef>,
     submitted_ns: u64,
     updated_ns: u64,
     updated_seq: u64,
@@ -241,6 +244,25 @@ pub struct ArtifactView {
     pub stored_ns: u64,
 }
 
+/// Where the log has one event: its sequence, hash and type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRef {
+    pub seq: u64,
+    pub hash: Hash,
+    #[serde(rename = "type")]
+    pub type_name: String,
+}
+
+impl EventRef {
+    fn of(env: &Envelope) -> EventRef {
+        EventRef {
+            seq: env.seq,
+            hash: env.hash,
+            type_name: env.type_name.clone(),
+        }
+    }
+}
+
 /// One stored row: key kind, key, value.
 pub type DumpRow = (String, Vec<u8>, Vec<u8>);
 
@@ -297,7 +319,7 @@ const CHECKPOINT: &[u8] = b"mcheckpoint";
 const FORMAT: &[u8] = b"mformat";
 /// The layout of the stored views; views of another layout are rebuilt. 2: jobs stored as a
 /// domain job with its attempt history.
-const VIEWS_FORMAT: u32 = 4;
+const VIEWS_FORMAT: u32 = 5;
 
 fn key_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 1);
@@ -407,6 +429,10 @@ impl Projections {
                     key.extend_from_slice(a.job_id.as_bytes());
                     key.extend_from_slice(a.name.as_bytes());
                     overlay.batch.insert(key, encode(&view)?);
+                    if let Some(mut record) = self.take_job(&a.job_id, &mut overlay)? {
+                        record.history.push(EventRef::of(&env));
+                        overlay.jobs.insert(a.job_id, record);
+                    }
                 }
                 Event::Key(e) => self.apply_key(&env, e, &mut overlay)?,
                 Event::Audit(_) | Event::Secret(_) => {}
@@ -555,6 +581,7 @@ impl Projections {
                 let record = JobRecord {
                     job,
                     attempts: Vec::new(),
+                    history: Vec::new(),
                     submitted_ns: env.time_ns,
                     updated_ns: env.time_ns,
                     updated_seq: env.seq,
@@ -600,6 +627,7 @@ impl Projections {
         }
         record.updated_ns = env.time_ns;
         record.updated_seq = env.seq;
+        record.history.push(EventRef::of(env));
         overlay.jobs.insert(record.job.id, record);
         Ok(())
     }
@@ -784,6 +812,11 @@ impl Projections {
     /// group: every group).
     pub fn job_in(&self, id: &JobId, group: Option<&str>) -> Result<Option<JobView>, Error> {
         Ok(self.job(id)?.filter(|v| group.is_none_or(|g| v.group == g)))
+    }
+
+    /// Where the log has every event about a job, in order.
+    pub fn job_history(&self, id: &JobId) -> Result<Vec<EventRef>, Error> {
+        Ok(self.record(id)?.map(|r| r.history).unwrap_or_default())
     }
 
     /// A job's artifacts by name (of the latest attempt that stored each name).
@@ -985,6 +1018,7 @@ mod tests {
                 );
                 out.push(
                     JobStarted {
+                        image: None,
                         job_id,
                         attempt: 1,
                         node_id: "n1".into(),

@@ -286,6 +286,7 @@ fn bench_rebuild() {
             batch.push(NewEvent::new(
                 source.clone(),
                 gantry_events::event::JobStarted {
+                    image: None,
                     job_id,
                     attempt: 1,
                     node_id: "n1".into(),

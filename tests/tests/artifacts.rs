@@ -361,3 +361,90 @@ fn a_job_reads_an_earlier_jobs_output_read_only_and_a_corrupted_one_stops_it() {
         "never started"
     );
 }
+
+#[test]
+fn a_receipt_cites_each_fact_and_verify_names_a_changed_output() {
+    let gantry = Gantry::start(ExecutorChoice::Process);
+    let first = gantry.submit(job(
+        "makes",
+        "echo 'weights v1' > \"$GANTRY_OUTPUT_DIR/model.bin\"",
+    ));
+    gantry.wait_for(&first, &["succeeded"], Duration::from_secs(60));
+    let mut second = job(
+        "uses",
+        "cat \"$GANTRY_INPUT_DIR/model.bin\" > \"$GANTRY_OUTPUT_DIR/copy.bin\"",
+    );
+    second["inputs"] = json!([{ "from": first, "artifact": "model.bin" }]);
+    let id = gantry.submit(second);
+    gantry.wait_for(&id, &["succeeded"], Duration::from_secs(60));
+
+    let receipt = gantry
+        .client
+        .get(&format!("/v1/jobs/{id}/receipt"))
+        .expect("receipt");
+    let facts = receipt["facts"].as_array().expect("facts");
+    let kinds: Vec<&str> = facts.iter().filter_map(|f| f["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "job.submitted",
+            "job.placed",
+            "job.started",
+            "artifact.stored",
+            "artifact.stored",
+            "job.succeeded"
+        ]
+    );
+    // Each cited event is the log's own.
+    let events = all_events(&gantry.client);
+    for f in facts {
+        let seq = f["seq"].as_u64().expect("seq");
+        let logged = events.iter().find(|e| e["seq"] == seq).expect("in the log");
+        assert_eq!(logged["hash"], f["hash"]);
+    }
+    let submitted = &facts[0]["fact"];
+    assert_eq!(submitted["inputs"][0]["artifact"], "model.bin");
+    assert!(submitted["spec_sha256"].is_string());
+    let ran = facts[2]["fact"]["ran"].as_str().expect("what ran");
+    assert!(
+        ran.contains("@sha256:"),
+        "the executable and its hash: {ran}"
+    );
+    let copy = facts
+        .iter()
+        .find(|f| f["fact"]["output"] == "copy.bin")
+        .expect("output");
+    let input_sha = &submitted["inputs"][0]["sha256"];
+    assert_eq!(
+        &copy["fact"]["sha256"], input_sha,
+        "the same bytes in and out"
+    );
+
+    let verify = |expect_ok: bool| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gantry-node"))
+            .args([
+                "receipt",
+                &id,
+                "--verify",
+                "--server",
+                &format!("http://{}", gantry.addr),
+            ])
+            .output()
+            .expect("gantry receipt");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.success(), expect_ok, "{text}");
+        text
+    };
+    assert!(verify(true).contains("verified: 6 events, 2 outputs"));
+
+    // Change the stored bytes of an output: verify names it.
+    let hex = copy["fact"]["sha256"].as_str().expect("sha");
+    let blob = gantry
+        .data()
+        .join("artifacts/sha256")
+        .join(&hex[..2])
+        .join(hex);
+    std::fs::write(&blob, b"weights v2\n").expect("tamper");
+    let text = verify(false);
+    assert!(text.contains("output copy.bin changed"), "{text}");
+}

@@ -392,6 +392,9 @@ pub enum Report {
         /// Whether the executor enforces the attempt's limits (`None`: not said).
         #[serde(default)]
         limits_enforced: Option<bool>,
+        /// What runs, resolved (see `JobStarted::image`).
+        #[serde(default)]
+        image: Option<String>,
     },
     Succeeded {
         duration_ms: u64,
@@ -441,9 +444,10 @@ impl Handler<AttemptReport> for Scheduler {
             Report::Started {
                 handle,
                 limits_enforced,
+                image,
             } => self
                 .world
-                .decide_started(id, attempt, handle, limits_enforced),
+                .decide_started(id, attempt, handle, limits_enforced, image),
             Report::Succeeded { duration_ms } => {
                 self.world.decide_succeeded(id, attempt, duration_ms)
             }

@@ -497,9 +497,11 @@ async fn run_attempt(
         }
     };
     if !recorded_start {
+        let image = executor.resolve(&run, &handle).await;
         let started = report(Report::Started {
             handle: Some(handle.clone()),
             limits_enforced: Some(executor.limits_enforced()),
+            image,
         });
         if let Err(refusal) = report_until_recorded(scheduler, started).await {
             // The attempt was taken back or cancelled before its start was recorded.

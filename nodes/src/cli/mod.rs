@@ -19,6 +19,7 @@ mod node;
 mod nodes;
 mod output;
 mod projections;
+mod receipt;
 mod secrets;
 mod server;
 mod submit;
@@ -121,6 +122,15 @@ pub enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// How a job's results were made, each fact citing its event; `--verify` re-checks them
+    /// against the log and re-hashes the stored outputs.
+    Receipt {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+        #[arg(long)]
+        verify: bool,
+    },
     /// Cancel a job.
     Cancel {
         #[command(flatten)]
@@ -187,6 +197,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Err
             id,
         } => logs::logs(&server, id, follow, attempt, out).await,
         Command::Cancel { server, reason, id } => cancel::cancel(&server, id, reason, out).await,
+        Command::Receipt { server, id, verify } => receipt::receipt(&server, id, verify, out).await,
         Command::Artifacts {
             server,
             id,

@@ -820,6 +820,21 @@ impl Executor for DockerExecutor {
         .boxed()
     }
 
+    fn resolve<'a>(&'a self, _run: &'a RunSpec, handle: &'a str) -> BoxFuture<'a, Option<String>> {
+        async move {
+            let inspected = self
+                .docker
+                .inspect_container(
+                    handle,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .ok()?;
+            inspected.image
+        }
+        .boxed()
+    }
+
     fn outputs(&self, job_id: JobId, attempt: u32) -> Option<PathBuf> {
         self.options
             .outputs_root

@@ -961,6 +961,37 @@ async fn read_old_pid(path: &Path) -> Option<i32> {
         .ok()
 }
 
+/// `path@sha256:<hex>` of the executable a job's `program` names (searched in the jobs' PATH
+/// when it has no `/`), for the record of what ran.
+fn executable_identity(program: &str) -> Option<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let path = if program.contains('/') {
+        PathBuf::from(program)
+    } else {
+        ["/usr/local/bin", "/usr/bin", "/bin"]
+            .iter()
+            .map(|dir| Path::new(dir).join(program))
+            .find(|p| p.is_file())?
+    };
+    let path = std::fs::canonicalize(&path).ok()?;
+    let mut file = std::fs::File::open(&path).ok()?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Some(format!(
+        "{}@sha256:{}",
+        path.display(),
+        hex::encode(hasher.finalize())
+    ))
+}
+
 /// The folder in an attempt's directory the job leaves its outputs in (`$GANTRY_OUTPUT_DIR`).
 const OUTPUTS: &str = "outputs";
 
@@ -1072,6 +1103,24 @@ impl Executor for ProcessExecutor {
 
     fn limits_enforced(&self) -> bool {
         self.cgroups.as_ref().is_some_and(|c| c.enforced())
+    }
+
+    fn resolve<'a>(&'a self, run: &'a RunSpec, _handle: &'a str) -> BoxFuture<'a, Option<String>> {
+        let program = run
+            .spec
+            .command
+            .iter()
+            .chain(&run.spec.args)
+            .next()
+            .cloned();
+        async move {
+            let program = program?;
+            tokio::task::spawn_blocking(move || executable_identity(&program))
+                .await
+                .ok()
+                .flatten()
+        }
+        .boxed()
     }
 
     fn outputs(&self, job_id: JobId, attempt: u32) -> Option<PathBuf> {

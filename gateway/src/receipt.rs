@@ -1,0 +1,96 @@
+//! `GET /v1/jobs/{id}/receipt`: how a job's results were made, each fact with the sequence and
+//! hash of the event that records it, so anyone can check the facts against the log
+//! (`gantry receipt ID --verify` does, and re-hashes the stored outputs).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use gantry_events::event::{ArtifactEvent, JobEvent};
+use gantry_events::{Event, Hash};
+use serde_json::{Value, json};
+
+use crate::Gateway;
+use crate::body::parse_id;
+use crate::error::ApiError;
+use crate::jobs::visible_job;
+
+/// The fact an event states about its job, as the receipt shows it.
+fn fact(event: &Event) -> Value {
+    match event {
+        Event::Job(JobEvent::Submitted(s)) => json!({
+            // The spec as JSON, fields in their declared order.
+            "spec_sha256": Hash::of(&serde_json::to_vec(&s.spec).unwrap_or_default()),
+            "image": s.spec.image,
+            "inputs": s.spec.inputs.iter().map(|i| json!({
+                "from": i.from, "artifact": i.artifact, "path": i.path,
+                "sha256": i.sha256, "size_bytes": i.size_bytes,
+            })).collect::<Vec<_>>(),
+            "submitted_by": s.by,
+        }),
+        Event::Job(JobEvent::Placed(p)) => json!({
+            "attempt": p.attempt, "node": p.node_id, "gpu_uuids": p.gpu_uuids,
+        }),
+        Event::Job(JobEvent::Started(s)) => json!({
+            "attempt": s.attempt, "ran": s.image, "limits_enforced": s.limits_enforced,
+        }),
+        Event::Job(JobEvent::Succeeded(s)) => json!({
+            "attempt": s.attempt, "exit_code": 0, "duration_ms": s.duration_ms,
+        }),
+        Event::Job(JobEvent::Failed(f)) => json!({
+            "attempt": f.attempt, "cause": f.cause, "duration_ms": f.duration_ms,
+        }),
+        Event::Artifact(ArtifactEvent::Stored(a)) => json!({
+            "attempt": a.attempt, "output": a.name, "sha256": a.sha256,
+            "size_bytes": a.size_bytes,
+        }),
+        _ => json!({}),
+    }
+}
+
+pub(crate) async fn receipt(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = gateway.caller(&req)?;
+    let id = parse_id(&id)?;
+    let view = visible_job(&gateway, &caller, &id)?;
+    let mut facts = Vec::new();
+    for at in gateway.views.job_history(&id)? {
+        let entries = gateway
+            .log
+            .read(at.seq, 1)
+            .await
+            .map_err(ApiError::unavailable)?;
+        let envelope = entries
+            .first()
+            .ok_or_else(|| ApiError::unavailable(format!("the log has no entry {}", at.seq)))?
+            .open()
+            .map_err(ApiError::unavailable)?;
+        // Pair check: the views and the log agree on what this entry is.
+        if envelope.hash != at.hash {
+            return Err(ApiError::unavailable(format!(
+                "the views and the log disagree about entry {} (rebuild the views)",
+                at.seq
+            )));
+        }
+        facts.push(json!({
+            "seq": envelope.seq,
+            "hash": envelope.hash,
+            "type": envelope.type_name,
+            "time_ns": envelope.time_ns,
+            "fact": fact(&envelope.event),
+        }));
+    }
+    // The GPUs each attempt held, as their nodes described them (`node.joined`,
+    // `node.gpus_observed`) when the attempt was placed.
+    let gpus: Vec<Value> = view
+        .attempts
+        .iter()
+        .map(|a| json!({ "attempt": a.attempt, "node": a.node, "gpus": a.gpus }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "job": id,
+        "state": view.state,
+        "facts": facts,
+        "gpus": gpus,
+    })))
+}
