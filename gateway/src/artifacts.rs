@@ -10,9 +10,8 @@ use gantry_events::event::InputRef;
 
 use crate::Gateway;
 use crate::auth::Caller;
-use crate::body::parse_id;
 use crate::error::ApiError;
-use crate::jobs::visible_job;
+use crate::jobs::readable_job;
 
 /// Resolves a request's inputs to the stored artifacts they name, of jobs the caller's group
 /// may see: 400 naming `inputs[i].from` or `inputs[i].artifact` when one is not there.
@@ -65,9 +64,7 @@ pub(crate) async fn list(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = gateway.caller(&req)?;
-    let id = parse_id(&id)?;
-    visible_job(&gateway, &caller, &id)?;
+    let (id, _) = readable_job(&gateway, &req, &id)?;
     let artifacts: Vec<serde_json::Value> = gateway
         .views
         .artifacts(&id)?
@@ -127,10 +124,8 @@ pub(crate) async fn download(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = gateway.caller(&req)?;
     let (id, name) = path.into_inner();
-    let id = parse_id(&id)?;
-    visible_job(&gateway, &caller, &id)?;
+    let (id, _) = readable_job(&gateway, &req, &id)?;
     let missing = || ApiError::not_found(format!("job {id} has no artifact {name:?}"));
     if !gantry_actors::artifacts::valid_name(&name) {
         return Err(missing());

@@ -97,14 +97,25 @@ pub(crate) fn visible_job(
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }
 
+/// The job a read-only request names, once its caller may see it: the id (400 when it is not
+/// one) and its view (404 for another group's).
+pub(crate) fn readable_job(
+    gateway: &Gateway,
+    req: &HttpRequest,
+    raw_id: &str,
+) -> Result<(JobId, JobView), ApiError> {
+    let caller = gateway.caller(req)?;
+    let id = parse_id(raw_id)?;
+    let view = visible_job(gateway, &caller, &id)?;
+    Ok((id, view))
+}
+
 pub(crate) async fn get_job(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = gateway.caller(&req)?;
-    let id = parse_id(&id)?;
-    let view = visible_job(&gateway, &caller, &id)?;
+    let (_, view) = readable_job(&gateway, &req, &id)?;
     // While it runs, how busy its GPUs are now (telemetry, not history).
     let samples = if view.state == "running" {
         gateway.telemetry.gpus(&view.gpu_uuids)
@@ -152,10 +163,8 @@ pub(crate) async fn logs(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = gateway.caller(&req)?;
+    let (id, view) = readable_job(&gateway, &req, &id)?;
     let q: LogsQuery = query(&req)?;
-    let id = parse_id(&id)?;
-    let view = visible_job(&gateway, &caller, &id)?;
     let attempt = q.attempt.unwrap_or(view.attempt);
     let text = gateway
         .output

@@ -8,9 +8,8 @@ use gantry_events::{Event, Hash};
 use serde_json::{Value, json};
 
 use crate::Gateway;
-use crate::body::parse_id;
 use crate::error::ApiError;
-use crate::jobs::visible_job;
+use crate::jobs::readable_job;
 
 /// The fact an event states about its job, as the receipt shows it.
 fn fact(event: &Event) -> Value {
@@ -50,9 +49,7 @@ pub(crate) async fn receipt(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = gateway.caller(&req)?;
-    let id = parse_id(&id)?;
-    let view = visible_job(&gateway, &caller, &id)?;
+    let (id, view) = readable_job(&gateway, &req, &id)?;
     let mut facts = Vec::new();
     for at in gateway.views.job_history(&id)? {
         let entries = gateway

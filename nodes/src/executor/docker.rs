@@ -699,9 +699,8 @@ async fn collect(
 
 /// Copies the container's output into the attempt log, stdout and stderr in order, one
 /// `<timestamp> <stream> <text>` line each. Reads from the container's first line: the file is
-/// written anew, so a collector that replaces one that died leaves one complete copy.
-/// Copies the container's output into the attempt log, one timestamped line each, with its
-/// secrets masked.
+/// written anew, so a collector that replaces one that died leaves one complete copy. The
+/// attempt's secret values are masked.
 async fn copy_logs(
     docker: &Docker,
     id: &str,
