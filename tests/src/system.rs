@@ -182,12 +182,15 @@ impl Drop for Gantry {
 
 /// Every event a gateway serves, as JSON, page by page.
 pub fn all_events(client: &Client) -> Vec<Value> {
+    try_all_events(client).expect("events")
+}
+
+/// [`all_events`], or the gateway's error (a 503 while the log cannot be read, say).
+pub fn try_all_events(client: &Client) -> Result<Vec<Value>, ClientError> {
     let mut out = Vec::new();
     let mut after = 0;
     loop {
-        let reply = client
-            .get(&format!("/v1/events?after={after}&limit=1000"))
-            .expect("events");
+        let reply = client.get(&format!("/v1/events?after={after}&limit=1000"))?;
         let batch = reply["events"].as_array().cloned().unwrap_or_default();
         // Where the page stopped (events the key may not see are left out of it).
         let next = reply["next_after"].as_u64().expect("next_after");
@@ -197,7 +200,7 @@ pub fn all_events(client: &Client) -> Vec<Value> {
         after = next;
         out.extend(batch);
     }
-    out
+    Ok(out)
 }
 
 /// The lifecycle of one job, by event type, from a list of events. `job.waiting` (which only

@@ -445,7 +445,9 @@ fn jobs_survive(client: &Client, disrupt: impl FnOnce()) {
     all.push(late);
     let events = wait_until("every job to end", Duration::from_secs(120), || {
         let done = all.iter().all(|id| job(client, id)["state"] == "succeeded");
-        done.then(|| all_events(client))
+        // A JetStream cluster electing a new stream leader answers 503 for a moment.
+        done.then(|| gantry_tests::system::try_all_events(client).ok())
+            .flatten()
     });
     for id in &all {
         assert_eq!(
