@@ -360,11 +360,16 @@ fn host_allowed(name: &str, allowed: &[String]) -> bool {
     machine_name().is_some_and(|m| m.eq_ignore_ascii_case(name))
 }
 
-fn machine_name() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+/// This machine's name, read once.
+fn machine_name() -> Option<&'static str> {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    })
+    .as_deref()
 }
 
 /// The bearer token of a request, if any.

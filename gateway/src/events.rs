@@ -101,12 +101,15 @@ impl EventFilter {
             }
             Err(_) => return Ok(None),
         };
-        let allowed = match (&envelope.event, self.scope.clone()) {
-            (Event::Key(_) | Event::Secret(_), _) => self.admin,
-            (_, None) => true,
-            (Event::Node(_) | Event::Audit(_), Some(_)) => true,
-            (event, Some(scope)) => match event.job_id() {
-                Some(job) => self.group_of(gateway, entry.seq, job, event).await? == scope,
+        let allowed = match &envelope.event {
+            Event::Key(_) | Event::Secret(_) => self.admin,
+            _ if self.scope.is_none() => true,
+            Event::Node(_) | Event::Audit(_) => true,
+            event => match event.job_id() {
+                Some(job) => {
+                    let group = self.group_of(gateway, entry.seq, job, event).await?;
+                    self.scope.as_deref() == Some(group.as_str())
+                }
                 None => false,
             },
         };

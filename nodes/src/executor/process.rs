@@ -1221,12 +1221,11 @@ impl Executor for ProcessExecutor {
                 prepared.log,
             )));
             let mut pumps = Vec::new();
+            let masker = Masker::new(&run.secrets);
             if let Some(stdout) = child.stdout.take() {
-                let masker = Masker::new(&run.secrets);
-                pumps.push(tokio::spawn(pump(stdout, "stdout", log.clone(), masker)));
+                pumps.push(tokio::spawn(pump(stdout, "stdout", log.clone(), masker.clone())));
             }
             if let Some(stderr) = child.stderr.take() {
-                let masker = Masker::new(&run.secrets);
                 pumps.push(tokio::spawn(pump(stderr, "stderr", log, masker)));
             }
             tracing::debug!(job = %run.job_id, attempt = run.attempt, pid, uid, "process started");
