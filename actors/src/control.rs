@@ -19,8 +19,8 @@ use gantry_events::event::JobId;
 use serde::{Deserialize, Serialize};
 
 use crate::actor::scheduler::{
-    AttemptReport, Cancel, ChangeAccess, CommandError, GetJob, LiveOn, NodeChange, Record,
-    ResolveSecrets, Scheduler, Stats, Submit, SubmitReply,
+    AttemptReport, Cancel, ChangeAccess, CommandError, GetJob, LiveOn, NodeChange,
+    PipelineCommand, PipelineReply, Record, ResolveSecrets, Scheduler, Stats, Submit, SubmitReply,
 };
 use crate::job::{Job, JobState};
 use crate::placement::Node;
@@ -65,6 +65,12 @@ pub trait Control: Send + Sync + 'static {
 
     /// An admin's change to the API keys; answers the sequence to wait for (0: nothing new).
     fn change_access(&self, change: AccessChange) -> BoxFuture<'_, Result<u64, CommandError>>;
+
+    /// Submits (or checks) or cancels a pipeline.
+    fn pipeline(
+        &self,
+        command: PipelineCommand,
+    ) -> BoxFuture<'_, Result<PipelineReply, CommandError>>;
 
     /// A worker's report about an attempt on its node. `Ok` once the fact is in the log; a
     /// refusal ([`CommandError::is_refusal`]) is final.
@@ -142,6 +148,9 @@ impl CommandError {
                 format!("secret {name} is not stored"),
                 None,
             ),
+            CommandError::Refused(r @ Refusal::PipelineEnded(_)) => {
+                Fault::new(409, "conflict", r.to_string(), None)
+            }
             CommandError::Refused(Refusal::Rejected(r)) => {
                 Fault::new(409, "conflict", r.to_string(), None)
             }
@@ -231,6 +240,14 @@ impl Control for Local {
 
     fn change_access(&self, change: AccessChange) -> BoxFuture<'_, Result<u64, CommandError>> {
         let sent = self.0.send(ChangeAccess(change));
+        async move { sent.await.map_err(mailbox)? }.boxed()
+    }
+
+    fn pipeline(
+        &self,
+        command: PipelineCommand,
+    ) -> BoxFuture<'_, Result<PipelineReply, CommandError>> {
+        let sent = self.0.send(command);
         async move { sent.await.map_err(mailbox)? }.boxed()
     }
 

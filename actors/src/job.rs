@@ -111,6 +111,9 @@ pub struct Job {
     /// The group it belongs to; `None` is the default group.
     #[serde(default)]
     pub group: Option<String>,
+    /// The pipeline stage it runs, when a pipeline started it.
+    #[serde(default)]
+    pub pipeline: Option<gantry_events::event::StageOf>,
 }
 
 /// The scheduler-wide retry settings a decision needs beside the job's own policy.
@@ -179,6 +182,7 @@ impl Job {
             waiting: None,
             by: event.by.clone(),
             group: event.group.clone(),
+            pipeline: event.pipeline.clone(),
         }
     }
 
@@ -580,6 +584,7 @@ mod tests {
             spec: Box::new(spec),
             by: None,
             group: None,
+            pipeline: None,
         };
         let mut job = Job::submitted(&submitted);
         for e in events {

@@ -6,7 +6,8 @@
 //! world (containers, GPUs, artifact storage, the message bus) is reached through small traits
 //! defined here and implemented in `gantry-nodes`.
 //!
-//! - [`job`], [`spec`], [`placement`], [`world`]: the decisions, as plain functions and data;
+//! - [`job`], [`spec`], [`pipeline`], [`placement`], [`world`]: the decisions, as plain
+//!   functions and data;
 //! - [`control`]: how a node's actors and the gateway reach the control plane, in-process or
 //!   over NATS;
 //! - [`executor`]: the traits workers run attempts and read GPUs through;
@@ -21,6 +22,7 @@ pub mod artifacts;
 pub mod control;
 pub mod executor;
 pub mod job;
+pub mod pipeline;
 pub mod placement;
 pub mod secrets;
 pub mod spec;

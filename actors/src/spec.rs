@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
+    /// Required for a job; a pipeline stage's job defaults to the stage's name.
+    #[serde(default)]
     pub name: String,
     pub image: String,
     #[serde(default)]
@@ -38,6 +40,10 @@ pub struct SubmitRequest {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub resources: ResourceRequest,
+    /// A named resource profile of the server's (`--profiles`), e.g. `h100`: its CPUs, memory
+    /// and GPUs, each unless `resources` sets it.
+    #[serde(default)]
+    pub profile: Option<String>,
     #[serde(default)]
     pub timeout_secs: Option<u64>,
     #[serde(default)]
@@ -141,7 +147,19 @@ pub struct Invalid {
     pub message: String,
 }
 
-fn invalid(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Invalid {
+impl Invalid {
+    /// The same fault, its field named under `prefix` (e.g. `stages[1].job`).
+    pub fn within(mut self, prefix: &str) -> Invalid {
+        self.field = format!("{prefix}.{}", self.field);
+        self
+    }
+}
+
+pub(crate) fn invalid(
+    code: &'static str,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> Invalid {
     Invalid {
         code,
         field: field.into(),
@@ -168,6 +186,8 @@ pub struct Limits {
     /// process, placement lease expired) before it is dead-lettered; they never count toward
     /// the job's own `max_attempts`.
     pub max_infra_losses: u32,
+    /// Named resource profiles a submission may use (`profile`), from the server's config.
+    pub profiles: BTreeMap<String, ResourceRequest>,
 }
 
 impl Default for Limits {
@@ -182,6 +202,7 @@ impl Default for Limits {
             default_cpus: 1.0,
             placement_lease_secs: 15 * 60,
             max_infra_losses: 20,
+            profiles: BTreeMap::new(),
         }
     }
 }
@@ -240,7 +261,8 @@ pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid
         ));
     }
 
-    let cpus = req.resources.cpus.unwrap_or(limits.default_cpus);
+    let resources = with_profile(req, limits)?;
+    let cpus = resources.cpus.unwrap_or(limits.default_cpus);
     if !cpus.is_finite() || cpus <= 0.0 || cpus > limits.max_cpus {
         return Err(invalid(
             "out_of_range",
@@ -252,8 +274,7 @@ pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid
     if cpu_millis == 0 {
         return Err(invalid("out_of_range", "resources.cpus", "at least 0.001"));
     }
-    let memory_bytes = req
-        .resources
+    let memory_bytes = resources
         .memory_bytes
         .unwrap_or(limits.default_memory_bytes);
     if memory_bytes < (4 << 20) || memory_bytes > limits.max_memory_bytes {
@@ -263,12 +284,7 @@ pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid
             format!("between 4 MiB and {} bytes", limits.max_memory_bytes),
         ));
     }
-    let gpus: GpuRequest = req
-        .resources
-        .gpus
-        .clone()
-        .map(Into::into)
-        .unwrap_or_default();
+    let gpus: GpuRequest = resources.gpus.map(Into::into).unwrap_or_default();
     if gpus.count > limits.max_gpus {
         return Err(invalid(
             "out_of_range",
@@ -603,7 +619,32 @@ pub fn attach_secrets(
     Ok(())
 }
 
-fn check_name(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
+/// The resources a request asks for: its profile's, each field overridden by the request's own.
+fn with_profile(req: &SubmitRequest, limits: &Limits) -> Result<ResourceRequest, Invalid> {
+    let Some(name) = &req.profile else {
+        return Ok(req.resources.clone());
+    };
+    let Some(profile) = limits.profiles.get(name) else {
+        let known: Vec<&str> = limits.profiles.keys().map(String::as_str).collect();
+        return Err(invalid(
+            "unknown_profile",
+            "profile",
+            if known.is_empty() {
+                format!("no profile {name:?}: the server defines none")
+            } else {
+                format!("no profile {name:?}; the server has {}", known.join(", "))
+            },
+        ));
+    };
+    Ok(ResourceRequest {
+        cpus: req.resources.cpus.or(profile.cpus),
+        memory_bytes: req.resources.memory_bytes.or(profile.memory_bytes),
+        gpus: req.resources.gpus.clone().or_else(|| profile.gpus.clone()),
+    })
+}
+
+/// Checks a name of letters, digits, `.`, `_` and `-` (job, pipeline, stage and profile names).
+pub fn check_name(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
     if value.is_empty() || value.len() > max {
         return Err(invalid(
             "invalid_name",

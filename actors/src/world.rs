@@ -8,12 +8,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use gantry_events::event::{
     ArtifactEvent, ArtifactStored, FailureCause, JobEvent, JobId, JobSubmitted, JobWaiting,
-    KeyCreated, KeyEvent, KeyRevoked, NodeEvent, PendingReason, SecretDeleted, SecretSet,
+    KeyCreated, KeyEvent, KeyRevoked, NodeEvent, PendingReason, PipelineEvent, PipelineId,
+    PipelineStage, PipelineSubmitted, SecretDeleted, SecretSet,
 };
 use gantry_events::{Event, NewEvent, Source};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState, Rejection};
+use crate::pipeline::{PipelineRequest, Pipelines, validate_pipeline};
 use crate::placement::{Cluster, NodeStatus, Queues};
 use crate::spec::{
     Invalid, Limits, Resolved, SubmitRequest, attach_inputs, attach_secrets, validate,
@@ -47,6 +49,10 @@ pub enum Refusal {
     /// A job's secret is not in the store (deleted since it was submitted); 404.
     #[error("secret {0} is not stored")]
     SecretNotFound(String),
+    /// The pipeline is not running (every stage has ended, or there is no such pipeline);
+    /// 409.
+    #[error("pipeline {0} is not running")]
+    PipelineEnded(PipelineId),
 }
 
 /// How long an idempotency key is remembered, counted in log time from its job's submission:
@@ -111,6 +117,8 @@ pub struct World {
     stored: HashSet<(JobId, u32, String)>,
     cluster: Cluster,
     queues: Queues,
+    /// Pipelines with stages still to start or running.
+    pipelines: Pipelines,
     /// Jobs whose current attempt is placed and not yet started: the ones a lease can expire.
     placed: HashSet<JobId>,
     /// The fleet generation each waiting job's reason was last worked out for (a cache of the
@@ -180,8 +188,16 @@ impl World {
             }
             Event::Artifact(ArtifactEvent::Stored(a)) => {
                 self.stored.insert((a.job_id, a.attempt, a.name.clone()));
+                self.pipelines.apply_stored(a);
             }
-            Event::Audit(_) | Event::Secret(_) => {}
+            Event::Pipeline(PipelineEvent::Submitted(p)) => self.pipelines.apply_submitted(p),
+            Event::Pipeline(PipelineEvent::StageSkipped(s)) => {
+                self.pipelines.apply_skipped(s, &self.jobs)
+            }
+            Event::Pipeline(PipelineEvent::Cancelled(c)) => {
+                self.pipelines.apply_cancelled(c, &self.jobs)
+            }
+            Event::Artifact(ArtifactEvent::Pruned(_)) | Event::Audit(_) | Event::Secret(_) => {}
         }
     }
 
@@ -207,6 +223,7 @@ impl World {
             self.forget_idempotency_keys(time_ms);
             self.submitted_at.insert(job.id, seq);
             self.jobs.insert(job.id, job);
+            self.pipelines.apply_job_submitted(s);
             return;
         }
         let id = event.job_id();
@@ -242,6 +259,9 @@ impl World {
             | JobEvent::Started(_)
             | JobEvent::CancelRequested(_)
             | JobEvent::Waiting(_) => {}
+        }
+        if job.state.is_terminal() {
+            self.pipelines.job_ended(id, &self.jobs);
         }
     }
 
@@ -302,10 +322,59 @@ impl World {
                     spec: Box::new(spec),
                     by: by.map(|p| p.key_id.clone()),
                     group: by.map(|p| p.group.clone()),
+                    pipeline: None,
                 }
                 .into(),
             ],
         })
+    }
+
+    /// A pipeline: validated whole (with what the gateway resolved for each stage's job) and
+    /// recorded with who submitted it; its stages start as [`World::decide_pipelines`] finds
+    /// them ready. `dry_run`: the checked stages, in the order they can run, and no events.
+    pub fn decide_pipeline(
+        &self,
+        request: &PipelineRequest,
+        by: Option<&Principal>,
+        resolved: &[crate::spec::Resolved],
+        dry_run: bool,
+    ) -> Result<(PipelineId, Vec<PipelineStage>, Vec<Event>), Refusal> {
+        let group = by.map_or(DEFAULT_GROUP, |p| p.group.as_str());
+        let valid = validate_pipeline(request, resolved, group, &self.limits)?;
+        let pipeline_id = uuid::Uuid::now_v7();
+        if dry_run {
+            return Ok((pipeline_id, valid.stages, Vec::new()));
+        }
+        let event = PipelineSubmitted {
+            pipeline_id,
+            name: valid.name,
+            stages: valid.stages.clone(),
+            by: by.map(|p| p.key_id.clone()),
+            group: by.map(|p| p.group.clone()),
+        };
+        Ok((pipeline_id, valid.stages, vec![event.into()]))
+    }
+
+    /// Pipelines with a stage still to start or running.
+    pub fn pipelines_live(&self) -> usize {
+        self.pipelines.len()
+    }
+
+    /// Stages of live pipelines to start or skip now.
+    pub fn decide_pipelines(&mut self) -> Vec<Event> {
+        self.pipelines.decide(&self.jobs)
+    }
+
+    /// Cancels a running pipeline: no stage starts any more, running stages are cancelled.
+    pub fn decide_cancel_pipeline(
+        &self,
+        id: PipelineId,
+        reason: Option<String>,
+        by: Option<String>,
+    ) -> Result<Vec<Event>, Refusal> {
+        self.pipelines
+            .decide_cancel(id, reason, by, &self.jobs)
+            .ok_or(Refusal::PipelineEnded(id))
     }
 
     fn existing(&self, id: JobId) -> Result<&Job, Refusal> {

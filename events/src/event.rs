@@ -25,6 +25,9 @@ use crate::Hash;
 /// Identifies a job. UUID v7, so ids sort by submission time.
 pub type JobId = Uuid;
 
+/// Identifies a pipeline. UUID v7, like job ids.
+pub type PipelineId = Uuid;
+
 /// Every event gantry records, grouped by stream.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -35,6 +38,7 @@ pub enum Event {
     Audit(AuditEvent),
     Key(KeyEvent),
     Secret(SecretEvent),
+    Pipeline(PipelineEvent),
 }
 
 /// The job lifecycle.
@@ -70,6 +74,16 @@ pub enum NodeEvent {
 #[serde(untagged)]
 pub enum ArtifactEvent {
     Stored(ArtifactStored),
+    Pruned(ArtifactPruned),
+}
+
+/// Pipelines: stages of jobs that run in dependency order and pass outputs to inputs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum PipelineEvent {
+    Submitted(PipelineSubmitted),
+    StageSkipped(PipelineStageSkipped),
+    Cancelled(PipelineCancelled),
 }
 
 /// API keys of the gateway: who may do what.
@@ -112,6 +126,16 @@ pub struct JobSubmitted {
     /// Absent: the `default` group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// The pipeline stage this job runs, when a pipeline started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<StageOf>,
+}
+
+/// A pipeline's stage, as a job names the stage it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageOf {
+    pub pipeline_id: PipelineId,
+    pub stage: String,
 }
 
 /// What a user asked to run. Validation happens at the edge (gateway, CLI) before this is
@@ -474,6 +498,93 @@ pub struct ArtifactStored {
     pub content_type: Option<String>,
 }
 
+/// A stored artifact's bytes were deleted from the artifact store by retention. Its
+/// `artifact.stored` stays in the log (which is never pruned) and still names its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactPruned {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub name: String,
+    pub sha256: Hash,
+    /// Why, e.g. `ttl 7d after the job ended`.
+    pub reason: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipeline payloads
+
+/// A pipeline was accepted: every stage, validated, with its dependencies. Stages start as
+/// `job.submitted` events (carrying [`StageOf`]) once their dependencies have ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineSubmitted {
+    pub pipeline_id: PipelineId,
+    pub name: String,
+    /// In an order where every stage comes after its dependencies.
+    pub stages: Vec<PipelineStage>,
+    /// The API key (its id) that submitted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The group its jobs belong to; absent: the `default` group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// One stage of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineStage {
+    pub name: String,
+    /// Stages that must end first (those it reads inputs from included).
+    #[serde(default)]
+    pub after: Vec<String>,
+    #[serde(default)]
+    pub run_if: RunIf,
+    /// Outputs of earlier stages this stage reads, resolved to stored artifacts when it starts.
+    #[serde(default)]
+    pub inputs: Vec<StageInput>,
+    /// The job the stage runs (its own `inputs` resolved at submission).
+    pub spec: Box<JobSpec>,
+}
+
+/// When a stage runs once its dependencies have ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RunIf {
+    /// Only if every dependency succeeded; otherwise it is skipped (the default).
+    #[default]
+    OnSuccess,
+    /// Whatever the dependencies' outcome (e.g. a report or a clean-up stage).
+    Always,
+}
+
+/// An output of an earlier stage that a stage reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageInput {
+    pub stage: String,
+    pub artifact: String,
+    /// Where the job finds it, relative to `$GANTRY_INPUT_DIR`.
+    pub path: String,
+}
+
+/// A stage will not run: a dependency did not succeed, an input it reads was not stored, or
+/// the pipeline was cancelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineStageSkipped {
+    pub pipeline_id: PipelineId,
+    pub stage: String,
+    pub reason: String,
+}
+
+/// A pipeline was cancelled: no stage starts any more; its running jobs are cancelled in the
+/// same batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineCancelled {
+    pub pipeline_id: PipelineId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Key payloads
 
@@ -619,11 +730,15 @@ event_types! {
     Node(NodeEvent)::Cordoned(NodeCordoned) = "node.cordoned" v 1;
     Node(NodeEvent)::Uncordoned(NodeUncordoned) = "node.uncordoned" v 1;
     Artifact(ArtifactEvent)::Stored(ArtifactStored) = "artifact.stored" v 1;
+    Artifact(ArtifactEvent)::Pruned(ArtifactPruned) = "artifact.pruned" v 1;
     Audit(AuditEvent)::Checkpointed(AuditCheckpointed) = "audit.checkpointed" v 1;
     Key(KeyEvent)::Created(KeyCreated) = "key.created" v 1;
     Key(KeyEvent)::Revoked(KeyRevoked) = "key.revoked" v 1;
     Secret(SecretEvent)::Set(SecretSet) = "secret.set" v 1;
     Secret(SecretEvent)::Deleted(SecretDeleted) = "secret.deleted" v 1;
+    Pipeline(PipelineEvent)::Submitted(PipelineSubmitted) = "pipeline.submitted" v 1;
+    Pipeline(PipelineEvent)::StageSkipped(PipelineStageSkipped) = "pipeline.stage_skipped" v 1;
+    Pipeline(PipelineEvent)::Cancelled(PipelineCancelled) = "pipeline.cancelled" v 1;
 }
 
 impl Event {
@@ -636,6 +751,7 @@ impl Event {
             Event::Audit(_) => "audit",
             Event::Key(_) => "key",
             Event::Secret(_) => "secret",
+            Event::Pipeline(_) => "pipeline",
         }
     }
 
@@ -644,7 +760,12 @@ impl Event {
         match self {
             Event::Job(e) => Some(e.job_id()),
             Event::Artifact(ArtifactEvent::Stored(p)) => Some(p.job_id),
-            Event::Node(_) | Event::Audit(_) | Event::Key(_) | Event::Secret(_) => None,
+            Event::Artifact(ArtifactEvent::Pruned(p)) => Some(p.job_id),
+            Event::Node(_)
+            | Event::Audit(_)
+            | Event::Key(_)
+            | Event::Secret(_)
+            | Event::Pipeline(_) => None,
         }
     }
 }

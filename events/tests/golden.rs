@@ -14,6 +14,10 @@ use gantry_events::event::{
     NodeCordoned, NodeDrained, NodeGpusObserved, NodeJoined, NodeLost, NodeUncordoned,
     PendingReason, Resources, RetryPolicy, SecretDeleted, SecretRef, SecretSet,
 };
+use gantry_events::event::{
+    ArtifactPruned, PipelineCancelled, PipelineStage, PipelineStageSkipped, PipelineSubmitted,
+    RunIf, StageInput, StageOf,
+};
 use gantry_events::{Entry, Event, Hash, NewEvent, Source, seal};
 use uuid::Uuid;
 
@@ -65,15 +69,35 @@ fn samples() -> Vec<Event> {
         secrets: BTreeMap::new(),
         inputs: Vec::new(),
     };
+    let pipeline = Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0002);
+    let stage_spec = JobSpec {
+        name: "prepare".into(),
+        image: "registry.example.com/ml/prep:2".into(),
+        command: vec!["sh".into(), "-c".into(), "make data".into()],
+        args: Vec::new(),
+        env: BTreeMap::new(),
+        working_dir: None,
+        resources: Resources::default(),
+        timeout_secs: None,
+        retry: RetryPolicy::default(),
+        priority: 0,
+        queue: "default".into(),
+        labels: BTreeMap::new(),
+        network: Network::None,
+        idempotency_key: None,
+        secrets: BTreeMap::new(),
+        inputs: Vec::new(),
+    };
     vec![
         // `by` and `group` (and the other `by` fields below) came later as optional fields
         // written only when set; these v1 samples keep them unset so their files stay as they
-        // were written. `principal_fields_round_trip` covers them set.
+        // were written. `optional_fields_round_trip` covers them set (and `pipeline`).
         JobSubmitted {
             job_id: job,
             spec: Box::new(spec),
             by: None,
             group: None,
+            pipeline: None,
         }
         .into(),
         JobPlaced {
@@ -220,11 +244,58 @@ fn samples() -> Vec<Event> {
             by: Some("5f1e7c2a00000000".into()),
         }
         .into(),
+        ArtifactPruned {
+            job_id: job,
+            attempt: 1,
+            name: "ckpt/model.pt".into(),
+            sha256: Hash::of(b"model"),
+            reason: "ttl 7d after the job ended".into(),
+        }
+        .into(),
+        PipelineSubmitted {
+            pipeline_id: pipeline,
+            name: "prepare-then-train".into(),
+            stages: vec![
+                PipelineStage {
+                    name: "prepare".into(),
+                    after: Vec::new(),
+                    run_if: RunIf::OnSuccess,
+                    inputs: Vec::new(),
+                    spec: Box::new(stage_spec.clone()),
+                },
+                PipelineStage {
+                    name: "train".into(),
+                    after: vec!["prepare".into()],
+                    run_if: RunIf::Always,
+                    inputs: vec![StageInput {
+                        stage: "prepare".into(),
+                        artifact: "data.csv".into(),
+                        path: "data/train.csv".into(),
+                    }],
+                    spec: Box::new(stage_spec),
+                },
+            ],
+            by: Some("5f1e7c2a00000000".into()),
+            group: Some("vision".into()),
+        }
+        .into(),
+        PipelineStageSkipped {
+            pipeline_id: pipeline,
+            stage: "train".into(),
+            reason: "dependency prepare did not succeed (dead_lettered)".into(),
+        }
+        .into(),
+        PipelineCancelled {
+            pipeline_id: pipeline,
+            reason: Some("superseded".into()),
+            by: Some("5f1e7c2a00000000".into()),
+        }
+        .into(),
     ]
 }
 
 #[test]
-fn principal_fields_round_trip() {
+fn optional_fields_round_trip() {
     let job = Uuid::from_u128(7);
     let submitted = JobSubmitted {
         job_id: job,
@@ -261,6 +332,10 @@ fn principal_fields_round_trip() {
         }),
         by: Some("5f1e7c2a00000001".into()),
         group: Some("vision".into()),
+        pipeline: Some(StageOf {
+            pipeline_id: Uuid::from_u128(8),
+            stage: "train".into(),
+        }),
     };
     for event in [
         Event::from(submitted),

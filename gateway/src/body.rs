@@ -13,38 +13,64 @@ use crate::error::ApiError;
 pub(crate) const OBJECT_PATHS: &[&str] =
     &["", "resources", "resources.gpus", "retry", "env", "labels"];
 
-fn found_null(at: Option<&serde_json::Value>) -> bool {
-    at.is_some_and(serde_json::Value::is_null)
+/// The values at `path` (keys joined by `.`; `key[]` steps into every element of an array),
+/// with their JSON paths.
+fn values_at<'v>(
+    value: &'v serde_json::Value,
+    path: &[&str],
+    at: String,
+    out: &mut Vec<(String, &'v serde_json::Value)>,
+) {
+    let Some((key, rest)) = path.split_first() else {
+        out.push((at, value));
+        return;
+    };
+    let join = |key: &str| {
+        if at.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{at}.{key}")
+        }
+    };
+    if let Some(key) = key.strip_suffix("[]") {
+        if let Some(items) = value.get(key).and_then(serde_json::Value::as_array) {
+            for (i, item) in items.iter().enumerate() {
+                values_at(item, rest, format!("{}[{i}]", join(key)), out);
+            }
+        }
+    } else if let Some(next) = value.get(*key) {
+        values_at(next, rest, join(key), out);
+    }
 }
 
 /// Parses a JSON request body into `T`: invalid JSON, an array where an object belongs, an
-/// unknown or mistyped field are all 400 with the JSON path of the field at fault.
+/// unknown or mistyped field are all 400 with the JSON path of the field at fault. `objects`
+/// names the paths that must hold objects (`key[]` for each element of an array).
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
     body: &[u8],
     objects: &[&str],
 ) -> Result<T, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::new(400, "invalid_json", format!("not JSON: {e}"), None))?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            400,
+            "invalid_type",
+            "expected a JSON object",
+            Some("$".into()),
+        ));
+    }
     for path in objects {
-        let mut at = Some(&value);
-        for key in path.split('.').filter(|k| !k.is_empty()) {
-            at = at.and_then(|v| v.get(key));
-        }
-        // An optional part may be null; the body itself may not.
-        let optional_null = found_null(at) && !path.is_empty();
-        if let Some(found) = at
-            && !found.is_object()
-            && !optional_null
-        {
+        let keys: Vec<&str> = path.split('.').filter(|k| !k.is_empty()).collect();
+        let mut found = Vec::new();
+        values_at(&value, &keys, String::new(), &mut found);
+        // An optional part may be null.
+        if let Some((at, _)) = found.iter().find(|(_, v)| !v.is_object() && !v.is_null()) {
             return Err(ApiError::new(
                 400,
                 "invalid_type",
                 "expected a JSON object",
-                Some(if path.is_empty() {
-                    "$".into()
-                } else {
-                    (*path).into()
-                }),
+                Some(at.clone()),
             ));
         }
     }

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use gantry_events::event::JobEvent;
+use gantry_actors::world::DEFAULT_GROUP;
+use gantry_events::event::{JobEvent, PipelineCancelled, PipelineEvent, PipelineStageSkipped};
 use gantry_events::event::JobId;
 use gantry_events::{Entry, Event};
 use serde::Deserialize;
@@ -105,6 +106,19 @@ impl EventFilter {
             Event::Key(_) | Event::Secret(_) => self.admin,
             _ if self.scope.is_none() => true,
             Event::Node(_) | Event::Audit(_) => true,
+            Event::Pipeline(PipelineEvent::Submitted(p)) => {
+                self.scope.as_deref() == Some(p.group.as_deref().unwrap_or(DEFAULT_GROUP))
+            }
+            Event::Pipeline(
+                PipelineEvent::StageSkipped(PipelineStageSkipped { pipeline_id, .. })
+                | PipelineEvent::Cancelled(PipelineCancelled { pipeline_id, .. }),
+            ) => {
+                views_reach(gateway, entry.seq).await;
+                gateway
+                    .views
+                    .pipeline_in(pipeline_id, self.scope.as_deref())?
+                    .is_some()
+            }
             event => match event.job_id() {
                 Some(job) => {
                     let group = self.group_of(gateway, entry.seq, job, event).await?;

@@ -12,9 +12,8 @@
 //! Who may do what ([`auth`]): with authentication on, every route but the health checks needs
 //! an API key; a key has a role and a group, and sees only its group's jobs and events.
 //!
-//! Layout: one file per resource (`jobs`, `artifacts`, `nodes`, `events`, `keys`, `secrets`,
-//! `health`),
-//! with `auth`
+//! Layout: one file per resource (`jobs`, `pipelines`, `artifacts`, `receipt`, `nodes`,
+//! `events`, `keys`, `secrets`, `health`), with `auth`
 //! (keys, roles, Host check, rate limit), `body` (reading requests) and `error` beside them.
 //!
 //! Must not depend on: `gantry-nodes` (no Docker, NVML, S3 or NATS clients here).
@@ -28,6 +27,7 @@ mod health;
 mod jobs;
 mod keys;
 mod nodes;
+mod pipelines;
 mod receipt;
 mod secrets;
 
@@ -181,6 +181,16 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
         .service(
             resource("/v1/jobs/{id}/artifacts/{name:.+}", "GET")
                 .route(web::get().to(artifacts::download)),
+        )
+        .service(
+            resource("/v1/pipelines", "GET, POST")
+                .route(web::post().to(pipelines::submit))
+                .route(web::get().to(pipelines::list)),
+        )
+        .service(resource("/v1/pipelines/{id}", "GET").route(web::get().to(pipelines::get)))
+        .service(
+            resource("/v1/pipelines/{id}/cancel", "POST")
+                .route(web::post().to(pipelines::cancel)),
         )
         .service(resource("/v1/nodes", "GET").route(web::get().to(nodes::nodes)))
         .service(

@@ -57,6 +57,8 @@ pub struct ControlPlaneOptions {
     pub lease_ttl: Duration,
     /// Copies JetStream keeps of gantry's streams (3 on a three-server cluster).
     pub replicas: usize,
+    /// Named resource profiles submissions may use.
+    pub profiles: std::collections::BTreeMap<String, gantry_actors::spec::ResourceRequest>,
 }
 
 /// Settings of a worker node.
@@ -241,6 +243,10 @@ pub async fn control_plane(
         telemetry,
         &this.id,
         options.node_timeout,
+        Limits {
+            profiles: options.profiles.clone(),
+            ..Limits::default()
+        },
         leading_tx,
     );
     tokio::pin!(campaign);
@@ -265,6 +271,7 @@ async fn lead(
     telemetry: Telemetry,
     name: &str,
     node_timeout: Duration,
+    limits: Limits,
     leading: watch::Sender<bool>,
 ) -> Result<(), Error> {
     loop {
@@ -276,7 +283,7 @@ async fn lead(
         });
         let ControlActors { scheduler, auditor } = match start_control_plane(
             fenced,
-            Limits::default(),
+            limits.clone(),
             Source::new(name, "scheduler"),
             Duration::from_secs(60),
             Some(secrets.clone()),

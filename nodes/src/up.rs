@@ -49,6 +49,8 @@ pub struct UpOptions {
     pub edge: crate::edge::EdgeOptions,
     /// An S3 bucket for jobs' outputs (default: a folder of the data dir).
     pub s3: crate::s3::S3Options,
+    /// Named resource profiles submissions may use.
+    pub profiles: std::collections::BTreeMap<String, gantry_actors::spec::ResourceRequest>,
 }
 
 /// The artifact store `s3` names, or, without a bucket, `local` when given.
@@ -199,7 +201,10 @@ pub async fn up(
             memory_bytes: this.memory_bytes,
             labels: Default::default(),
             logs_dir: data.join("logs"),
-            limits: Limits::default(),
+            limits: Limits {
+                profiles: options.profiles.clone(),
+                ..Limits::default()
+            },
             gpu_probe_every: Duration::from_secs(30),
             checkpoint_every: Duration::from_secs(60),
             join_patience: Duration::from_secs(30),

@@ -18,6 +18,7 @@ use std::path::Path;
 use gantry_actors::job::Job;
 use gantry_events::event::{
     ArtifactEvent, FailureCause, Gpu, JobEvent, JobId, JobSpec, KeyEvent, NodeEvent, PendingReason,
+    PipelineEvent, PipelineId, RunIf, StageInput, StageOf,
 };
 use gantry_events::{Entry, Envelope, Event, EventLog, Hash};
 use std::collections::HashMap;
@@ -77,6 +78,8 @@ pub struct JobView {
     pub group: String,
     /// The API key (its id) that submitted it; absent without authentication.
     pub submitted_by: Option<String>,
+    /// The pipeline stage it runs, when a pipeline started it.
+    pub pipeline: Option<StageOf>,
 }
 
 /// One attempt of a job: where it ran, on which GPUs, when, and how it ended.
@@ -141,6 +144,7 @@ impl JobRecord {
             updated_seq: self.updated_seq,
             group,
             submitted_by: job.by,
+            pipeline: job.pipeline,
             spec: job.spec,
             attempts: self.attempts,
         }
@@ -242,6 +246,102 @@ pub struct ArtifactView {
     /// Unix ns it was recorded.
     #[serde(default)]
     pub stored_ns: u64,
+    /// When retention deleted its bytes (Unix ns) and why; the record stays.
+    #[serde(default)]
+    pub pruned_ns: Option<u64>,
+    #[serde(default)]
+    pub pruned_reason: Option<String>,
+}
+
+/// A pipeline as the views keep it; [`PipelineView`] adds its stages' jobs' states on read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PipelineRecord {
+    id: PipelineId,
+    name: String,
+    group: String,
+    submitted_by: Option<String>,
+    submitted_ns: u64,
+    updated_ns: u64,
+    updated_seq: u64,
+    cancelled: Option<PipelineCancel>,
+    stages: Vec<StageView>,
+}
+
+/// Who cancelled a pipeline, when and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineCancel {
+    pub reason: Option<String>,
+    pub by: Option<String>,
+    pub cancelled_ns: u64,
+}
+
+/// A pipeline and where each stage stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineView {
+    pub id: PipelineId,
+    pub name: String,
+    /// `running` while a stage waits or its job has not ended; then `succeeded` (every stage
+    /// succeeded), `cancelled` or `failed`.
+    pub state: String,
+    pub group: String,
+    pub submitted_by: Option<String>,
+    pub submitted_ns: u64,
+    pub updated_ns: u64,
+    pub updated_seq: u64,
+    pub cancelled: Option<PipelineCancel>,
+    /// In the order they can run.
+    pub stages: Vec<StageView>,
+}
+
+/// One stage of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageView {
+    pub name: String,
+    /// `waiting` (for its dependencies), `skipped`, or its job's state.
+    pub state: String,
+    pub job_id: Option<JobId>,
+    pub after: Vec<String>,
+    pub run_if: RunIf,
+    pub inputs: Vec<StageInput>,
+    /// Why it was skipped.
+    pub skipped: Option<String>,
+    pub spec: JobSpec,
+}
+
+impl PipelineRecord {
+    /// The view, with each started stage's state read through `state_of`.
+    fn view(self, state_of: impl Fn(&JobId) -> Option<String>) -> PipelineView {
+        let mut stages = self.stages;
+        for stage in &mut stages {
+            if let Some(id) = &stage.job_id {
+                stage.state = state_of(id).unwrap_or_else(|| "unknown".into());
+            }
+        }
+        let ended = |s: &str| {
+            ["skipped", "succeeded", "cancelled", "dead_lettered"].contains(&s)
+        };
+        let state = if !stages.iter().all(|s| ended(&s.state)) {
+            "running"
+        } else if self.cancelled.is_some() {
+            "cancelled"
+        } else if stages.iter().all(|s| s.state == "succeeded") {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        PipelineView {
+            id: self.id,
+            name: self.name,
+            state: state.to_owned(),
+            group: self.group,
+            submitted_by: self.submitted_by,
+            submitted_ns: self.submitted_ns,
+            updated_ns: self.updated_ns,
+            updated_seq: self.updated_seq,
+            cancelled: self.cancelled,
+            stages,
+        }
+    }
 }
 
 /// Where the log has one event: its sequence, hash and type.
@@ -311,6 +411,9 @@ mod kind {
     pub const COUNT: u8 = b'c';
     pub const KEY: u8 = b'k';
     pub const BY_GROUP: u8 = b'g';
+    pub const PIPELINE: u8 = b'p';
+    /// Artifacts by SHA-256: `h` + sha256 + job + name.
+    pub const BY_SHA256: u8 = b'h';
 }
 
 /// The checkpoint's key (kind `m`, metadata).
@@ -319,13 +422,34 @@ const CHECKPOINT: &[u8] = b"mcheckpoint";
 const FORMAT: &[u8] = b"mformat";
 /// The layout of the stored views; views of another layout are rebuilt. 2: jobs stored as a
 /// domain job with its attempt history.
-const VIEWS_FORMAT: u32 = 5;
+const VIEWS_FORMAT: u32 = 6;
 
 fn key_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 1);
     k.push(kind::KEY);
     k.extend_from_slice(id.as_bytes());
     k
+}
+
+fn artifact_key(job: &JobId, name: &str) -> Vec<u8> {
+    let mut key = vec![kind::ARTIFACT];
+    key.extend_from_slice(job.as_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn sha256_key(sha256: &Hash, job: &JobId, name: &str) -> Vec<u8> {
+    let mut key = vec![kind::BY_SHA256];
+    key.extend_from_slice(&sha256.0);
+    key.extend_from_slice(job.as_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn pipeline_key(id: &PipelineId) -> Vec<u8> {
+    let mut key = vec![kind::PIPELINE];
+    key.extend_from_slice(id.as_bytes());
+    key
 }
 
 fn job_key(id: &JobId) -> Vec<u8> {
@@ -371,6 +495,8 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, Error> {
 #[derive(Default)]
 struct Overlay {
     jobs: HashMap<JobId, JobRecord>,
+    pipelines: HashMap<PipelineId, PipelineRecord>,
+    artifacts: HashMap<Vec<u8>, ArtifactView>,
     nodes: HashMap<String, NodeView>,
     keys: HashMap<String, KeyView>,
     counts: HashMap<Vec<u8>, i64>,
@@ -424,16 +550,35 @@ impl Projections {
                         size_bytes: a.size_bytes,
                         content_type: a.content_type.clone(),
                         stored_ns: env.time_ns,
+                        pruned_ns: None,
+                        pruned_reason: None,
                     };
-                    let mut key = vec![kind::ARTIFACT];
-                    key.extend_from_slice(a.job_id.as_bytes());
-                    key.extend_from_slice(a.name.as_bytes());
-                    overlay.batch.insert(key, encode(&view)?);
-                    if let Some(mut record) = self.take_job(&a.job_id, &mut overlay)? {
-                        record.history.push(EventRef::of(&env));
-                        overlay.jobs.insert(a.job_id, record);
+                    let key = artifact_key(&a.job_id, &a.name);
+                    // An earlier attempt's output of the same name is replaced: its SHA-256
+                    // no longer names this job's artifact.
+                    if let Some(old) = self.take_artifact(&key, &mut overlay)? {
+                        overlay
+                            .batch
+                            .remove(sha256_key(&old.sha256, &old.job_id, &old.name));
                     }
+                    overlay
+                        .batch
+                        .insert(sha256_key(&a.sha256, &a.job_id, &a.name), &[]);
+                    overlay.artifacts.insert(key, view);
+                    self.note_job_event(&env, a.job_id, &mut overlay)?;
                 }
+                Event::Artifact(ArtifactEvent::Pruned(p)) => {
+                    let key = artifact_key(&p.job_id, &p.name);
+                    if let Some(mut view) = self.take_artifact(&key, &mut overlay)? {
+                        if view.sha256 == p.sha256 && view.pruned_ns.is_none() {
+                            view.pruned_ns = Some(env.time_ns);
+                            view.pruned_reason = Some(p.reason.clone());
+                        }
+                        overlay.artifacts.insert(key, view);
+                    }
+                    self.note_job_event(&env, p.job_id, &mut overlay)?;
+                }
+                Event::Pipeline(e) => self.apply_pipeline(&env, e, &mut overlay)?,
                 Event::Key(e) => self.apply_key(&env, e, &mut overlay)?,
                 Event::Audit(_) | Event::Secret(_) => {}
             }
@@ -444,11 +589,19 @@ impl Projections {
         }
         let Overlay {
             jobs,
+            pipelines,
+            artifacts,
             nodes,
             keys,
             counts,
             mut batch,
         } = overlay;
+        for (id, record) in &pipelines {
+            batch.insert(pipeline_key(id), encode(record)?);
+        }
+        for (key, view) in &artifacts {
+            batch.insert(key.as_slice(), encode(view)?);
+        }
         for (id, view) in &keys {
             batch.insert(key_key(id), encode(view)?);
         }
@@ -509,6 +662,109 @@ impl Projections {
             }
         };
         overlay.keys.insert(view.key_id.clone(), view);
+        Ok(())
+    }
+
+    /// Adds an event about a job (an output stored or pruned) to the job's history.
+    fn note_job_event(
+        &self,
+        env: &Envelope,
+        id: JobId,
+        overlay: &mut Overlay,
+    ) -> Result<(), Error> {
+        if let Some(mut record) = self.take_job(&id, overlay)? {
+            record.history.push(EventRef::of(env));
+            overlay.jobs.insert(id, record);
+        }
+        Ok(())
+    }
+
+    fn take_artifact(
+        &self,
+        key: &[u8],
+        overlay: &mut Overlay,
+    ) -> Result<Option<ArtifactView>, Error> {
+        match overlay.artifacts.remove(key) {
+            Some(view) => Ok(Some(view)),
+            None => self.tree.get(key)?.map(|v| decode(&v)).transpose(),
+        }
+    }
+
+    fn take_pipeline(
+        &self,
+        id: &PipelineId,
+        overlay: &mut Overlay,
+    ) -> Result<Option<PipelineRecord>, Error> {
+        match overlay.pipelines.remove(id) {
+            Some(record) => Ok(Some(record)),
+            None => self
+                .tree
+                .get(pipeline_key(id))?
+                .map(|v| decode(&v))
+                .transpose(),
+        }
+    }
+
+    fn apply_pipeline(
+        &self,
+        env: &Envelope,
+        event: &PipelineEvent,
+        overlay: &mut Overlay,
+    ) -> Result<(), Error> {
+        let record = match event {
+            PipelineEvent::Submitted(p) => PipelineRecord {
+                id: p.pipeline_id,
+                name: p.name.clone(),
+                group: p
+                    .group
+                    .clone()
+                    .unwrap_or_else(|| gantry_actors::world::DEFAULT_GROUP.to_owned()),
+                submitted_by: p.by.clone(),
+                submitted_ns: env.time_ns,
+                updated_ns: env.time_ns,
+                updated_seq: env.seq,
+                cancelled: None,
+                stages: p
+                    .stages
+                    .iter()
+                    .map(|stage| StageView {
+                        name: stage.name.clone(),
+                        state: "waiting".into(),
+                        job_id: None,
+                        after: stage.after.clone(),
+                        run_if: stage.run_if,
+                        inputs: stage.inputs.clone(),
+                        skipped: None,
+                        spec: (*stage.spec).clone(),
+                    })
+                    .collect(),
+            },
+            PipelineEvent::StageSkipped(s) => {
+                let Some(mut record) = self.take_pipeline(&s.pipeline_id, overlay)? else {
+                    return Ok(());
+                };
+                if let Some(stage) = record.stages.iter_mut().find(|st| st.name == s.stage) {
+                    stage.state = "skipped".into();
+                    stage.skipped = Some(s.reason.clone());
+                }
+                record
+            }
+            PipelineEvent::Cancelled(c) => {
+                let Some(mut record) = self.take_pipeline(&c.pipeline_id, overlay)? else {
+                    return Ok(());
+                };
+                record.cancelled.get_or_insert(PipelineCancel {
+                    reason: c.reason.clone(),
+                    by: c.by.clone(),
+                    cancelled_ns: env.time_ns,
+                });
+                record
+            }
+        };
+        let mut record = record;
+        record.updated_ns = env.time_ns;
+        record.updated_seq = env.seq;
+        overlay.pipelines.insert(record.id, record);
         Ok(())
     }
 
@@ -578,6 +834,18 @@ impl Projections {
                 overlay
                     .batch
                     .insert(index_key(kind::BY_GROUP, job.group(), &job.id), &[]);
+                if let Some(of) = &s.pipeline
+                    && let Some(mut pipeline) = self.take_pipeline(&of.pipeline_id, overlay)?
+                {
+                    if let Some(stage) = pipeline.stages.iter_mut().find(|st| st.name == of.stage)
+                    {
+                        stage.job_id = Some(job.id);
+                        stage.state = job.state.as_str().to_owned();
+                    }
+                    pipeline.updated_ns = env.time_ns;
+                    pipeline.updated_seq = env.seq;
+                    overlay.pipelines.insert(pipeline.id, pipeline);
+                }
                 let record = JobRecord {
                     job,
                     attempts: Vec::new(),
@@ -819,6 +1087,90 @@ impl Projections {
         Ok(self.record(id)?.map(|r| r.history).unwrap_or_default())
     }
 
+    /// A pipeline as a key of `group` may see it (`None` group: every group), with its
+    /// stages' jobs' states as the views have them now.
+    pub fn pipeline_in(
+        &self,
+        id: &PipelineId,
+        group: Option<&str>,
+    ) -> Result<Option<PipelineView>, Error> {
+        let Some(raw) = self.tree.get(pipeline_key(id))? else {
+            return Ok(None);
+        };
+        let record: PipelineRecord = decode(&raw)?;
+        if group.is_some_and(|g| record.group != g) {
+            return Ok(None);
+        }
+        let mut states = HashMap::new();
+        for stage in &record.stages {
+            if let Some(job) = &stage.job_id
+                && let Some(view) = self.record(job)?
+            {
+                states.insert(*job, view.job.state.as_str().to_owned());
+            }
+        }
+        Ok(Some(record.view(|job| states.get(job).cloned())))
+    }
+
+    /// Pipelines in submission order after `after` (a cursor), of `group` (`None`: every
+    /// group).
+    pub fn pipelines(
+        &self,
+        group: Option<&str>,
+        after: Option<PipelineId>,
+        limit: usize,
+    ) -> Result<Vec<PipelineView>, Error> {
+        let mut start = vec![kind::PIPELINE];
+        if let Some(id) = after {
+            start.extend_from_slice(id.as_bytes());
+            start.push(0);
+        }
+        let mut out = Vec::new();
+        for item in self.tree.range(start..) {
+            let (k, _) = item?;
+            if k.first() != Some(&kind::PIPELINE) {
+                break;
+            }
+            let id = PipelineId::from_slice(&k[1..]).map_err(|e| Error::Corrupt(e.to_string()))?;
+            if let Some(view) = self.pipeline_in(&id, group)? {
+                out.push(view);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every artifact whose bytes have this SHA-256 (content-addressed stores keep one copy
+    /// for all of them), pruned ones included.
+    pub fn artifacts_with(&self, sha256: &Hash) -> Result<Vec<ArtifactView>, Error> {
+        let mut prefix = vec![kind::BY_SHA256];
+        prefix.extend_from_slice(&sha256.0);
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            let rest = &k[prefix.len()..];
+            if rest.len() < 16 {
+                continue;
+            }
+            let job = JobId::from_slice(&rest[..16]).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let name = String::from_utf8_lossy(&rest[16..]);
+            if let Some(view) = self.artifact(&job, &name)? {
+                out.push(view);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored artifact, in job order (for retention's sweep).
+    pub fn all_artifacts(&self) -> impl Iterator<Item = Result<ArtifactView, Error>> + '_ {
+        self.tree
+            .scan_prefix([kind::ARTIFACT])
+            .values()
+            .map(|v| decode(&v?))
+    }
+
     /// A job's artifacts by name (of the latest attempt that stored each name).
     pub fn artifacts(&self, job: &JobId) -> Result<Vec<ArtifactView>, Error> {
         let mut prefix = vec![kind::ARTIFACT];
@@ -832,10 +1184,10 @@ impl Projections {
 
     /// One artifact of a job.
     pub fn artifact(&self, job: &JobId, name: &str) -> Result<Option<ArtifactView>, Error> {
-        let mut key = vec![kind::ARTIFACT];
-        key.extend_from_slice(job.as_bytes());
-        key.extend_from_slice(name.as_bytes());
-        self.tree.get(key)?.map(|v| decode(&v)).transpose()
+        self.tree
+            .get(artifact_key(job, name))?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     /// An API key by id.
@@ -1003,6 +1355,7 @@ mod tests {
                     by: Some(format!("key{}", i % 2)),
                     // Every fourth job in group `vision`, the others in the default group.
                     group: (i % 4 == 0).then(|| "vision".into()),
+                    pipeline: None,
                 }
                 .into(),
             );

@@ -272,6 +272,7 @@ fn bench_rebuild() {
                     spec: Box::new(spec),
                     by: None,
                     group: None,
+                    pipeline: None,
                 },
             ));
             batch.push(NewEvent::new(

@@ -77,6 +77,7 @@ impl Gantry {
             max_body_bytes,
             edge,
             s3: Default::default(),
+            profiles: test_profiles(),
         };
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
@@ -288,4 +289,16 @@ pub fn file_containing(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// The resource profiles every test gantry is started with: `small` (half a CPU, 64 MiB).
+pub fn test_profiles() -> std::collections::BTreeMap<String, gantry_actors::spec::ResourceRequest> {
+    std::collections::BTreeMap::from([(
+        "small".to_owned(),
+        gantry_actors::spec::ResourceRequest {
+            cpus: Some(0.5),
+            memory_bytes: Some(64 << 20),
+            gpus: None,
+        },
+    )])
 }

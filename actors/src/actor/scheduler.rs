@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use gantry_events::event::{ArtifactStored, FailureCause, JobId};
+use gantry_events::event::{ArtifactStored, FailureCause, JobId, PipelineId, PipelineStage};
 use gantry_events::{Appended, Entry, Event, EventLog, NewEvent, Source, record::now_ns};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState};
+use crate::pipeline::PipelineRequest;
 use crate::placement::{Node, NodeStatus};
 use crate::secrets::{SecretStore, SecretValues};
 use crate::spec::{Limits, Resolved, SubmitRequest};
@@ -192,6 +193,12 @@ impl Scheduler {
     }
 
     fn place(&mut self, ctx: &mut Context<Self>) {
+        // Pipeline stages whose dependencies ended start (or are skipped) first; the jobs
+        // they submit are placed by the next round.
+        let stages = self.world.decide_pipelines();
+        if !stages.is_empty() {
+            self.append_decided(stages, ctx, |act| act.stats.commands += 1);
+        }
         let events = self.world.decide_placements(now_ms(), ROUND_MAX);
         let count = events.len() as u64;
         self.append_decided(events, ctx, move |act| act.stats.placements += count);
@@ -666,6 +673,87 @@ impl Handler<ChangeAccess> for Scheduler {
             Ok(events) if events.is_empty() => self.commit(events, |_| 0),
             Ok(events) => self.commit(events, |act| act.world.seq()),
             Err(refusal) => self.refuse(refusal),
+        }
+    }
+}
+
+/// A pipeline command: submit (or only check, `dry_run`) or cancel. Serialisable: the same
+/// command crosses machines in a fleet.
+#[derive(Debug, Clone, PartialEq, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<PipelineReply, CommandError>")]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PipelineCommand {
+    Submit {
+        request: Box<PipelineRequest>,
+        #[serde(default)]
+        by: Option<Principal>,
+        /// What the gateway resolved for each stage's job, in the request's order.
+        resolved: Vec<Resolved>,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    Cancel {
+        pipeline_id: PipelineId,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        by: Option<String>,
+    },
+}
+
+/// The answer to a pipeline command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineReply {
+    pub pipeline_id: PipelineId,
+    /// The sequence to wait for (0: nothing appended, a dry run or a repeated cancel).
+    pub seq: u64,
+    /// Submit: the checked stages, in the order they can run. Cancel: empty.
+    #[serde(default)]
+    pub stages: Vec<PipelineStage>,
+}
+
+impl Handler<PipelineCommand> for Scheduler {
+    type Result = AtomicResponse<Self, Result<PipelineReply, CommandError>>;
+
+    fn handle(&mut self, msg: PipelineCommand, _: &mut Context<Self>) -> Self::Result {
+        match msg {
+            PipelineCommand::Submit {
+                request,
+                by,
+                resolved,
+                dry_run,
+            } => match self
+                .world
+                .decide_pipeline(&request, by.as_ref(), &resolved, dry_run)
+            {
+                Ok((pipeline_id, stages, events)) => {
+                    let appends = !events.is_empty();
+                    self.commit(events, move |act| PipelineReply {
+                        pipeline_id,
+                        seq: if appends { act.world.seq() } else { 0 },
+                        stages,
+                    })
+                }
+                Err(refusal) => self.refuse(refusal),
+            },
+            PipelineCommand::Cancel {
+                pipeline_id,
+                reason,
+                by,
+            } => match self
+                .world
+                .decide_cancel_pipeline(pipeline_id, reason, by)
+            {
+                Ok(events) => {
+                    let appends = !events.is_empty();
+                    self.commit(events, move |act| PipelineReply {
+                        pipeline_id,
+                        seq: if appends { act.world.seq() } else { 0 },
+                        stages: Vec::new(),
+                    })
+                }
+                Err(refusal) => self.refuse(refusal),
+            },
         }
     }
 }

@@ -41,6 +41,7 @@ pub async fn demo(
         max_body_bytes: 1 << 20,
         edge: crate::edge::EdgeOptions::default(),
         s3: Default::default(),
+        profiles: Default::default(),
     };
     let system = actix_rt::spawn(async move {
         up(options, Some(started_tx), async {

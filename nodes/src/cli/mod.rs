@@ -18,6 +18,7 @@ mod logs;
 mod node;
 mod nodes;
 mod output;
+mod pipeline;
 mod projections;
 mod receipt;
 mod secrets;
@@ -131,6 +132,10 @@ pub enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Submit, show and cancel pipelines: stages of jobs that run in dependency order and
+    /// pass outputs to inputs.
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCommand),
     /// Cancel a job.
     Cancel {
         #[command(flatten)]
@@ -222,6 +227,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Err
             follow,
         } => events::events(&server, after, follow, out).await,
         Command::Keys(command) => keys::keys(command, out).await,
+        Command::Pipeline(command) => pipeline::pipeline(command, out).await,
         Command::Secrets(command) => secrets::secrets(command, out).await,
         Command::Projections(ProjectionsCommand::Rebuild { data }) => {
             projections::rebuild(data, out).await

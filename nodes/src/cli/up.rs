@@ -1,9 +1,11 @@
 //! `gantry up`: the whole system embedded, or a fleet control plane with `--nats`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use gantry_actors::spec::ResourceRequest;
 
 use super::error::Error;
 use crate::up::{ExecutorChoice, UpOptions};
@@ -45,6 +47,29 @@ pub struct UpArgs {
     /// three-server cluster).
     #[arg(long, env = "GANTRY_NATS_REPLICAS", default_value_t = 1)]
     pub nats_replicas: usize,
+    /// Named resource profiles jobs and pipeline stages may ask for (`"profile": "h100"`): a
+    /// JSON file mapping each name to resources, e.g.
+    /// `{"h100": {"cpus": 8, "memory_bytes": 68719476736, "gpus": {"count": 1, "model": "H100"}}}`.
+    #[arg(long, env = "GANTRY_PROFILES")]
+    pub profiles: Option<PathBuf>,
+}
+
+/// Reads `--profiles`: a JSON map of profile names to resources.
+pub(crate) fn read_profiles(
+    path: Option<&std::path::Path>,
+) -> Result<BTreeMap<String, ResourceRequest>, Error> {
+    let Some(path) = path else {
+        return Ok(BTreeMap::new());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Usage(format!("--profiles {}: {e}", path.display())))?;
+    let profiles: BTreeMap<String, ResourceRequest> = serde_json::from_str(&text)
+        .map_err(|e| Error::Usage(format!("--profiles {}: {e}", path.display())))?;
+    for name in profiles.keys() {
+        gantry_actors::spec::check_name("profile", name, 64)
+            .map_err(|e| Error::Usage(format!("--profiles {}: {name:?}: {e}", path.display())))?;
+    }
+    Ok(profiles)
 }
 
 pub(crate) fn fake_gpus(
@@ -69,6 +94,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
             node_timeout: args.node_timeout,
             lease_ttl: args.lease_ttl,
             replicas: args.nats_replicas,
+            profiles: read_profiles(args.profiles.as_deref())?,
         };
         crate::fleet::control_plane(options, None, crate::up::shutdown_signal())
             .await
@@ -84,6 +110,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
         max_body_bytes: args.max_body_bytes,
         edge: args.edge,
         s3: args.s3,
+        profiles: read_profiles(args.profiles.as_deref())?,
     };
     crate::up::up(options, None, crate::up::shutdown_signal())
         .await

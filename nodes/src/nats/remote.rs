@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use gantry_actors::actor::scheduler::{AttemptReport, CommandError, NodeChange, SubmitReply};
+use gantry_actors::actor::scheduler::{
+    AttemptReport, CommandError, NodeChange, PipelineCommand, PipelineReply, SubmitReply,
+};
 use gantry_actors::control::{CancelReply, Control};
 use gantry_actors::job::Job;
 use gantry_actors::placement::Node;
@@ -153,6 +155,17 @@ impl Control for Remote {
     fn change_access(&self, change: AccessChange) -> BoxFuture<'_, Result<u64, CommandError>> {
         async move {
             self.ask(wire::COMMANDS.into(), &Command::ChangeAccess { change })
+                .await
+        }
+        .boxed()
+    }
+
+    fn pipeline(
+        &self,
+        command: PipelineCommand,
+    ) -> BoxFuture<'_, Result<PipelineReply, CommandError>> {
+        async move {
+            self.ask(wire::COMMANDS.into(), &Command::Pipeline { command })
                 .await
         }
         .boxed()

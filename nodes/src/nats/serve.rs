@@ -132,6 +132,9 @@ async fn command(client: async_nats::Client, local: Local, message: async_nats::
             )
             .await
         }
+        Command::Pipeline { command } => {
+            reply(&client, to, answered(local.pipeline(command).await)).await
+        }
         Command::ChangeAccess { change } => {
             reply(&client, to, answered(local.change_access(change).await)).await
         }
