@@ -49,6 +49,10 @@ pub trait ArtifactStore: Send + Sync + std::fmt::Debug + 'static {
         start: u64,
         end: u64,
     ) -> BoxFuture<'a, Result<BoxStream<'static, Result<Bytes, ArtifactError>>, ArtifactError>>;
+
+    /// Deletes the bytes at `location` (retention); deleting what is not there is not an
+    /// error.
+    fn delete<'a>(&'a self, location: &'a str) -> BoxFuture<'a, Result<(), ArtifactError>>;
 }
 
 /// Bounds on what one attempt may leave.

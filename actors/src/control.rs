@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::actor::scheduler::{
     AttemptReport, Cancel, ChangeAccess, CommandError, GetJob, LiveOn, NodeChange,
-    PipelineCommand, PipelineReply, Record, ResolveSecrets, Scheduler, Stats, Submit, SubmitReply,
+    PipelineCommand, PipelineReply, Prune, Record, ResolveSecrets, Scheduler, Stats, Submit,
+    SubmitReply,
 };
 use crate::job::{Job, JobState};
 use crate::placement::Node;
@@ -65,6 +66,9 @@ pub trait Control: Send + Sync + 'static {
 
     /// An admin's change to the API keys; answers the sequence to wait for (0: nothing new).
     fn change_access(&self, change: AccessChange) -> BoxFuture<'_, Result<u64, CommandError>>;
+
+    /// Records outputs whose bytes retention deletes; answers the sequence to wait for.
+    fn prune(&self, pruned: Prune) -> BoxFuture<'_, Result<u64, CommandError>>;
 
     /// Submits (or checks) or cancels a pipeline.
     fn pipeline(
@@ -248,6 +252,11 @@ impl Control for Local {
         command: PipelineCommand,
     ) -> BoxFuture<'_, Result<PipelineReply, CommandError>> {
         let sent = self.0.send(command);
+        async move { sent.await.map_err(mailbox)? }.boxed()
+    }
+
+    fn prune(&self, pruned: Prune) -> BoxFuture<'_, Result<u64, CommandError>> {
+        let sent = self.0.send(pruned);
         async move { sent.await.map_err(mailbox)? }.boxed()
     }
 

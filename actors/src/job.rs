@@ -570,6 +570,7 @@ mod tests {
             idempotency_key: None,
             secrets: Default::default(),
             inputs: Vec::new(),
+            artifact_ttl_secs: None,
         }
     }
 

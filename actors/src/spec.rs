@@ -46,6 +46,10 @@ pub struct SubmitRequest {
     pub profile: Option<String>,
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// How long the job's outputs are kept after it ends, in seconds (default: the queue's
+    /// retention of the server, else kept).
+    #[serde(default)]
+    pub artifact_ttl_secs: Option<u64>,
     #[serde(default)]
     pub retry: Option<RetryRequest>,
     #[serde(default)]
@@ -216,6 +220,8 @@ impl Limits {
 }
 
 const MAX_ARGS: usize = 256;
+/// Longest artifact retention a job may ask for: ten years.
+pub const MAX_ARTIFACT_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
 const MAX_ARG_BYTES: usize = 8192;
 const MAX_ENV: usize = 256;
 const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
@@ -309,6 +315,15 @@ pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid
         ));
     }
 
+    if let Some(t) = req.artifact_ttl_secs
+        && (t == 0 || t > MAX_ARTIFACT_TTL_SECS)
+    {
+        return Err(invalid(
+            "out_of_range",
+            "artifact_ttl_secs",
+            format!("between 1 and {MAX_ARTIFACT_TTL_SECS} (ten years)"),
+        ));
+    }
     if let Some(t) = req.timeout_secs
         && (t == 0 || t > limits.max_timeout_secs)
     {
@@ -410,6 +425,7 @@ pub fn validate(req: &SubmitRequest, limits: &Limits) -> Result<JobSpec, Invalid
             .collect(),
         secrets: BTreeMap::new(),
         inputs: Vec::new(),
+        artifact_ttl_secs: req.artifact_ttl_secs,
         working_dir: req.working_dir.clone(),
         resources: Resources {
             cpu_millis,

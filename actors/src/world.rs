@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use gantry_events::event::{
-    ArtifactEvent, ArtifactStored, FailureCause, JobEvent, JobId, JobSubmitted, JobWaiting,
+    ArtifactEvent, ArtifactPruned, ArtifactStored, FailureCause, JobEvent, JobId, JobSubmitted, JobWaiting,
     KeyCreated, KeyEvent, KeyRevoked, NodeEvent, PendingReason, PipelineEvent, PipelineId,
     PipelineStage, PipelineSubmitted, SecretDeleted, SecretSet,
 };
@@ -115,6 +115,8 @@ pub struct World {
     keys: HashMap<String, bool>,
     /// Artifacts recorded, by (job, attempt, name): a repeated report records nothing new.
     stored: HashSet<(JobId, u32, String)>,
+    /// Artifacts whose bytes retention deleted: pruned once.
+    pruned: HashSet<(JobId, u32, String)>,
     cluster: Cluster,
     queues: Queues,
     /// Pipelines with stages still to start or running.
@@ -197,8 +199,28 @@ impl World {
             Event::Pipeline(PipelineEvent::Cancelled(c)) => {
                 self.pipelines.apply_cancelled(c, &self.jobs)
             }
-            Event::Artifact(ArtifactEvent::Pruned(_)) | Event::Audit(_) | Event::Secret(_) => {}
+            Event::Artifact(ArtifactEvent::Pruned(p)) => {
+                self.pruned.insert((p.job_id, p.attempt, p.name.clone()));
+            }
+            Event::Audit(_) | Event::Secret(_) => {}
         }
+    }
+
+    /// Retention deleted stored outputs of ended jobs: each recorded once, and only for an
+    /// output the log has stored of a job that has ended.
+    pub fn decide_pruned(&self, pruned: Vec<ArtifactPruned>) -> Vec<Event> {
+        let mut seen = HashSet::new();
+        pruned
+            .into_iter()
+            .filter(|p| {
+                let key = (p.job_id, p.attempt, p.name.clone());
+                self.stored.contains(&key)
+                    && !self.pruned.contains(&key)
+                    && self.jobs.get(&p.job_id).is_some_and(|j| j.state.is_terminal())
+                    && seen.insert(key)
+            })
+            .map(Event::from)
+            .collect()
     }
 
     /// An output of a live attempt was stored: recorded once per (job, attempt, name).

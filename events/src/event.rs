@@ -179,6 +179,10 @@ pub struct JobSpec {
     /// it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<InputRef>,
+    /// How long the job's stored outputs are kept after it ends, in seconds (absent: its
+    /// queue's retention, else kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_ttl_secs: Option<u64>,
 }
 
 /// An earlier job's artifact a job reads, as resolved when it was submitted.

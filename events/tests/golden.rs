@@ -68,6 +68,7 @@ fn samples() -> Vec<Event> {
         idempotency_key: Some("train-2026-11-22".into()),
         secrets: BTreeMap::new(),
         inputs: Vec::new(),
+        artifact_ttl_secs: None,
     };
     let pipeline = Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0002);
     let stage_spec = JobSpec {
@@ -87,6 +88,7 @@ fn samples() -> Vec<Event> {
         idempotency_key: None,
         secrets: BTreeMap::new(),
         inputs: Vec::new(),
+        artifact_ttl_secs: None,
     };
     vec![
         // `by` and `group` (and the other `by` fields below) came later as optional fields
@@ -329,6 +331,7 @@ fn optional_fields_round_trip() {
                 size_bytes: 5,
                 location: format!("sha256/{}", Hash::of(b"model").to_hex()),
             }],
+            artifact_ttl_secs: Some(7 * 24 * 3600),
         }),
         by: Some("5f1e7c2a00000001".into()),
         group: Some("vision".into()),

@@ -1,14 +1,17 @@
 //! `/v1/jobs/{id}/artifacts`: a job's stored outputs, listed and downloaded (streamed, with
 //! `Range` and an `ETag` that is the SHA-256), scoped to the caller's group like the job.
+//! `?inline=true` puts small artifacts' bytes in the listing.
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
 
+use gantry_actors::artifacts::ArtifactStore;
 use gantry_actors::spec::{SubmitRequest, check_inputs};
 use gantry_events::event::InputRef;
+use serde::Deserialize;
 
-use crate::Gateway;
+use crate::{Gateway, query};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::jobs::readable_job;
@@ -47,6 +50,17 @@ pub(crate) fn resolve_inputs(
                         format!("job {} has no artifact {:?}", input.from, input.artifact),
                     )
                 })?;
+            if artifact.pruned_ns.is_some() {
+                return Err(ApiError::new(
+                    400,
+                    "input_pruned",
+                    format!(
+                        "retention deleted the bytes of {:?} of job {}",
+                        input.artifact, input.from
+                    ),
+                    Some(format!("inputs[{i}].artifact")),
+                ));
+            }
             Ok(InputRef {
                 from: input.from,
                 artifact: input.artifact.clone(),
@@ -65,22 +79,76 @@ pub(crate) async fn list(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, _) = readable_job(&gateway, &req, &id)?;
-    let artifacts: Vec<serde_json::Value> = gateway
-        .views
-        .artifacts(&id)?
-        .into_iter()
-        .map(|a| {
-            serde_json::json!({
+    let q: ListQuery = query(&req)?;
+    let mut budget = INLINE_TOTAL_BYTES;
+    let mut artifacts = Vec::new();
+    for a in gateway.views.artifacts(&id)? {
+        let content = match &gateway.artifacts {
+            Some(store)
+                if q.inline
+                    && a.pruned_ns.is_none()
+                    && a.size_bytes <= INLINE_MAX_BYTES
+                    && a.size_bytes <= budget =>
+            {
+                budget -= a.size_bytes;
+                Some(inline(store.as_ref(), &a.location, a.size_bytes).await?)
+            }
+            _ => None,
+        };
+        let mut value = serde_json::json!({
                 "name": a.name,
                 "attempt": a.attempt,
                 "size_bytes": a.size_bytes,
                 "sha256": a.sha256,
                 "content_type": a.content_type,
                 "stored_ns": a.stored_ns,
-            })
-        })
-        .collect();
+                "pruned_ns": a.pruned_ns,
+                "pruned_reason": a.pruned_reason,
+        });
+        if let Some((encoding, text)) = content {
+            value["content_encoding"] = encoding.into();
+            value["content"] = text.into();
+        }
+        artifacts.push(value);
+    }
     Ok(HttpResponse::Ok().json(serde_json::json!({ "artifacts": artifacts })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Put small artifacts' bytes in the answer.
+    #[serde(default)]
+    inline: bool,
+}
+
+/// Largest artifact `?inline=true` puts in a listing.
+const INLINE_MAX_BYTES: u64 = 256 << 10;
+/// Most bytes one listing inlines in all (the others are listed without their content).
+const INLINE_TOTAL_BYTES: u64 = 4 << 20;
+
+/// An artifact's bytes for a listing: `utf-8` text when they are, else `base64`.
+async fn inline(
+    store: &dyn ArtifactStore,
+    location: &str,
+    size: u64,
+) -> Result<(&'static str, String), ApiError> {
+    use base64::Engine;
+    let mut stream = store
+        .read(location, 0, size)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk.map_err(ApiError::unavailable)?);
+    }
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => ("utf-8", text),
+        Err(e) => (
+            "base64",
+            base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+        ),
+    })
 }
 
 /// A `Range: bytes=…` header against a body of `size` bytes: `None` for the whole body,
@@ -131,6 +199,17 @@ pub(crate) async fn download(
         return Err(missing());
     }
     let artifact = gateway.views.artifact(&id, &name)?.ok_or_else(missing)?;
+    if artifact.pruned_ns.is_some() {
+        return Err(ApiError::new(
+            410,
+            "artifact_pruned",
+            format!(
+                "retention deleted the bytes of {name:?} ({}); the log keeps its SHA-256",
+                artifact.pruned_reason.as_deref().unwrap_or("ttl")
+            ),
+            None,
+        ));
+    }
     let store = gateway
         .artifacts
         .as_ref()

@@ -40,6 +40,9 @@ fn fact(event: &Event) -> Value {
             "attempt": a.attempt, "output": a.name, "sha256": a.sha256,
             "size_bytes": a.size_bytes,
         }),
+        Event::Artifact(ArtifactEvent::Pruned(p)) => json!({
+            "attempt": p.attempt, "output": p.name, "sha256": p.sha256, "reason": p.reason,
+        }),
         _ => json!({}),
     }
 }

@@ -147,6 +147,18 @@ impl ArtifactStore for LocalArtifactStore {
         }
         .boxed()
     }
+
+    fn delete<'a>(&'a self, location: &'a str) -> BoxFuture<'a, Result<(), ArtifactError>> {
+        async move {
+            let path = self.path_of(location)?;
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(unavailable(e)),
+            }
+        }
+        .boxed()
+    }
 }
 
 #[cfg(test)]

@@ -59,6 +59,8 @@ pub struct ControlPlaneOptions {
     pub replicas: usize,
     /// Named resource profiles submissions may use.
     pub profiles: std::collections::BTreeMap<String, gantry_actors::spec::ResourceRequest>,
+    /// How long outputs of ended jobs are kept.
+    pub retention: crate::retention::RetentionOptions,
 }
 
 /// Settings of a worker node.
@@ -205,8 +207,21 @@ pub async fn control_plane(
     )
     .await
     .map_err(setup)?;
+    let control: Arc<dyn Control> = Arc::new(Remote::gateway(client.clone()));
+    let artifacts = crate::up::artifact_store(&options.s3, None).await?;
+    if let Some(store) = &artifacts {
+        // Retention runs on the leading control plane only.
+        actix_rt::spawn(crate::retention::run(
+            views.clone(),
+            views_seq.clone(),
+            control.clone(),
+            store.clone(),
+            options.retention.clone(),
+            Some(leading.clone()),
+        ));
+    }
     let gateway = Gateway {
-        control: Arc::new(Remote::gateway(client.clone())),
+        control,
         supervisor: None,
         views,
         log: log.clone(),
@@ -221,7 +236,7 @@ pub async fn control_plane(
         bootstrap_file: edge.bootstrap_file,
         secrets: secrets.clone(),
         // Nodes' outputs are readable here only through the fleet's bucket.
-        artifacts: crate::up::artifact_store(&options.s3, None).await?,
+        artifacts,
     };
     let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();

@@ -20,6 +20,7 @@ pub mod gpu;
 pub mod jetstream;
 pub mod nats;
 pub mod node;
+pub mod retention;
 pub mod s3;
 pub mod secrets;
 pub mod up;

@@ -365,4 +365,20 @@ impl ArtifactStore for S3ArtifactStore {
         }
         .boxed()
     }
+
+    fn delete<'a>(&'a self, location: &'a str) -> BoxFuture<'a, Result<(), ArtifactError>> {
+        async move {
+            let key = self.key(location)?;
+            // S3 answers a delete of a missing key with success.
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(sdk)?;
+            Ok(())
+        }
+        .boxed()
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer};
 use gantry_actors::actor::supervisor::{Drain, NodeOptions, Supervisor};
-use gantry_actors::control::Local;
+use gantry_actors::control::{Control, Local};
 use gantry_actors::executor::{Executor, GpuInventory};
 use gantry_actors::spec::Limits;
 use gantry_events::event::Gpu;
@@ -51,6 +51,8 @@ pub struct UpOptions {
     pub s3: crate::s3::S3Options,
     /// Named resource profiles submissions may use.
     pub profiles: std::collections::BTreeMap<String, gantry_actors::spec::ResourceRequest>,
+    /// How long outputs of ended jobs are kept.
+    pub retention: crate::retention::RetentionOptions,
 }
 
 /// The artifact store `s3` names, or, without a bucket, `local` when given.
@@ -224,8 +226,19 @@ pub async fn up(
         &views_seq,
     )
     .await?;
+    let control: Arc<dyn Control> = Arc::new(Local(actors.scheduler.clone()));
+    if let Some(store) = &artifacts {
+        actix_rt::spawn(crate::retention::run(
+            views.clone(),
+            views_seq.clone(),
+            control.clone(),
+            store.clone(),
+            options.retention.clone(),
+            None,
+        ));
+    }
     let gateway = Gateway {
-        control: Arc::new(Local(actors.scheduler.clone())),
+        control,
         supervisor: Some(actors.supervisor.clone()),
         views,
         log: log.clone(),

@@ -78,6 +78,11 @@ impl Gantry {
             edge,
             s3: Default::default(),
             profiles: test_profiles(),
+            // Jobs that ask for a short `artifact_ttl_secs` see it applied within a second.
+            retention: gantry_nodes::retention::RetentionOptions {
+                artifact_ttl: Vec::new(),
+                retention_every: Duration::from_secs(1),
+            },
         };
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {

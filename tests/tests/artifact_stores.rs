@@ -69,6 +69,21 @@ async fn conformance(store: &dyn ArtifactStore, dir: &Path) {
         store.read(&missing, 0, 1).await.err(),
         Some(ArtifactError::NotFound(_))
     ));
+    // Deleted (retention): gone, and deleting again or deleting what never was is fine.
+    let path = dir.join("to-delete");
+    std::fs::write(&path, b"short-lived").expect("write");
+    let stored = store.put_file(&path).await.expect("put");
+    store.delete(&stored.location).await.expect("delete");
+    assert!(matches!(
+        store.read(&stored.location, 0, 1).await.err(),
+        Some(ArtifactError::NotFound(_))
+    ));
+    store.delete(&stored.location).await.expect("delete twice");
+    store.delete(&missing).await.expect("delete the missing");
+    assert!(
+        store.delete("../../etc/passwd").await.is_err(),
+        "only locations the store made"
+    );
     for bad in ["../../etc/passwd", "sha256/../x", "sha256/00"] {
         assert!(
             matches!(

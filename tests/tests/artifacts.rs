@@ -448,3 +448,117 @@ fn a_receipt_cites_each_fact_and_verify_names_a_changed_output() {
     let text = verify(false);
     assert!(text.contains("output copy.bin changed"), "{text}");
 }
+
+#[test]
+fn retention_prunes_ended_jobs_outputs_keeping_bytes_another_output_shares() {
+    let gantry = Gantry::start(ExecutorChoice::Process);
+    // Both jobs store the same `shared.txt`; only the first asks to be pruned after 1 s.
+    let mut short = job(
+        "short-lived",
+        "echo shared > \"$GANTRY_OUTPUT_DIR/shared.txt\"; \
+         printf '\\377\\376own' > \"$GANTRY_OUTPUT_DIR/own.bin\"",
+    );
+    short["artifact_ttl_secs"] = json!(1);
+    let keeper = job("keeper", "echo shared > \"$GANTRY_OUTPUT_DIR/shared.txt\"");
+    let short = gantry.submit(short);
+    let keeper = gantry.submit(keeper);
+    for id in [&short, &keeper] {
+        let done = gantry.wait_for(id, &["succeeded", "dead_lettered"], Duration::from_secs(60));
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+
+    // Small artifacts inline, as text or base64.
+    let listed = gantry
+        .client
+        .get(&format!("/v1/jobs/{keeper}/artifacts?inline=true"))
+        .expect("list");
+    let shared = listed["artifacts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["name"] == "shared.txt"))
+        .expect("shared.txt");
+    assert_eq!(shared["content_encoding"], "utf-8");
+    assert_eq!(shared["content"], "shared\n");
+
+    let wait_pruned = |id: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let all = artifacts(&gantry, id);
+            if !all.is_empty() && all.iter().all(|a| a["pruned_ns"].is_u64()) {
+                return all;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never pruned: {all:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let pruned = wait_pruned(&short);
+    assert!(
+        pruned.iter().any(|a| a["name"] == "own.bin"),
+        "the listing keeps pruned outputs: {pruned:?}"
+    );
+    assert!(
+        pruned[0]["pruned_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("ttl 1s")),
+        "{pruned:?}"
+    );
+    // A pruned output answers 410; its bytes are gone unless another output has them.
+    let (status, _, body) = download(&gantry, &short, "own.bin", &[]);
+    assert_eq!(status, 410, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("artifact_pruned"));
+    let blob = |sha: &Value| {
+        let hex = sha.as_str().expect("sha256").to_owned();
+        gantry
+            .data()
+            .join("artifacts/sha256")
+            .join(&hex[..2])
+            .join(hex)
+    };
+    let own = pruned.iter().find(|a| a["name"] == "own.bin").expect("own");
+    assert!(!blob(&own["sha256"]).exists(), "own.bin's bytes deleted");
+    let (status, _, body) = download(&gantry, &keeper, "shared.txt", &[]);
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, b"shared\n".as_slice()),
+        "bytes another output shares are kept"
+    );
+    // The keeper's outputs were not pruned at all.
+    assert!(
+        artifacts(&gantry, &keeper)
+            .iter()
+            .all(|a| a["pruned_ns"].is_null())
+    );
+
+    // The log records each pruning once; a job cannot read a pruned output; the receipt says
+    // pruned and still verifies.
+    let events = all_events(&gantry.client);
+    let pruned_events: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "artifact.pruned")
+        .collect();
+    let short_outputs = artifacts(&gantry, &short).len();
+    assert_eq!(pruned_events.len(), short_outputs, "{pruned_events:?}");
+    let mut reads = job("reads-pruned", "true");
+    reads["inputs"] = json!([{ "from": short, "artifact": "own.bin" }]);
+    match gantry.try_submit(&reads) {
+        Err(gantry_nodes::client::ClientError::Api { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (400, "input_pruned"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry-node"))
+        .args([
+            "receipt",
+            &short,
+            "--verify",
+            "--server",
+            &format!("http://{}", gantry.addr),
+        ])
+        .output()
+        .expect("gantry receipt");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("own.bin was pruned by retention"), "{text}");
+}

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use gantry_events::event::{ArtifactStored, FailureCause, JobId, PipelineId, PipelineStage};
+use gantry_events::event::{
+    ArtifactPruned, ArtifactStored, FailureCause, JobId, PipelineId, PipelineStage,
+};
 use gantry_events::{Appended, Entry, Event, EventLog, NewEvent, Source, record::now_ns};
 use serde::{Deserialize, Serialize};
 
@@ -755,6 +757,24 @@ impl Handler<PipelineCommand> for Scheduler {
                 Err(refusal) => self.refuse(refusal),
             },
         }
+    }
+}
+
+/// Retention deleted (or is about to delete) these outputs' bytes. Answers the sequence to
+/// wait for (0: nothing new to record).
+#[derive(Debug, Clone, PartialEq, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<u64, CommandError>")]
+pub struct Prune(pub Vec<ArtifactPruned>);
+
+impl Handler<Prune> for Scheduler {
+    type Result = AtomicResponse<Self, Result<u64, CommandError>>;
+
+    fn handle(&mut self, msg: Prune, _: &mut Context<Self>) -> Self::Result {
+        let events = self.world.decide_pruned(msg.0);
+        if events.is_empty() {
+            return self.commit(events, |_| 0);
+        }
+        self.commit(events, |act| act.world.seq())
     }
 }
 

@@ -42,6 +42,7 @@ pub async fn demo(
         edge: crate::edge::EdgeOptions::default(),
         s3: Default::default(),
         profiles: Default::default(),
+        retention: Default::default(),
     };
     let system = actix_rt::spawn(async move {
         up(options, Some(started_tx), async {

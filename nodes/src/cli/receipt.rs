@@ -58,8 +58,26 @@ pub async fn receipt(
         .iter()
         .filter(|f| f["type"] == "artifact.stored")
         .collect();
+    // Outputs retention deleted (recorded in the log) cannot be re-hashed: said, not failed.
+    let pruned: Vec<(&str, &str)> = facts
+        .iter()
+        .filter(|f| f["type"] == "artifact.pruned")
+        .map(|f| {
+            (
+                f["fact"]["output"].as_str().unwrap_or(""),
+                f["fact"]["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
     for f in &outputs {
         let name = f["fact"]["output"].as_str().unwrap_or("").to_owned();
+        if let Some((_, reason)) = pruned.iter().find(|(p, _)| *p == name) {
+            out_line(
+                out,
+                format!("output {name} was pruned by retention ({reason}); not re-hashed"),
+            )?;
+            continue;
+        }
         let c = client.clone();
         let path = format!("/v1/jobs/{id}/artifacts/{name}");
         let got = blocking(move || {

@@ -52,6 +52,9 @@ pub struct UpArgs {
     /// `{"h100": {"cpus": 8, "memory_bytes": 68719476736, "gpus": {"count": 1, "model": "H100"}}}`.
     #[arg(long, env = "GANTRY_PROFILES")]
     pub profiles: Option<PathBuf>,
+    /// How long outputs of ended jobs are kept.
+    #[command(flatten)]
+    pub retention: crate::retention::RetentionOptions,
 }
 
 /// Reads `--profiles`: a JSON map of profile names to resources.
@@ -95,6 +98,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
             lease_ttl: args.lease_ttl,
             replicas: args.nats_replicas,
             profiles: read_profiles(args.profiles.as_deref())?,
+            retention: args.retention.clone(),
         };
         crate::fleet::control_plane(options, None, crate::up::shutdown_signal())
             .await
@@ -111,6 +115,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
         edge: args.edge,
         s3: args.s3,
         profiles: read_profiles(args.profiles.as_deref())?,
+        retention: args.retention,
     };
     crate::up::up(options, None, crate::up::shutdown_signal())
         .await

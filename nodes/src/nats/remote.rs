@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use gantry_actors::actor::scheduler::{
-    AttemptReport, CommandError, NodeChange, PipelineCommand, PipelineReply, SubmitReply,
+    AttemptReport, CommandError, NodeChange, PipelineCommand, PipelineReply, Prune, SubmitReply,
 };
 use gantry_actors::control::{CancelReply, Control};
 use gantry_actors::job::Job;
@@ -155,6 +155,14 @@ impl Control for Remote {
     fn change_access(&self, change: AccessChange) -> BoxFuture<'_, Result<u64, CommandError>> {
         async move {
             self.ask(wire::COMMANDS.into(), &Command::ChangeAccess { change })
+                .await
+        }
+        .boxed()
+    }
+
+    fn prune(&self, pruned: Prune) -> BoxFuture<'_, Result<u64, CommandError>> {
+        async move {
+            self.ask(wire::COMMANDS.into(), &Command::Prune { pruned })
                 .await
         }
         .boxed()

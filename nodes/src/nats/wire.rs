@@ -2,7 +2,7 @@
 //! messages on them (MessagePack with field names, via rmp-serde), each wrapped in a
 //! versioned [`Envelope`]. `events/WIRE.md` is its public description; change both together.
 
-use gantry_actors::actor::scheduler::{NodeChange, PipelineCommand};
+use gantry_actors::actor::scheduler::{NodeChange, PipelineCommand, Prune};
 use gantry_actors::control::Fault;
 use gantry_actors::spec::{Resolved, SubmitRequest};
 use gantry_actors::telemetry::GpuSample;
@@ -138,6 +138,9 @@ pub enum Command {
     },
     Pipeline {
         command: PipelineCommand,
+    },
+    Prune {
+        pruned: Prune,
     },
     Nodes,
 }
