@@ -1,8 +1,11 @@
 //! The S3 artifact store (aws-sdk-s3; AWS, MinIO or any S3-compatible endpoint). Keys are
-//! content-addressed, `<prefix>sha256/<hex>`, so the same bytes are uploaded once. A file is
-//! read in parts of at most 16 MiB (memory stays bounded whatever its size), hashed as it is
-//! read; files larger than one part go up as a multipart upload, aborted on any failure. The
-//! SDK retries throttled and failed requests with backoff.
+//! content-addressed, `<prefix>sha256/<hex>`, so the same bytes are uploaded once: a file is
+//! hashed first, and uploaded only when its key is not there yet. Up to 4 GiB it goes up in one
+//! PUT streamed from the file, carrying its SHA-256 (`x-amz-checksum-sha256`), which the server
+//! checks: a file that changed after it was hashed is refused. Larger files go up as a
+//! multipart upload of 16 MiB parts, re-hashed as they are read and aborted on any failure.
+//! Memory stays bounded whatever the size. The SDK retries throttled and failed requests with
+//! backoff.
 
 use std::io::Read;
 use std::path::Path;
@@ -20,6 +23,9 @@ use sha2::{Digest, Sha256};
 
 /// Bytes per part (S3 wants at least 5 MiB for every part but the last).
 const PART: usize = 16 << 20;
+
+/// Files up to this size go up in one streamed PUT (S3 takes up to 5 GiB in one).
+pub const SINGLE_PUT_MAX: u64 = 4 << 30;
 
 /// Where and how to reach the bucket.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -49,6 +55,8 @@ pub struct S3ArtifactStore {
     client: Client,
     bucket: String,
     prefix: String,
+    /// Larger files go up in parts.
+    single_put_max: u64,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ArtifactError {
@@ -111,7 +119,43 @@ impl S3ArtifactStore {
             client: Client::from_conf(config.build()),
             bucket,
             prefix: options.s3_prefix.clone(),
+            single_put_max: SINGLE_PUT_MAX,
         })
+    }
+
+    /// Uploads files larger than `bytes` in parts (tests use it to reach the multipart path
+    /// with small files).
+    pub fn single_put_max(mut self, bytes: u64) -> S3ArtifactStore {
+        self.single_put_max = bytes;
+        self
+    }
+
+    /// One PUT streamed from the file, with its SHA-256 for the server to check.
+    async fn put_whole(
+        &self,
+        path: &Path,
+        key: &str,
+        sha256: Hash,
+        size: u64,
+    ) -> Result<(), ArtifactError> {
+        use base64::Engine;
+        let body = ByteStream::read_from()
+            .path(path)
+            .length(aws_sdk_s3::primitives::Length::Exact(size))
+            .build()
+            .await
+            .map_err(unavailable)?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(i64::try_from(size).map_err(unavailable)?)
+            .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(sha256.0))
+            .body(body)
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
     }
 
     /// Creates the bucket when it is not there (tests, first runs against MinIO).
@@ -316,7 +360,11 @@ impl ArtifactStore for S3ArtifactStore {
             let location = format!("sha256/{}", sha256.to_hex());
             let key = self.key(&location)?;
             if !self.exists(&key).await? {
-                self.upload(path, &key, sha256).await?;
+                if size_bytes <= self.single_put_max {
+                    self.put_whole(path, &key, sha256, size_bytes).await?;
+                } else {
+                    self.upload(path, &key, sha256).await?;
+                }
             }
             Ok(Stored {
                 location,

@@ -125,4 +125,18 @@ async fn the_s3_store_conforms_against_a_real_s3_server() {
     store.ensure_bucket().await.expect("bucket");
     let dir = tempfile::tempdir().expect("tempdir");
     conformance(&store, dir.path()).await;
+    // The same with every file past 16 MiB in parts (the path of files over 4 GiB), under
+    // another prefix so nothing is found already stored.
+    let parts = S3ArtifactStore::connect_with(
+        &S3Options {
+            s3_prefix: "parts/".into(),
+            ..options
+        },
+        Some((S3_ACCESS_KEY, S3_SECRET_KEY)),
+    )
+    .await
+    .expect("connect")
+    .single_put_max(16 << 20);
+    let dir = tempfile::tempdir().expect("tempdir");
+    conformance(&parts, dir.path()).await;
 }
