@@ -19,9 +19,8 @@ use gantry_events::event::JobId;
 use serde::{Deserialize, Serialize};
 
 use crate::actor::scheduler::{
-    AttemptReport, Cancel, ChangeAccess, CommandError, GetJob, LiveOn, NodeChange,
-    PipelineCommand, PipelineReply, Prune, Record, ResolveSecrets, Scheduler, Stats, Submit,
-    SubmitReply,
+    AttemptReport, Cancel, ChangeAccess, CommandError, GetJob, LiveOn, NodeChange, PipelineCommand,
+    PipelineReply, Prune, Record, ResolveSecrets, Scheduler, Stats, Submit, SubmitReply,
 };
 use crate::job::{Job, JobState};
 use crate::placement::Node;

@@ -634,7 +634,10 @@ mod tests {
         assert_eq!(names(&valid), ["prepare", "train", "report"]);
         let train = &valid.stages[1];
         assert_eq!(train.after, ["prepare"], "an input's stage is waited for");
-        assert_eq!(train.inputs[0].path, "data.csv", "the path defaults to the name");
+        assert_eq!(
+            train.inputs[0].path, "data.csv",
+            "the path defaults to the name"
+        );
         assert_eq!(train.spec.name, "train", "a stage's job is named after it");
     }
 
@@ -658,7 +661,11 @@ mod tests {
                 "stages[0].after[0]",
             ),
             (
-                pipeline(vec![stage("x", &[]), stage("a", &["b"]), stage("b", &["a"])]),
+                pipeline(vec![
+                    stage("x", &[]),
+                    stage("a", &["b"]),
+                    stage("b", &["a"]),
+                ]),
                 "cycle",
                 "stages[1].after",
             ),
@@ -745,7 +752,11 @@ mod tests {
         req.resources.memory_bytes = Some(1 << 30);
         let spec = validate(&req, &limits).expect("valid");
         assert_eq!(spec.resources.cpu_millis, 8000);
-        assert_eq!(spec.resources.memory_bytes, 1 << 30, "the request's own wins");
+        assert_eq!(
+            spec.resources.memory_bytes,
+            1 << 30,
+            "the request's own wins"
+        );
         assert_eq!(spec.resources.gpus.count, 1);
         assert_eq!(spec.resources.gpus.model.as_deref(), Some("H100"));
     }
@@ -926,7 +937,11 @@ mod tests {
         assert_eq!(third[0].0, "report");
         f.run(third[0].1.job_id, &[], true);
         assert!(f.world.decide_pipelines().is_empty());
-        assert_eq!(f.world.pipelines_live(), 0, "an ended pipeline is forgotten");
+        assert_eq!(
+            f.world.pipelines_live(),
+            0,
+            "an ended pipeline is forgotten"
+        );
     }
 
     #[test]

@@ -7,9 +7,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use gantry_events::event::{
-    ArtifactEvent, ArtifactPruned, ArtifactStored, FailureCause, JobEvent, JobId, JobSubmitted, JobWaiting,
-    KeyCreated, KeyEvent, KeyRevoked, NodeEvent, PendingReason, PipelineEvent, PipelineId,
-    PipelineStage, PipelineSubmitted, SecretDeleted, SecretSet,
+    ArtifactEvent, ArtifactPruned, ArtifactStored, FailureCause, JobEvent, JobId, JobSubmitted,
+    JobWaiting, KeyCreated, KeyEvent, KeyRevoked, NodeEvent, PendingReason, PipelineEvent,
+    PipelineId, PipelineStage, PipelineSubmitted, SecretDeleted, SecretSet,
 };
 use gantry_events::{Event, NewEvent, Source};
 use serde::{Deserialize, Serialize};
@@ -216,7 +216,10 @@ impl World {
                 let key = (p.job_id, p.attempt, p.name.clone());
                 self.stored.contains(&key)
                     && !self.pruned.contains(&key)
-                    && self.jobs.get(&p.job_id).is_some_and(|j| j.state.is_terminal())
+                    && self
+                        .jobs
+                        .get(&p.job_id)
+                        .is_some_and(|j| j.state.is_terminal())
                     && seen.insert(key)
             })
             .map(Event::from)

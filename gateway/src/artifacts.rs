@@ -11,10 +11,10 @@ use gantry_actors::spec::{SubmitRequest, check_inputs};
 use gantry_events::event::InputRef;
 use serde::Deserialize;
 
-use crate::{Gateway, query};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::jobs::readable_job;
+use crate::{Gateway, query};
 
 /// Resolves a request's inputs to the stored artifacts they name, of jobs the caller's group
 /// may see: 400 naming `inputs[i].from` or `inputs[i].artifact` when one is not there.

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use gantry_actors::world::DEFAULT_GROUP;
-use gantry_events::event::{JobEvent, PipelineCancelled, PipelineEvent, PipelineStageSkipped};
 use gantry_events::event::JobId;
+use gantry_events::event::{JobEvent, PipelineCancelled, PipelineEvent, PipelineStageSkipped};
 use gantry_events::{Entry, Event};
 use serde::Deserialize;
 

@@ -189,8 +189,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
         )
         .service(resource("/v1/pipelines/{id}", "GET").route(web::get().to(pipelines::get)))
         .service(
-            resource("/v1/pipelines/{id}/cancel", "POST")
-                .route(web::post().to(pipelines::cancel)),
+            resource("/v1/pipelines/{id}/cancel", "POST").route(web::post().to(pipelines::cancel)),
         )
         .service(resource("/v1/nodes", "GET").route(web::get().to(nodes::nodes)))
         .service(

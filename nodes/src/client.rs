@@ -108,14 +108,22 @@ impl Client {
     }
 
     /// GET `path`, streaming the body into `out` in chunks (bounded memory); `progress` is
-    /// told the total size, if the gateway says it, and each chunk's length.
+    /// told the total size, if the gateway says it, and each chunk's length. A large body may
+    /// take as long as it takes: only connecting and the response's head are timed.
     pub fn download(
         &self,
         path: &str,
         out: &mut dyn std::io::Write,
         progress: &mut dyn FnMut(Option<u64>, u64),
     ) -> Result<u64, ClientError> {
-        let mut request = self.agent.get(format!("{}{path}", self.base));
+        let mut request = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .config()
+            .timeout_global(None)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(30)))
+            .build();
         if let Some(value) = self.authorization() {
             request = request.header("Authorization", value);
         }

@@ -102,8 +102,8 @@ fn due(
             Some(ended) => *ended,
             None => {
                 let ended = views.job(&artifact.job_id)?.and_then(|job| {
-                    let terminal = ["succeeded", "cancelled", "dead_lettered"]
-                        .contains(&job.state.as_str());
+                    let terminal =
+                        ["succeeded", "cancelled", "dead_lettered"].contains(&job.state.as_str());
                     let ttl = options.ttl_of(&job)?;
                     terminal.then_some((job.updated_ns, ttl))
                 });

@@ -317,9 +317,7 @@ impl PipelineRecord {
                 stage.state = state_of(id).unwrap_or_else(|| "unknown".into());
             }
         }
-        let ended = |s: &str| {
-            ["skipped", "succeeded", "cancelled", "dead_lettered"].contains(&s)
-        };
+        let ended = |s: &str| ["skipped", "succeeded", "cancelled", "dead_lettered"].contains(&s);
         let state = if !stages.iter().all(|s| ended(&s.state)) {
             "running"
         } else if self.cancelled.is_some() {
@@ -837,8 +835,7 @@ impl Projections {
                 if let Some(of) = &s.pipeline
                     && let Some(mut pipeline) = self.take_pipeline(&of.pipeline_id, overlay)?
                 {
-                    if let Some(stage) = pipeline.stages.iter_mut().find(|st| st.name == of.stage)
-                    {
+                    if let Some(stage) = pipeline.stages.iter_mut().find(|st| st.name == of.stage) {
                         stage.job_id = Some(job.id);
                         stage.state = job.state.as_str().to_owned();
                     }

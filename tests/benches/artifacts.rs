@@ -1,7 +1,8 @@
 //! Artifact store benchmarks. Every figure is printed beside a baseline measured in the same
 //! run on the same files:
 //!
-//! 1. S3 (a real `s3s-fs` on loopback): gantry's `put_file` (hash pass, HEAD, 16 MiB parts) and
+//! 1. S3 (a real `s3s-fs` on loopback): gantry's `put_file` (hash pass, HEAD, one PUT streamed
+//!    from the file with its SHA-256 for the server to check) and
 //!    ranged `read` against raw aws-sdk-s3 `put_object` from the file and `get_object` of the
 //!    same object, through the same client settings;
 //! 2. the local store's `put_file` (hash while copying, fsync, rename) against `cp`, and
@@ -166,7 +167,7 @@ async fn main() {
             let (put_raw, get_raw) = (median(put_raw), median(get_raw));
             row("S3 raw put_object (from the file)", mib, put_raw, None);
             row(
-                "S3 gantry put_file (hash, HEAD, 16 MiB parts)",
+                "S3 gantry put_file (hash, HEAD, checked PUT)",
                 mib,
                 median(put_gantry),
                 Some(put_raw),

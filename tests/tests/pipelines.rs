@@ -116,7 +116,8 @@ fn a_two_stage_pipeline_on_s3_passes_the_first_stages_output_to_the_second() {
         "train",
         "wc -l < \"$GANTRY_INPUT_DIR/data/rows.csv\" > \"$GANTRY_OUTPUT_DIR/rows.txt\"",
     );
-    train["inputs"] = json!([{ "stage": "prepare", "artifact": "rows.csv", "path": "data/rows.csv" }]);
+    train["inputs"] =
+        json!([{ "stage": "prepare", "artifact": "rows.csv", "path": "data/rows.csv" }]);
     train["job"]["profile"] = json!("small");
     train["job"]["resources"] = json!({ "memory_bytes": 32u64 << 20 });
     let pipeline = json!({
@@ -194,7 +195,10 @@ fn a_two_stage_pipeline_on_s3_passes_the_first_stages_output_to_the_second() {
     // `gantry pipeline show` names each stage and its job.
     let (ok, out) = gantry_cli(&base, &["pipeline", "show", &id]);
     assert!(ok, "{out}");
-    assert!(out.contains("succeeded") && out.contains(train_job), "{out}");
+    assert!(
+        out.contains("succeeded") && out.contains(train_job),
+        "{out}"
+    );
 
     // The views rebuilt from the log equal the live ones, pipelines included (after a clean
     // stop: a kill -9 may cost the views their last unflushed batches, which they catch up on

@@ -742,10 +742,7 @@ impl Handler<PipelineCommand> for Scheduler {
                 pipeline_id,
                 reason,
                 by,
-            } => match self
-                .world
-                .decide_cancel_pipeline(pipeline_id, reason, by)
-            {
+            } => match self.world.decide_cancel_pipeline(pipeline_id, reason, by) {
                 Ok(events) => {
                     let appends = !events.is_empty();
                     self.commit(events, move |act| PipelineReply {

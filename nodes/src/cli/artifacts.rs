@@ -35,8 +35,8 @@ pub async fn artifacts(
                 format!(
                     "{:<48}  {:>7}  {:>12}  {}",
                     a["name"].as_str().unwrap_or(""),
-                    a["attempt"],
-                    a["size_bytes"],
+                    a["attempt"].as_u64().unwrap_or(0),
+                    a["size_bytes"].as_u64().unwrap_or(0),
                     a["sha256"].as_str().unwrap_or(""),
                 ),
             )?;

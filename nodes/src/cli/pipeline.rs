@@ -125,7 +125,10 @@ async fn submit(
     }
     let id = reply["id"].as_str().unwrap_or_default().to_owned();
     if !server.json {
-        out_line(out, format!("submitted pipeline {id}: {}", order.join(" → ")))?;
+        out_line(
+            out,
+            format!("submitted pipeline {id}: {}", order.join(" → ")),
+        )?;
     }
     if !wait {
         return Ok(ExitCode::SUCCESS);
@@ -183,7 +186,10 @@ fn print_view(view: &Value, out: &mut (dyn Write + Send)) -> Result<(), Error> {
     )?;
     out_line(
         out,
-        format!("{:<24}  {:<14}  {:<36}  {}", "STAGE", "STATE", "JOB", "AFTER"),
+        format!(
+            "{:<24}  {:<14}  {:<36}  {}",
+            "STAGE", "STATE", "JOB", "AFTER"
+        ),
     )?;
     for s in view["stages"].as_array().into_iter().flatten() {
         let after: Vec<&str> = s["after"]

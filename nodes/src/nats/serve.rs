@@ -132,9 +132,7 @@ async fn command(client: async_nats::Client, local: Local, message: async_nats::
             )
             .await
         }
-        Command::Prune { pruned } => {
-            reply(&client, to, answered(local.prune(pruned).await)).await
-        }
+        Command::Prune { pruned } => reply(&client, to, answered(local.prune(pruned).await)).await,
         Command::Pipeline { command } => {
             reply(&client, to, answered(local.pipeline(command).await)).await
         }
