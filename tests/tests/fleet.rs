@@ -887,4 +887,37 @@ fn a_nodes_outputs_go_to_the_fleets_bucket_and_download_through_any_gateway() {
         .get_raw(&format!("/v1/jobs/{id}/artifacts/metrics.txt"))
         .expect("download");
     assert_eq!(bytes, b"epoch 3\n");
+
+    // A pipeline through the fleet: the leader starts the second stage once the first has
+    // ended, with the first's output (in the bucket) as its input.
+    let stage =
+        |name: &str, script: &str| json!({ "name": name, "job": spec(name, script, json!(null)) });
+    let mut second = stage(
+        "second",
+        "cat \"$GANTRY_INPUT_DIR/m.txt\" > \"$GANTRY_OUTPUT_DIR/copy.txt\"",
+    );
+    second["inputs"] = json!([{ "stage": "first", "artifact": "metrics.txt", "path": "m.txt" }]);
+    let reply = client
+        .post(
+            "/v1/pipelines",
+            &json!({
+                "name": "through-the-fleet",
+                "stages": [
+                    stage("first", "echo 'epoch 4' > \"$GANTRY_OUTPUT_DIR/metrics.txt\""),
+                    second,
+                ],
+            }),
+        )
+        .expect("pipeline accepted");
+    let pipeline = reply["id"].as_str().expect("id").to_owned();
+    let view = wait_until("the pipeline to end", Duration::from_secs(60), || {
+        let view = client.get(&format!("/v1/pipelines/{pipeline}")).ok()?;
+        (view["state"] != "running").then_some(view)
+    });
+    assert_eq!(view["state"], "succeeded", "{view}");
+    let copy = view["stages"][1]["job_id"].as_str().expect("second ran");
+    let bytes = client
+        .get_raw(&format!("/v1/jobs/{copy}/artifacts/copy.txt"))
+        .expect("download");
+    assert_eq!(bytes, b"epoch 4\n");
 }
