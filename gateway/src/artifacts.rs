@@ -78,8 +78,11 @@ pub(crate) async fn list(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, _) = readable_job(&gateway, &req, &id)?;
+    let caller = gateway.caller(&req)?;
     let q: ListQuery = query(&req)?;
+    crate::health::read_after(&gateway, &req, q.min_seq).await?;
+    let id = crate::body::parse_id(&id)?;
+    crate::jobs::visible_job(&gateway, &caller, &id)?;
     let mut budget = INLINE_TOTAL_BYTES;
     let mut artifacts = Vec::new();
     for a in gateway.views.artifacts(&id)? {
@@ -120,6 +123,7 @@ struct ListQuery {
     /// Put small artifacts' bytes in the answer.
     #[serde(default)]
     inline: bool,
+    min_seq: Option<u64>,
 }
 
 /// Largest artifact `?inline=true` puts in a listing.

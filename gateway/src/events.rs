@@ -1,7 +1,17 @@
-//! The event log as clients read it: `GET /v1/events?after=SEQ` (a page) and the websocket
-//! `GET /v1/events/ws?after=SEQ` (history, then live), both filtered to what the caller may
-//! see: its group's job and artifact events, node and audit events, and key events for admins
-//! only.
+//! The event log as clients read it: `GET /v1/events?after=SEQ` (a page), the websocket
+//! `GET /v1/events/ws?after=SEQ` and Server-Sent Events `GET /v1/events/sse` (history, then
+//! live, no gap and no duplicate across the switch). All three are filtered to what the caller
+//! may see — its group's job and artifact events, node and audit events, key and secret events
+//! for admins only — and to what it asks for: `types=job.*,node.lost`, `job=ID`, `queue=Q`,
+//! applied to history and live alike. `format=cloudevents` sends CloudEvents 1.0 (structured
+//! JSON) instead of gantry's own JSON.
+//!
+//! Streams are bounded per client: a client that does not take what is sent for
+//! [`SEND_TIMEOUT`] is closed (the websocket with a close reason naming the sequence to resume
+//! after; SSE clients resume with `Last-Event-ID`), so one slow reader never holds memory or
+//! slows the others. Websockets are pinged every [`PING_EVERY`] and closed after
+//! [`SILENCE_LIMIT`] without hearing from the client; SSE streams send a comment as a
+//! heartbeat.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +36,143 @@ use crate::{Gateway, query};
 struct EventsQuery {
     after: Option<u64>,
     limit: Option<usize>,
+    types: Option<String>,
+    job: Option<String>,
+    queue: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    after: Option<u64>,
+    types: Option<String>,
+    job: Option<String>,
+    queue: Option<String>,
+    format: Option<String>,
+}
+
+/// How an event is written to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// gantry's own JSON: the envelope (`seq`, `hash`, `prev`, `type`, `event`, …).
+    Gantry,
+    /// CloudEvents 1.0, structured mode (see [`cloud_event`]).
+    CloudEvents,
+}
+
+/// An event type a client asks for: one type, or every type of a stream (`job.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TypePattern {
+    Exact(String),
+    Stream(String),
+}
+
+impl TypePattern {
+    fn matches(&self, type_name: &str) -> bool {
+        match self {
+            TypePattern::Exact(t) => t == type_name,
+            TypePattern::Stream(s) => type_name
+                .strip_prefix(s.as_str())
+                .is_some_and(|rest| rest.starts_with('.')),
+        }
+    }
+}
+
+/// What a client asked to see (besides what it may see).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Wanted {
+    /// Empty: every type.
+    types: Vec<TypePattern>,
+    job: Option<JobId>,
+    queue: Option<String>,
+}
+
+/// Parses the stream parameters: 400 naming the one at fault.
+fn wanted(
+    types: Option<&str>,
+    job: Option<&str>,
+    queue: Option<&str>,
+    format: Option<&str>,
+) -> Result<(Wanted, Format), ApiError> {
+    use gantry_events::event::ALL_TYPES;
+    let bad = |field: &str, message: String| {
+        ApiError::new(400, "invalid_filter", message, Some(field.into()))
+    };
+    let mut patterns = Vec::new();
+    for part in types
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let pattern = match part.strip_suffix(".*") {
+            Some(stream)
+                if ALL_TYPES
+                    .iter()
+                    .any(|(t, _)| t.split('.').next() == Some(stream)) =>
+            {
+                TypePattern::Stream(stream.to_owned())
+            }
+            None if ALL_TYPES.iter().any(|(t, _)| *t == part) => {
+                TypePattern::Exact(part.to_owned())
+            }
+            _ => {
+                return Err(bad(
+                    "types",
+                    format!("{part:?} is not an event type or a stream (`job.*`)"),
+                ));
+            }
+        };
+        patterns.push(pattern);
+    }
+    let job = job
+        .map(|j| {
+            j.parse()
+                .map_err(|_| bad("job", format!("{j:?} is not a job id")))
+        })
+        .transpose()?;
+    let format = match format {
+        None | Some("gantry") => Format::Gantry,
+        Some("cloudevents") => Format::CloudEvents,
+        Some(other) => {
+            return Err(bad(
+                "format",
+                format!("{other:?}: the format is gantry or cloudevents"),
+            ));
+        }
+    };
+    Ok((
+        Wanted {
+            types: patterns,
+            job,
+            queue: queue.map(str::to_owned),
+        },
+        format,
+    ))
+}
+
+/// An event as CloudEvents 1.0 in structured JSON mode: `id` is the event's id, `source`
+/// `gantry/<node>/<actor>` (who recorded it), `type` `dev.gantry.<type>` (e.g.
+/// `dev.gantry.job.submitted`), `subject` the job it is about, `time` when it was recorded,
+/// `data` the payload as in gantry's JSON, and two extension attributes: `gantryseq` (its
+/// sequence, to resume after) and `gantryhash` (its chain hash, hex).
+fn cloud_event(envelope: &gantry_events::Envelope) -> serde_json::Value {
+    let mut value = serde_json::json!({
+        "specversion": "1.0",
+        "id": envelope.id,
+        "source": format!("gantry/{}/{}", envelope.source.node, envelope.source.actor),
+        "type": format!("dev.gantry.{}", envelope.type_name),
+        "time": envelope.time_rfc3339(),
+        "datacontenttype": "application/json",
+        "data": envelope.event,
+        "gantryseq": envelope.seq,
+        "gantryhash": envelope.hash.to_hex(),
+    });
+    if let Some(job) = envelope.event.job_id() {
+        value["subject"] = job.to_string().into();
+    }
+    value
 }
 
 /// A page of at most `limit` entries after `after`, less those the caller may not see;
@@ -38,12 +185,18 @@ pub(crate) async fn events(
     let q: EventsQuery = query(&req)?;
     let first = first_after(q.after)?;
     let limit = page_limit(q.limit)?;
+    let (wanted, format) = wanted(
+        q.types.as_deref(),
+        q.job.as_deref(),
+        q.queue.as_deref(),
+        q.format.as_deref(),
+    )?;
     let entries = gateway
         .log
         .read(first, limit)
         .await
         .map_err(ApiError::unavailable)?;
-    let mut filter = EventFilter::new(&caller);
+    let mut filter = EventFilter::new(&caller, wanted, format);
     let mut events = Vec::with_capacity(entries.len());
     for entry in &entries {
         if let Some(value) = filter.visible(&gateway, entry).await? {
@@ -69,21 +222,58 @@ fn first_after(after: Option<u64>) -> Result<u64, ApiError> {
 /// Most job groups one stream remembers before starting over (each costs one views read).
 const MAX_REMEMBERED_GROUPS: usize = 65_536;
 
-/// Decides, entry by entry, what one caller may see.
+/// A job's group and queue, as a stream needs them.
+#[derive(Debug, Clone, Default)]
+struct JobMeta {
+    group: String,
+    queue: String,
+}
+
+/// Decides, entry by entry, what one caller may see and asked for, and writes it.
 struct EventFilter {
     /// `None`: every group.
     scope: Option<String>,
     admin: bool,
-    groups: HashMap<JobId, String>,
+    wanted: Wanted,
+    format: Format,
+    jobs: HashMap<JobId, JobMeta>,
 }
 
 impl EventFilter {
-    fn new(caller: &Caller) -> EventFilter {
+    fn new(caller: &Caller, wanted: Wanted, format: Format) -> EventFilter {
         EventFilter {
             scope: caller.scope().map(str::to_owned),
             admin: caller.role == Role::Admin,
-            groups: HashMap::new(),
+            wanted,
+            format,
+            jobs: HashMap::new(),
         }
+    }
+
+    /// Whether the event is one the client asked for (its type, job and queue).
+    async fn asked_for(
+        &mut self,
+        gateway: &Gateway,
+        seq: u64,
+        event: &Event,
+    ) -> Result<bool, ApiError> {
+        let type_name = event.type_name();
+        if !self.wanted.types.is_empty() && !self.wanted.types.iter().any(|p| p.matches(type_name))
+        {
+            return Ok(false);
+        }
+        if let Some(job) = self.wanted.job
+            && event.job_id() != Some(job)
+        {
+            return Ok(false);
+        }
+        if let Some(queue) = self.wanted.queue.clone() {
+            let Some(job) = event.job_id() else {
+                return Ok(false);
+            };
+            return Ok(self.meta(gateway, seq, job, event).await?.queue == queue);
+        }
+        Ok(true)
     }
 
     /// The entry as JSON if the caller may see it.
@@ -94,14 +284,18 @@ impl EventFilter {
     ) -> Result<Option<serde_json::Value>, ApiError> {
         let envelope = match entry.open() {
             Ok(envelope) => envelope,
-            // Whose it is cannot be told: only those who see everything learn it is there.
-            Err(err) if self.admin => {
+            // Whose it is cannot be told: only those who see everything (and asked for no
+            // particular events) learn it is there.
+            Err(err) if self.admin && self.wanted == Wanted::default() => {
                 return Ok(Some(
                     serde_json::json!({ "seq": entry.seq, "undecodable": err.to_string() }),
                 ));
             }
             Err(_) => return Ok(None),
         };
+        if !self.asked_for(gateway, entry.seq, &envelope.event).await? {
+            return Ok(None);
+        }
         let allowed = match &envelope.event {
             Event::Key(_) | Event::Secret(_) => self.admin,
             _ if self.scope.is_none() => true,
@@ -121,57 +315,59 @@ impl EventFilter {
             }
             event => match event.job_id() {
                 Some(job) => {
-                    let group = self.group_of(gateway, entry.seq, job, event).await?;
+                    let group = self.meta(gateway, entry.seq, job, event).await?.group;
                     self.scope.as_deref() == Some(group.as_str())
                 }
                 None => false,
             },
         };
-        Ok(allowed.then(|| serde_json::to_value(envelope).unwrap_or_default()))
+        Ok(allowed.then(|| match self.format {
+            Format::Gantry => serde_json::to_value(&envelope).unwrap_or_default(),
+            Format::CloudEvents => cloud_event(&envelope),
+        }))
     }
 
-    /// The group of `job`, from its `job.submitted` or the views (waiting for them to reach
-    /// `seq` when they lag the log). Unknown: no group, seen by no one scoped.
-    async fn group_of(
+    /// The group and queue of `job`, from its `job.submitted` or the views (waiting for them
+    /// to reach `seq` when they lag the log). Unknown: no group, seen by no one scoped.
+    async fn meta(
         &mut self,
         gateway: &Gateway,
         seq: u64,
         job: JobId,
         event: &Event,
-    ) -> Result<String, ApiError> {
+    ) -> Result<JobMeta, ApiError> {
         if let Event::Job(JobEvent::Submitted(s)) = event {
-            let group = s
-                .group
-                .clone()
-                .unwrap_or_else(|| gantry_actors::world::DEFAULT_GROUP.to_owned());
-            self.remember(job, group.clone());
-            return Ok(group);
+            let meta = JobMeta {
+                group: s.group.clone().unwrap_or_else(|| DEFAULT_GROUP.to_owned()),
+                queue: s.spec.queue.clone(),
+            };
+            self.remember(job, meta.clone());
+            return Ok(meta);
         }
-        if let Some(group) = self.groups.get(&job) {
-            return Ok(group.clone());
+        if let Some(meta) = self.jobs.get(&job) {
+            return Ok(meta.clone());
         }
         let mut view = gateway.views.job(&job)?;
         if view.is_none() {
             views_reach(gateway, seq).await;
             view = gateway.views.job(&job)?;
         }
-        let group = view.map(|v| v.group).unwrap_or_default();
-        self.remember(job, group.clone());
-        Ok(group)
+        let meta = view
+            .map(|v| JobMeta {
+                group: v.group,
+                queue: v.spec.queue,
+            })
+            .unwrap_or_default();
+        self.remember(job, meta.clone());
+        Ok(meta)
     }
 
-    fn remember(&mut self, job: JobId, group: String) {
-        if self.groups.len() >= MAX_REMEMBERED_GROUPS {
-            self.groups.clear();
+    fn remember(&mut self, job: JobId, meta: JobMeta) {
+        if self.jobs.len() >= MAX_REMEMBERED_GROUPS {
+            self.jobs.clear();
         }
-        self.groups.insert(job, group);
+        self.jobs.insert(job, meta);
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WsQuery {
-    after: Option<u64>,
 }
 
 /// Whether a browser page may open the websocket: a request without `Origin` is not from a
@@ -286,8 +482,14 @@ pub(crate) async fn events_ws(
         )
         .into());
     }
-    let q: WsQuery = query(&req)?;
+    let q: StreamQuery = query(&req)?;
     let first = first_after(q.after)?;
+    let (wanted, format) = wanted(
+        q.types.as_deref(),
+        q.job.as_deref(),
+        q.queue.as_deref(),
+        q.format.as_deref(),
+    )?;
     // A key in the headers (or the subprotocol) is checked before the upgrade; without one,
     // the first message must carry it.
     let token = bearer(&req)
@@ -343,44 +545,187 @@ pub(crate) async fn events_ws(
                 }
             }
         };
-        let mut filter = EventFilter::new(&caller);
-        loop {
+        let mut filter = EventFilter::new(&caller, wanted, format);
+        // The last sequence sent (or skipped by the filter): where a client resumes.
+        let mut sent = first - 1;
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = tokio::time::Instant::now();
+        let reason = loop {
             tokio::select! {
                 entry = events.next() => match entry {
                     Some(Ok(entry)) => {
+                        let seq = entry.seq;
                         let value = match filter.visible(&gateway, &entry).await {
                             Ok(Some(value)) => value,
-                            Ok(None) => continue,
+                            Ok(None) => {
+                                sent = seq;
+                                continue;
+                            }
                             Err(error) => {
                                 tracing::warn!(%error, "websocket event filter failed");
-                                break;
+                                break None;
                             }
                         };
-                        if session.text(value.to_string()).await.is_err() {
-                            return;
+                        match tokio::time::timeout(SEND_TIMEOUT, session.text(value.to_string())).await {
+                            Ok(Ok(())) => sent = seq,
+                            Ok(Err(_)) => return,
+                            Err(_) => {
+                                tracing::info!(after = sent, "closing a websocket that does not keep up");
+                                break Some(format!("slow consumer: resume with after={sent}"));
+                            }
                         }
                     }
                     Some(Err(error)) => {
                         tracing::warn!(%error, "websocket event stream failed");
-                        break;
+                        break None;
                     }
-                    None => break,
+                    None => break None,
                 },
-                message = incoming.next() => match message {
-                    Some(Ok(actix_ws::Message::Ping(bytes))) => {
-                        if session.pong(&bytes).await.is_err() {
-                            return;
+                _ = ping.tick() => {
+                    if heard.elapsed() > SILENCE_LIMIT {
+                        break Some(format!("no answer to pings: resume with after={sent}"));
+                    }
+                    match tokio::time::timeout(SEND_TIMEOUT, session.ping(b"gantry")).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => break Some(format!("slow consumer: resume with after={sent}")),
+                    }
+                }
+                message = incoming.next() => {
+                    heard = tokio::time::Instant::now();
+                    match message {
+                        Some(Ok(actix_ws::Message::Ping(bytes))) => {
+                            if session.pong(&bytes).await.is_err() {
+                                return;
+                            }
                         }
+                        Some(Ok(actix_ws::Message::Close(_))) | Some(Err(_)) | None => return,
+                        Some(Ok(_)) => {}
                     }
-                    Some(Ok(actix_ws::Message::Close(_))) | Some(Err(_)) | None => return,
-                    Some(Ok(_)) => {}
-                },
+                }
             }
-        }
-        let _ = session.close(None).await;
+        };
+        let close = reason.map(|description| actix_ws::CloseReason {
+            code: actix_ws::CloseCode::Again,
+            description: Some(description),
+        });
+        // A client that does not read may not take the close frame either: bounded.
+        let _ = tokio::time::timeout(Duration::from_secs(1), session.close(close)).await;
     });
     Ok(response)
 }
+
+/// Streams events as Server-Sent Events: history after `after` (or the `Last-Event-ID` a
+/// reconnecting client sends), then live, one `id:`/`event:`/`data:` block each, filtered like
+/// `/v1/events`; a comment every [`PING_EVERY`] keeps proxies from closing an idle stream.
+pub(crate) async fn events_sse(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let caller = gateway.caller(&req)?;
+    let q: StreamQuery = query(&req)?;
+    let resume = req
+        .headers()
+        .get("Last-Event-ID")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        400,
+                        "invalid_filter",
+                        "Last-Event-ID is the sequence of the last event received",
+                        Some("Last-Event-ID".into()),
+                    )
+                })
+        })
+        .transpose()?;
+    let first = first_after(resume.or(q.after))?;
+    let (wanted, format) = wanted(
+        q.types.as_deref(),
+        q.job.as_deref(),
+        q.queue.as_deref(),
+        q.format.as_deref(),
+    )?;
+    let owner = caller
+        .key_id()
+        .or_else(|| req.peer_addr().map(|a| a.ip().to_string()))
+        .unwrap_or_default();
+    let slot = gateway.streams.take(&owner)?;
+    let mut events = gateway
+        .log
+        .subscribe(first)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, actix_web::Error>>(SSE_BUFFER);
+    let gateway = gateway.into_inner();
+    actix_web::rt::spawn(async move {
+        use futures::StreamExt;
+        let _slot = slot;
+        let mut filter = EventFilter::new(&caller, wanted, format);
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let frame = tokio::select! {
+                entry = events.next() => match entry {
+                    Some(Ok(entry)) => match filter.visible(&gateway, &entry).await {
+                        Ok(Some(value)) => {
+                            let kind = value
+                                .get("type")
+                                .and_then(|t| t.as_str())
+                                .unwrap_or("event")
+                                .to_owned();
+                            format!("id: {}\nevent: {kind}\ndata: {value}\n\n", entry.seq)
+                        }
+                        Ok(None) => continue,
+                        Err(error) => {
+                            tracing::warn!(%error, "SSE event filter failed");
+                            return;
+                        }
+                    },
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "SSE event stream failed");
+                        return;
+                    }
+                    None => return,
+                },
+                _ = ping.tick() => ": ping\n\n".to_owned(),
+            };
+            match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(frame.into()))).await {
+                Ok(Ok(())) => {}
+                // The client left.
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::info!("closing an SSE stream that does not keep up");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(tokio_stream_of(rx)))
+}
+
+/// The receiving end of a channel as a stream of body chunks.
+fn tokio_stream_of<T: 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// How long a stream waits for a client to take a message before closing it as too slow.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a websocket is pinged (and an SSE stream sent a comment).
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+/// How long a websocket may stay silent (no pong, no message) before it is closed.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
+/// Messages an SSE stream holds for its client before it counts as falling behind.
+const SSE_BUFFER: usize = 64;
 
 /// The key in a first message: the key itself, or `{"token": KEY}`.
 fn first_message_token(text: &str) -> String {

@@ -10,6 +10,54 @@ use crate::Gateway;
 use crate::error::{ApiError, mailbox};
 
 /// Waits (briefly) until the views include sequence `seq`.
+/// How long a read carrying `min_seq` waits for the views to reach it.
+const MIN_SEQ_WAIT: Duration = Duration::from_secs(5);
+
+/// Read-your-writes: a read that names the sequence a write answered (`?min_seq=SEQ`, or the
+/// header `Gantry-Min-Seq: SEQ`) is answered once the views include it, so a client never gets
+/// a 404 for the job it has just created. 503 `views_behind` (Retry-After: 1) when they do not
+/// within a few seconds.
+pub(crate) async fn read_after(
+    gateway: &Gateway,
+    req: &actix_web::HttpRequest,
+    min_seq: Option<u64>,
+) -> Result<(), ApiError> {
+    let header = req
+        .headers()
+        .get("Gantry-Min-Seq")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        400,
+                        "invalid_min_seq",
+                        "Gantry-Min-Seq is a sequence number",
+                        Some("Gantry-Min-Seq".into()),
+                    )
+                })
+        })
+        .transpose()?;
+    let Some(want) = min_seq.max(header) else {
+        return Ok(());
+    };
+    let mut rx = gateway.views_seq.clone();
+    match tokio::time::timeout(MIN_SEQ_WAIT, rx.wait_for(|s| *s >= want)).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(ApiError::new(
+            503,
+            "views_behind",
+            format!(
+                "the views have not reached sequence {want} yet (they are at {})",
+                *gateway.views_seq.borrow()
+            ),
+            Some("min_seq".into()),
+        )
+        .retry_after(1)),
+    }
+}
+
 pub(crate) async fn views_reach(gateway: &Gateway, seq: u64) {
     let mut rx = gateway.views_seq.clone();
     let _ = tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|s| *s >= seq)).await;

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::auth::{Caller, Role};
 use crate::body::{OBJECT_PATHS, page_limit, parse_body, parse_id, read_body, reason_of};
 use crate::error::ApiError;
-use crate::health::views_reach;
+use crate::health::{read_after, views_reach};
 use crate::{Gateway, query};
 
 pub(crate) async fn submit(
@@ -39,6 +39,8 @@ pub(crate) async fn submit(
     Ok(HttpResponse::Accepted().json(serde_json::json!({
         "id": reply.job_id,
         "existing": reply.existing,
+        // Read-your-writes: a GET with `?min_seq=` this answers once the views include it.
+        "seq": reply.seq,
     })))
 }
 
@@ -50,6 +52,14 @@ struct ListQuery {
     label: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
+    min_seq: Option<u64>,
+}
+
+/// A read that takes only `min_seq` (see [`read_after`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MinSeq {
+    pub min_seq: Option<u64>,
 }
 
 pub(crate) async fn list_jobs(
@@ -60,6 +70,7 @@ pub(crate) async fn list_jobs(
     let q: ListQuery = query(&req)?;
     let limit = page_limit(q.limit)?;
     let after = q.after.as_deref().map(parse_id).transpose()?;
+    read_after(&gateway, &req, q.min_seq).await?;
     if let Some(state) = &q.state
         && !JobState::ALL.iter().any(|s| s.as_str() == state)
     {
@@ -115,7 +126,10 @@ pub(crate) async fn get_job(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, view) = readable_job(&gateway, &req, &id)?;
+    let caller = gateway.caller(&req)?;
+    let q: MinSeq = query(&req)?;
+    read_after(&gateway, &req, q.min_seq).await?;
+    let view = visible_job(&gateway, &caller, &parse_id(&id)?)?;
     // While it runs, how busy its GPUs are now (telemetry, not history).
     let samples = if view.state == "running" {
         gateway.telemetry.gpus(&view.gpu_uuids)
@@ -149,13 +163,15 @@ pub(crate) async fn cancel(
     let reason = reason_of(&read_body(&gateway, &req, payload).await?)?;
     let reply = gateway.control.cancel(id, reason, caller.key_id()).await?;
     views_reach(&gateway, reply.seq).await;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "state": reply.state })))
+    Ok(HttpResponse::Accepted()
+        .json(serde_json::json!({ "id": id, "state": reply.state, "seq": reply.seq })))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LogsQuery {
     attempt: Option<u32>,
+    min_seq: Option<u64>,
 }
 
 pub(crate) async fn logs(
@@ -163,8 +179,11 @@ pub(crate) async fn logs(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, view) = readable_job(&gateway, &req, &id)?;
+    let caller = gateway.caller(&req)?;
     let q: LogsQuery = query(&req)?;
+    read_after(&gateway, &req, q.min_seq).await?;
+    let id = parse_id(&id)?;
+    let view = visible_job(&gateway, &caller, &id)?;
     let attempt = q.attempt.unwrap_or(view.attempt);
     let text = gateway
         .output

@@ -6,8 +6,9 @@
 //! with a stable `code`. A write answers once the views show it (read-your-writes), or after a
 //! short bound.
 //!
-//! `GET /v1/events/ws?after=SEQ` is a websocket that sends every event after `SEQ` as one JSON
-//! text message each, history first and then live, for dashboards.
+//! `GET /v1/events/ws?after=SEQ` (a websocket) and `GET /v1/events/sse` (Server-Sent Events)
+//! send the events after `SEQ`, history first and then live, filtered by type, job and queue,
+//! for dashboards (see `events`). Reads take `min_seq` to see a write they just made.
 //!
 //! Who may do what ([`auth`]): with authentication on, every route but the health checks needs
 //! an API key; a key has a role and a group, and sees only its group's jobs and events.
@@ -198,6 +199,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
         .service(resource("/v1/queues", "GET").route(web::get().to(nodes::queues)))
         .service(resource("/v1/events", "GET").route(web::get().to(events::events)))
         .service(resource("/v1/events/ws", "GET").route(web::get().to(events::events_ws)))
+        .service(resource("/v1/events/sse", "GET").route(web::get().to(events::events_sse)))
         .service(
             resource("/v1/keys", "GET, POST")
                 .route(web::post().to(keys::create))

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::auth::{Caller, Role};
 use crate::body::{OBJECT_PATHS, page_limit, parse_body, parse_id, read_body, reason_of};
 use crate::error::ApiError;
-use crate::health::views_reach;
+use crate::health::{read_after, views_reach};
 use crate::{Gateway, query};
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +121,7 @@ pub(crate) async fn submit(
     Ok(HttpResponse::Accepted().json(serde_json::json!({
         "id": reply.pipeline_id,
         "order": reply.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        "seq": reply.seq,
     })))
 }
 
@@ -142,6 +143,8 @@ pub(crate) async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = gateway.caller(&req)?;
+    let q: crate::jobs::MinSeq = query(&req)?;
+    read_after(&gateway, &req, q.min_seq).await?;
     let id = parse_id(&id)?;
     Ok(HttpResponse::Ok().json(visible_pipeline(&gateway, &caller, &id)?))
 }
@@ -151,6 +154,7 @@ pub(crate) async fn get(
 struct ListQuery {
     after: Option<String>,
     limit: Option<usize>,
+    min_seq: Option<u64>,
 }
 
 pub(crate) async fn list(
@@ -161,6 +165,7 @@ pub(crate) async fn list(
     let q: ListQuery = query(&req)?;
     let limit = page_limit(q.limit)?;
     let after = q.after.as_deref().map(parse_id).transpose()?;
+    read_after(&gateway, &req, q.min_seq).await?;
     let pipelines = gateway.views.pipelines(caller.scope(), after, limit)?;
     let next = (pipelines.len() == limit)
         .then(|| pipelines.last().map(|p| p.id))
