@@ -36,6 +36,11 @@ impl Telemetry {
     }
 
     /// A node's latest samples (empty when none were taken).
+    /// Every node's latest samples.
+    pub fn all(&self) -> BTreeMap<String, Vec<GpuSample>> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn node(&self, node: &str) -> Vec<GpuSample> {
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
         nodes.get(node).cloned().unwrap_or_default()

@@ -422,6 +422,15 @@ impl StreamSlots {
         }
     }
 
+    /// Streams open now.
+    pub fn open(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
+    }
+
     /// A slot for `who`, or 503 past either bound. The slot is given back when dropped.
     fn take(self: &Arc<Self>, who: &str) -> Result<Slot, ApiError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -572,6 +581,7 @@ pub(crate) async fn events_ws(
                             Ok(Err(_)) => return,
                             Err(_) => {
                                 tracing::info!(after = sent, "closing a websocket that does not keep up");
+                                dropped("slow");
                                 break Some(format!("slow consumer: resume with after={sent}"));
                             }
                         }
@@ -584,12 +594,16 @@ pub(crate) async fn events_ws(
                 },
                 _ = ping.tick() => {
                     if heard.elapsed() > SILENCE_LIMIT {
+                        dropped("silent");
                         break Some(format!("no answer to pings: resume with after={sent}"));
                     }
                     match tokio::time::timeout(SEND_TIMEOUT, session.ping(b"gantry")).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return,
-                        Err(_) => break Some(format!("slow consumer: resume with after={sent}")),
+                        Err(_) => {
+                            dropped("slow");
+                            break Some(format!("slow consumer: resume with after={sent}"));
+                        }
                     }
                 }
                 message = incoming.next() => {
@@ -699,6 +713,7 @@ pub(crate) async fn events_sse(
                 Ok(Err(_)) => return,
                 Err(_) => {
                     tracing::info!("closing an SSE stream that does not keep up");
+                    dropped("slow");
                     return;
                 }
             }
@@ -709,6 +724,11 @@ pub(crate) async fn events_sse(
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(tokio_stream_of(rx)))
+}
+
+/// Counts a stream closed by the server (`slow`: did not keep up; `silent`: no answer).
+fn dropped(reason: &'static str) {
+    metrics::counter!("gantry_event_streams_dropped_total", "reason" => reason).increment(1);
 }
 
 /// The receiving end of a channel as a stream of body chunks.

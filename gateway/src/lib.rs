@@ -27,6 +27,7 @@ mod events;
 mod health;
 mod jobs;
 mod keys;
+pub mod metrics;
 mod nodes;
 mod pipelines;
 mod receipt;
@@ -168,6 +169,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
         }))
     };
     cfg.service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
+        .service(resource("/metrics", "GET").route(web::get().to(metrics::metrics)))
         .service(resource("/readyz", "GET").route(web::get().to(health::readyz)))
         .service(
             resource("/v1/jobs", "GET, POST")

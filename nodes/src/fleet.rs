@@ -140,6 +140,8 @@ pub async fn control_plane(
     started: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
+    // Before any actor records: `/metrics` renders what this process recorded.
+    let _ = gantry_gateway::metrics::handle();
     let data = options.data.clone();
     std::fs::create_dir_all(&data)?;
     let this = crate::node::this_node(&data)?;

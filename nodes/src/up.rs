@@ -163,6 +163,8 @@ pub async fn up(
     started: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
+    // Before any actor records: `/metrics` renders what this process recorded.
+    let _ = gantry_gateway::metrics::handle();
     let data = options.data.clone();
     std::fs::create_dir_all(&data)?;
     let log: Arc<dyn EventLog> = Arc::new(open_embedded(&data).await?);
@@ -287,7 +289,11 @@ pub fn bind_gateway(
 ) -> Result<(SocketAddr, actix_web::dev::Server), Error> {
     let server = HttpServer::new(move || {
         let gateway = gateway.clone();
-        App::new().configure(move |cfg| gantry_gateway::routes(cfg, gateway))
+        App::new()
+            .wrap(actix_web::middleware::from_fn(
+                gantry_gateway::metrics::track,
+            ))
+            .configure(move |cfg| gantry_gateway::routes(cfg, gateway))
     })
     .workers(2)
     .disable_signals()

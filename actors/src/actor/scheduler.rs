@@ -72,6 +72,8 @@ pub struct Scheduler {
     /// When this scheduler started (Unix ms): placement leases count from here at the
     /// earliest, so downtime does not expire them.
     started_ms: u64,
+    /// When each job waiting for a node was queued here (for the placement latency metric).
+    queued_at: std::collections::HashMap<JobId, std::time::Instant>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -117,7 +119,35 @@ impl Scheduler {
             source,
             stats: SchedulerStats::default(),
             started_ms: now_ms(),
+            queued_at: std::collections::HashMap::new(),
         })
+    }
+
+    /// Placement latency, from a job's (re)queueing by this scheduler to its placement (jobs
+    /// queued before it started are not timed).
+    fn time_placement(&mut self, event: &Event) {
+        use gantry_events::event::JobEvent;
+        match event {
+            Event::Job(JobEvent::Submitted(s)) => {
+                self.queued_at.insert(s.job_id, std::time::Instant::now());
+            }
+            Event::Job(JobEvent::RetryScheduled(r)) => {
+                self.queued_at.insert(r.job_id, std::time::Instant::now());
+            }
+            Event::Job(JobEvent::Placed(p)) => {
+                if let Some(at) = self.queued_at.remove(&p.job_id) {
+                    metrics::histogram!("gantry_placement_latency_seconds")
+                        .record(at.elapsed().as_secs_f64());
+                }
+            }
+            Event::Job(JobEvent::Cancelled(c)) => {
+                self.queued_at.remove(&c.job_id);
+            }
+            Event::Job(JobEvent::DeadLettered(d)) => {
+                self.queued_at.remove(&d.job_id);
+            }
+            _ => {}
+        }
     }
 
     /// Hands out jobs' secrets from `store`.
@@ -127,6 +157,9 @@ impl Scheduler {
     }
 
     fn apply_appended(&mut self, batch: &[NewEvent], seqs: &[u64]) {
+        for event in batch {
+            self.time_placement(&event.event);
+        }
         for (event, seq) in batch.iter().zip(seqs) {
             self.world
                 .apply(*seq, event.time_ns / 1_000_000, &event.event);
@@ -269,7 +302,11 @@ async fn append_catching_up(
     if batch.is_empty() {
         return (Ok(Vec::new()), Vec::new());
     }
+    let events = batch.len();
+    let started = std::time::Instant::now();
     let appended = log.append(batch).await;
+    metrics::histogram!("gantry_append_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("gantry_append_batch_events").record(events as f64);
     let end = match &appended {
         Ok(appended) => appended.first().map_or(next, |a| a.seq),
         Err(_) => u64::MAX,
