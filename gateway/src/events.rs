@@ -747,6 +747,166 @@ pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 /// Messages an SSE stream holds for its client before it counts as falling behind.
 const SSE_BUFFER: usize = 64;
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsWsQuery {
+    /// Follow this attempt only (default: the job's attempts as they come).
+    attempt: Option<u32>,
+    /// Start at this byte of the (first) attempt's output.
+    from: Option<u64>,
+}
+
+/// How often a live log stream looks for new output.
+const LOG_POLL: Duration = Duration::from_millis(100);
+
+/// A job's output, live, over a websocket (`GET /v1/jobs/{id}/logs/ws?attempt=N&from=OFFSET`):
+/// what is kept so far, then new output as it is written, as JSON text messages
+/// `{"attempt", "offset", "data"}` (`offset`: where `data` starts in the attempt's output); a
+/// message `{"attempt": N, "started": true}` when a retry starts a new attempt; and once the job
+/// has ended, `{"end": true, "state", "attempt", "exit_code", "cause"}` before the close. The
+/// key comes as for the event websocket (header or `gantry.bearer.KEY` subprotocol).
+pub(crate) async fn logs_ws(
+    gateway: web::Data<Gateway>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    use futures::StreamExt;
+    let auth = gateway.auth.clone();
+    auth.check_host(&req)?;
+    if !origin_allowed(&req, &gateway.allowed_origins) {
+        return Err(ApiError::new(
+            403,
+            "forbidden_origin",
+            "this origin may not open the log stream (see --allow-origin)",
+            None,
+        )
+        .into());
+    }
+    let caller = match protocol_token(&req) {
+        Some(token) if auth.required && bearer(&req).is_none() => {
+            let caller = auth.check_token(&gateway.views, &token)?;
+            auth.limit(&caller.key_id().unwrap_or_default())?;
+            caller
+        }
+        _ => gateway.caller(&req)?,
+    };
+    let q: LogsWsQuery = query(&req)?;
+    let id = crate::body::parse_id(&id)?;
+    let view = crate::jobs::visible_job(&gateway, &caller, &id)?;
+    let owner = caller
+        .key_id()
+        .or_else(|| req.peer_addr().map(|a| a.ip().to_string()))
+        .unwrap_or_default();
+    let slot = gateway.streams.take(&owner)?;
+    let (response, mut session, mut incoming) =
+        actix_ws::handle_with_protocols(&req, body, &["gantry"])?;
+    let gateway = gateway.into_inner();
+    actix_web::rt::spawn(async move {
+        let _slot = slot;
+        let fixed = q.attempt;
+        let mut attempt = fixed.unwrap_or(view.attempt.max(1));
+        let mut offset = q.from.unwrap_or(0);
+        let mut poll = tokio::time::interval(LOG_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = tokio::time::Instant::now();
+        let send = |session: &mut actix_ws::Session, value: serde_json::Value| {
+            let mut session = session.clone();
+            async move {
+                matches!(
+                    tokio::time::timeout(SEND_TIMEOUT, session.text(value.to_string())).await,
+                    Ok(Ok(()))
+                )
+            }
+        };
+        let reason = loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    // The job as the views have it before reading: output read after an end
+                    // the views show is the attempt's whole output.
+                    let job = match gateway.views.job(&id) {
+                        Ok(Some(job)) => job,
+                        _ => break Some("the job is gone from the views".to_owned()),
+                    };
+                    let chunk = match gateway.output.read_from(id, attempt, offset).await {
+                        Ok(chunk) => chunk,
+                        Err(error) => break Some(format!("output unreadable: {error}")),
+                    };
+                    if !chunk.is_empty() {
+                        let message = serde_json::json!({
+                            "attempt": attempt,
+                            "offset": offset,
+                            "data": String::from_utf8_lossy(&chunk),
+                        });
+                        offset += chunk.len() as u64;
+                        if !send(&mut session, message).await {
+                            dropped("slow");
+                            break Some(format!("slow consumer: resume with attempt={attempt}&from={offset}"));
+                        }
+                        continue;
+                    }
+                    let this_ended = job
+                        .attempts
+                        .iter()
+                        .any(|a| a.attempt == attempt && a.ended_ns.is_some());
+                    let terminal = ["succeeded", "cancelled", "dead_lettered"].contains(&job.state.as_str());
+                    if fixed.is_none() && job.attempt > attempt && (this_ended || attempt == 0) {
+                        attempt = job.attempt;
+                        offset = 0;
+                        if !send(&mut session, serde_json::json!({ "attempt": attempt, "started": true })).await {
+                            break None;
+                        }
+                        continue;
+                    }
+                    let done = if fixed.is_some() { this_ended || (terminal && job.attempt < attempt) } else { terminal && (this_ended || job.attempts.is_empty()) };
+                    if done {
+                        let last = job.attempts.iter().find(|a| a.attempt == attempt);
+                        let end = serde_json::json!({
+                            "end": true,
+                            "state": job.state,
+                            "attempt": attempt,
+                            "exit_code": last.and_then(|a| a.exit_code),
+                            "cause": last.and_then(|a| a.cause.clone()),
+                        });
+                        let _ = send(&mut session, end).await;
+                        break None;
+                    }
+                }
+                _ = ping.tick() => {
+                    if heard.elapsed() > SILENCE_LIMIT {
+                        dropped("silent");
+                        break Some("no answer to pings".to_owned());
+                    }
+                    if !matches!(tokio::time::timeout(SEND_TIMEOUT, session.ping(b"gantry")).await, Ok(Ok(()))) {
+                        dropped("slow");
+                        break Some(format!("slow consumer: resume with attempt={attempt}&from={offset}"));
+                    }
+                }
+                message = incoming.next() => {
+                    heard = tokio::time::Instant::now();
+                    match message {
+                        Some(Ok(actix_ws::Message::Ping(bytes))) => {
+                            if session.pong(&bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(actix_ws::Message::Close(_))) | Some(Err(_)) | None => return,
+                        Some(Ok(_)) => {}
+                    }
+                }
+            }
+        };
+        let close = reason.map(|description| actix_ws::CloseReason {
+            code: actix_ws::CloseCode::Again,
+            description: Some(description),
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(1), session.close(close)).await;
+    });
+    Ok(response)
+}
+
 /// The key in a first message: the key itself, or `{"token": KEY}`.
 fn first_message_token(text: &str) -> String {
     serde_json::from_str::<serde_json::Value>(text)

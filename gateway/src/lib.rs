@@ -129,6 +129,21 @@ impl std::fmt::Debug for Gateway {
 pub trait AttemptOutput: Send + Sync + 'static {
     /// The output kept so far; empty when there is none (yet).
     fn read(&self, job: JobId, attempt: u32) -> BoxFuture<'_, Result<Vec<u8>, String>>;
+
+    /// The output kept so far from byte `from` on (live logs read only what is new).
+    fn read_from(
+        &self,
+        job: JobId,
+        attempt: u32,
+        from: u64,
+    ) -> BoxFuture<'_, Result<Vec<u8>, String>> {
+        async move {
+            let mut all = self.read(job, attempt).await?;
+            let from = usize::try_from(from).unwrap_or(usize::MAX).min(all.len());
+            Ok(all.split_off(from))
+        }
+        .boxed()
+    }
 }
 
 /// Output on this machine's disk, where the local Worker writes it (embedded).
@@ -144,6 +159,32 @@ impl AttemptOutput for LocalOutput {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
                 Err(e) => Err(e.to_string()),
             }
+        }
+        .boxed()
+    }
+
+    fn read_from(
+        &self,
+        job: JobId,
+        attempt: u32,
+        from: u64,
+    ) -> BoxFuture<'_, Result<Vec<u8>, String>> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let path = Worker::log_path(&self.0, job, attempt);
+        async move {
+            let mut file = match tokio::fs::File::open(&path).await {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e.to_string()),
+            };
+            file.seek(std::io::SeekFrom::Start(from))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            file.read_to_end(&mut out)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(out)
         }
         .boxed()
     }
@@ -179,6 +220,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
         .service(resource("/v1/jobs/{id}", "GET").route(web::get().to(jobs::get_job)))
         .service(resource("/v1/jobs/{id}/cancel", "POST").route(web::post().to(jobs::cancel)))
         .service(resource("/v1/jobs/{id}/logs", "GET").route(web::get().to(jobs::logs)))
+        .service(resource("/v1/jobs/{id}/logs/ws", "GET").route(web::get().to(events::logs_ws)))
         .service(resource("/v1/jobs/{id}/artifacts", "GET").route(web::get().to(artifacts::list)))
         .service(resource("/v1/jobs/{id}/receipt", "GET").route(web::get().to(receipt::receipt)))
         .service(

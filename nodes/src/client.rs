@@ -150,6 +150,58 @@ impl Client {
         }
     }
 
+    /// Opens a websocket at `path` (plain `http://` gateways; the key goes as
+    /// `Authorization: Bearer`).
+    pub fn websocket(
+        &self,
+        path: &str,
+    ) -> Result<tungstenite::WebSocket<std::net::TcpStream>, ClientError> {
+        let rest = self
+            .base
+            .strip_prefix("http://")
+            .ok_or_else(|| self.unreachable("live streams need an http:// gateway address"))?;
+        let host = rest.split('/').next().unwrap_or(rest).to_owned();
+        let stream = std::net::TcpStream::connect(&host).map_err(|e| self.unreachable(e))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| self.unreachable(e))?;
+        let mut request = tungstenite::http::Request::builder()
+            .uri(format!("ws://{host}{path}"))
+            .header("Host", &host)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header(
+                "Sec-WebSocket-Key",
+                tungstenite::handshake::client::generate_key(),
+            );
+        if let Some(value) = self.authorization() {
+            request = request.header("Authorization", value);
+        }
+        let request = request.body(()).map_err(|e| self.unreachable(e))?;
+        match tungstenite::client(request, stream) {
+            Ok((socket, _)) => Ok(socket),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                let status = response.status().as_u16();
+                let body: Value = response
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err(ClientError::Api {
+                    status,
+                    code: body["error"]["code"]
+                        .as_str()
+                        .unwrap_or("refused")
+                        .to_owned(),
+                    message: body["error"]["message"].as_str().unwrap_or("").to_owned(),
+                    field: body["error"]["field"].as_str().map(str::to_owned),
+                })
+            }
+            Err(e) => Err(self.unreachable(e)),
+        }
+    }
+
     /// GET, returning JSON.
     pub fn get(&self, path: &str) -> Result<Value, ClientError> {
         let body = self.get_raw(path)?;

@@ -259,3 +259,94 @@ fn filters_formats_resume_heartbeats_and_read_your_writes() {
     }
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[test]
+fn live_logs_stream_each_attempt_then_the_end_and_logs_follow_uses_them() {
+    let gantry = Gantry::start(ExecutorChoice::Process);
+    let id = gantry.submit(json!({
+        "name": "talks", "image": "busybox",
+        "command": ["sh", "-c", "for i in 1 2 3; do echo line-$i; sleep 0.3; done; exit 2"],
+        "resources": { "cpus": 0.25, "memory_bytes": 64u64 << 20 },
+        "retry": { "max_attempts": 2, "retry_user_failures": true, "backoff_initial_ms": 100 },
+    }));
+    let socket = TcpStream::connect(gantry.addr).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let request = tungstenite::http::Request::builder()
+        .uri(format!("ws://{}/v1/jobs/{id}/logs/ws", gantry.addr))
+        .header("Host", gantry.addr.to_string())
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header(
+            "Sec-WebSocket-Key",
+            tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .expect("request");
+    let (mut ws, _) = tungstenite::client(request, socket).expect("handshake");
+    let mut text = [String::new(), String::new(), String::new()];
+    let mut started = Vec::new();
+    let end = loop {
+        match ws.read().expect("read") {
+            tungstenite::Message::Text(t) => {
+                let m: Value = serde_json::from_str(&t).expect("json");
+                if m["end"] == true {
+                    break m;
+                }
+                let attempt = m["attempt"].as_u64().expect("attempt") as usize;
+                if m["started"] == true {
+                    started.push(attempt);
+                    continue;
+                }
+                assert_eq!(
+                    m["offset"].as_u64(),
+                    Some(text[attempt].len() as u64),
+                    "chunks follow each other: {m}"
+                );
+                text[attempt].push_str(m["data"].as_str().expect("data"));
+            }
+            tungstenite::Message::Close(frame) => panic!("closed before the end: {frame:?}"),
+            _ => {}
+        }
+    };
+    assert_eq!(started, [2], "the retry's attempt is announced");
+    for attempt in [1, 2] {
+        for i in 1..=3 {
+            assert!(
+                text[attempt].contains(&format!("stdout line-{i}")),
+                "attempt {attempt}: {}",
+                text[attempt]
+            );
+        }
+        assert_eq!(
+            text[attempt],
+            gantry.logs(&id, attempt as u32),
+            "the stream is the kept output"
+        );
+    }
+    assert_eq!(end["state"], "dead_lettered", "{end}");
+    assert_eq!(end["attempt"], 2);
+    assert_eq!(end["exit_code"], 2);
+
+    // `gantry logs -f` follows through the same stream and ends with the job; on an ended
+    // job, like `gantry logs`, it starts at the last attempt.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry-node"))
+        .args([
+            "logs",
+            "-f",
+            &id,
+            "--server",
+            &format!("http://{}", gantry.addr),
+        ])
+        .output()
+        .expect("gantry logs -f");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(printed, text[2]);
+}
