@@ -12,7 +12,8 @@
 //! `gantry_event_streams_dropped_total{reason}`, `gantry_gpu_utilisation_percent{node,gpu}`,
 //! `gantry_gpu_memory_used_bytes{node,gpu}`, `gantry_gpu_temperature_celsius{node,gpu}`.
 
-use std::sync::OnceLock;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -35,6 +36,17 @@ const EVENTS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Every (queue, state) whose job count was ever set, so one that drops to zero is set to zero.
+static SEEN: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+
+fn set_jobs((queue, state): &(String, String), n: u64) {
+    if state == "queued" {
+        metrics::gauge!("gantry_queue_depth", "queue" => queue.clone()).set(n as f64);
+    }
+    metrics::gauge!("gantry_jobs", "queue" => queue.clone(), "state" => state.clone())
+        .set(n as f64);
+}
 
 /// The process's recorder, installed on first use (one per process: the `metrics` facade is
 /// global). `None` when another recorder was installed first.
@@ -98,13 +110,23 @@ pub(crate) async fn metrics(
     let Some(handle) = handle() else {
         return Err(ApiError::unavailable("no metrics recorder in this process"));
     };
+    // The views keep only non-zero counts: a series set before and missing now is zero.
+    let mut now = BTreeMap::new();
     for (queue, states) in gateway.views.queues()? {
         for (state, n) in states {
-            if state == "queued" {
-                metrics::gauge!("gantry_queue_depth", "queue" => queue.clone()).set(n as f64);
+            now.insert((queue.clone(), state), n);
+        }
+    }
+    {
+        let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+        for key in seen.iter() {
+            if !now.contains_key(key) {
+                set_jobs(key, 0);
             }
-            metrics::gauge!("gantry_jobs", "queue" => queue.clone(), "state" => state)
-                .set(n as f64);
+        }
+        for (key, n) in &now {
+            set_jobs(key, *n);
+            seen.insert(key.clone());
         }
     }
     let head = gateway.log.head().await.map_err(ApiError::unavailable)?.seq;

@@ -25,7 +25,7 @@ fn metrics_follow_jobs_appends_placements_and_requests() {
         "resources": { "cpus": 0.25, "memory_bytes": 64u64 << 20 },
     }));
     // More GPUs than the node has: it stays queued.
-    let _waits = gantry.submit(json!({
+    let waits = gantry.submit(json!({
         "name": "waits", "image": "busybox", "command": ["true"],
         "queue": "metrics-q",
         "resources": { "gpus": { "count": 8 } },
@@ -71,4 +71,25 @@ fn metrics_follow_jobs_appends_placements_and_requests() {
     );
     assert!(text.contains("gantry_http_request_duration_seconds_bucket"));
     assert_eq!(value(&text, "gantry_event_streams_open"), Some(0.0));
+
+    // A count that drops to zero reads zero, not its last value.
+    gantry
+        .client
+        .post(&format!("/v1/jobs/{waits}/cancel"), &json!({}))
+        .expect("cancel");
+    let text =
+        String::from_utf8(gantry.client.get_raw("/metrics").expect("metrics")).expect("utf-8");
+    assert_eq!(
+        value(&text, r#"gantry_jobs{queue="metrics-q",state="queued"}"#),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, r#"gantry_queue_depth{queue="metrics-q"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&text, r#"gantry_jobs{queue="metrics-q",state="cancelled"}"#),
+        Some(1.0)
+    );
 }
