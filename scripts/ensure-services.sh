@@ -82,3 +82,16 @@ ensure_s3s_fs() {
   cargo install --quiet s3s-fs@0.14.1 --features binary --locked >&2 || return 1
   export PATH="$HOME/.cargo/bin:$PATH"
 }
+
+# Debian's chromium for tests/tests/dashboard.rs, which drives the web dashboard headless.
+ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium from Debian (the dashboard test)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends chromium >&2 \
+      || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends chromium >&2; }
+  else
+    echo "no chromium here: the dashboard test will be skipped (or fail in CI)" >&2; return 1
+  fi
+}

@@ -22,6 +22,7 @@
 mod artifacts;
 pub mod auth;
 mod body;
+mod dashboard;
 pub mod error;
 mod events;
 mod health;
@@ -209,7 +210,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
                 ) }))
         }))
     };
-    cfg.service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
+    cfg.service(resource("/", "GET").route(web::get().to(dashboard::page)))
+        .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
         .service(resource("/metrics", "GET").route(web::get().to(metrics::metrics)))
         .service(resource("/readyz", "GET").route(web::get().to(health::readyz)))
         .service(
