@@ -142,6 +142,9 @@ impl CommandError {
             CommandError::Refused(Refusal::UnknownNode(node)) => {
                 Fault::new(404, "not_found", format!("no node {node}"), None)
             }
+            CommandError::Refused(Refusal::UnknownWebhook(id)) => {
+                Fault::new(404, "not_found", format!("no webhook {id}"), None)
+            }
             CommandError::Refused(Refusal::UnknownKey(key)) => {
                 Fault::new(404, "not_found", format!("no key {key}"), None)
             }

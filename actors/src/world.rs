@@ -9,7 +9,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use gantry_events::event::{
     ArtifactEvent, ArtifactPruned, ArtifactStored, FailureCause, JobEvent, JobId, JobSubmitted,
     JobWaiting, KeyCreated, KeyEvent, KeyRevoked, NodeEvent, PendingReason, PipelineEvent,
-    PipelineId, PipelineStage, PipelineSubmitted, SecretDeleted, SecretSet,
+    PipelineId, PipelineStage, PipelineSubmitted, SecretDeleted, SecretSet, WebhookCreated,
+    WebhookDeleted, WebhookEvent,
 };
 use gantry_events::{Event, NewEvent, Source};
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,9 @@ pub enum Refusal {
     /// A job's secret is not in the store (deleted since it was submitted); 404.
     #[error("secret {0} is not stored")]
     SecretNotFound(String),
+    /// No such webhook; 404.
+    #[error("no webhook {0}")]
+    UnknownWebhook(String),
     /// The pipeline is not running (every stage has ended, or there is no such pipeline);
     /// 409.
     #[error("pipeline {0} is not running")]
@@ -79,6 +83,8 @@ pub enum AccessChange {
     Revoke(KeyRevoked),
     SecretSet(SecretSet),
     SecretDeleted(SecretDeleted),
+    WebhookCreate(WebhookCreated),
+    WebhookDelete(WebhookDeleted),
 }
 
 /// The answer to a submission.
@@ -113,6 +119,8 @@ pub struct World {
     idempotency_order: VecDeque<(u64, (String, String))>,
     /// API keys ever created, and whether each is revoked.
     keys: HashMap<String, bool>,
+    /// Webhooks ever created, and whether each is deleted.
+    webhooks: HashMap<String, bool>,
     /// Artifacts recorded, by (job, attempt, name): a repeated report records nothing new.
     stored: HashSet<(JobId, u32, String)>,
     /// Artifacts whose bytes retention deleted: pruned once.
@@ -201,6 +209,12 @@ impl World {
             }
             Event::Artifact(ArtifactEvent::Pruned(p)) => {
                 self.pruned.insert((p.job_id, p.attempt, p.name.clone()));
+            }
+            Event::Webhook(WebhookEvent::Created(w)) => {
+                self.webhooks.insert(w.webhook_id.clone(), false);
+            }
+            Event::Webhook(WebhookEvent::Deleted(w)) => {
+                self.webhooks.insert(w.webhook_id.clone(), true);
             }
             Event::Audit(_) | Event::Secret(_) => {}
         }
@@ -437,6 +451,21 @@ impl World {
             },
             AccessChange::SecretSet(set) => Ok(vec![set.into()]),
             AccessChange::SecretDeleted(deleted) => Ok(vec![deleted.into()]),
+            AccessChange::WebhookCreate(created) => {
+                if self.webhooks.contains_key(&created.webhook_id) {
+                    return Err(Rejection::WrongState {
+                        state: "existing",
+                        action: "create (the webhook id is taken)",
+                    }
+                    .into());
+                }
+                Ok(vec![created.into()])
+            }
+            AccessChange::WebhookDelete(deleted) => match self.webhooks.get(&deleted.webhook_id) {
+                None => Err(Refusal::UnknownWebhook(deleted.webhook_id)),
+                Some(true) => Ok(Vec::new()),
+                Some(false) => Ok(vec![deleted.into()]),
+            },
         }
     }
 

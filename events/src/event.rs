@@ -39,6 +39,7 @@ pub enum Event {
     Key(KeyEvent),
     Secret(SecretEvent),
     Pipeline(PipelineEvent),
+    Webhook(WebhookEvent),
 }
 
 /// The job lifecycle.
@@ -75,6 +76,14 @@ pub enum NodeEvent {
 pub enum ArtifactEvent {
     Stored(ArtifactStored),
     Pruned(ArtifactPruned),
+}
+
+/// Webhooks: where events are POSTed as they happen.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum WebhookEvent {
+    Created(WebhookCreated),
+    Deleted(WebhookDeleted),
 }
 
 /// Pipelines: stages of jobs that run in dependency order and pass outputs to inputs.
@@ -515,6 +524,37 @@ pub struct ArtifactPruned {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Webhook payloads
+
+/// A webhook was registered: events of `group` that match its filters are POSTed to `url`,
+/// signed with its secret (kept in the secret store; the log has only a keyed hash of it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookCreated {
+    pub webhook_id: String,
+    pub url: String,
+    /// Event types (`job.succeeded`) or streams (`job.*`); empty: every type.
+    #[serde(default)]
+    pub types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    pub group: String,
+    /// HMAC-SHA256 of the signing secret under the server's secret key.
+    pub secret_hash: Hash,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// A webhook was deleted: nothing more is delivered to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookDeleted {
+    pub webhook_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
 // Pipeline payloads
 
 /// A pipeline was accepted: every stage, validated, with its dependencies. Stages start as
@@ -743,6 +783,8 @@ event_types! {
     Pipeline(PipelineEvent)::Submitted(PipelineSubmitted) = "pipeline.submitted" v 1;
     Pipeline(PipelineEvent)::StageSkipped(PipelineStageSkipped) = "pipeline.stage_skipped" v 1;
     Pipeline(PipelineEvent)::Cancelled(PipelineCancelled) = "pipeline.cancelled" v 1;
+    Webhook(WebhookEvent)::Created(WebhookCreated) = "webhook.created" v 1;
+    Webhook(WebhookEvent)::Deleted(WebhookDeleted) = "webhook.deleted" v 1;
 }
 
 impl Event {
@@ -756,6 +798,7 @@ impl Event {
             Event::Key(_) => "key",
             Event::Secret(_) => "secret",
             Event::Pipeline(_) => "pipeline",
+            Event::Webhook(_) => "webhook",
         }
     }
 
@@ -769,7 +812,8 @@ impl Event {
             | Event::Audit(_)
             | Event::Key(_)
             | Event::Secret(_)
-            | Event::Pipeline(_) => None,
+            | Event::Pipeline(_)
+            | Event::Webhook(_) => None,
         }
     }
 }

@@ -16,7 +16,7 @@ use gantry_events::event::{
 };
 use gantry_events::event::{
     ArtifactPruned, PipelineCancelled, PipelineStage, PipelineStageSkipped, PipelineSubmitted,
-    RunIf, StageInput, StageOf,
+    RunIf, StageInput, StageOf, WebhookCreated, WebhookDeleted,
 };
 use gantry_events::{Entry, Event, Hash, NewEvent, Source, seal};
 use uuid::Uuid;
@@ -290,6 +290,22 @@ fn samples() -> Vec<Event> {
         PipelineCancelled {
             pipeline_id: pipeline,
             reason: Some("superseded".into()),
+            by: Some("5f1e7c2a00000000".into()),
+        }
+        .into(),
+        WebhookCreated {
+            webhook_id: "a1b2c3d4e5f60718".into(),
+            url: "https://hooks.example.com/gantry".into(),
+            types: vec!["job.succeeded".into(), "job.dead_lettered".into()],
+            job: None,
+            queue: Some("research".into()),
+            group: "vision".into(),
+            secret_hash: Hash::of(b"keyed webhook secret"),
+            by: Some("5f1e7c2a00000000".into()),
+        }
+        .into(),
+        WebhookDeleted {
+            webhook_id: "a1b2c3d4e5f60718".into(),
             by: Some("5f1e7c2a00000000".into()),
         }
         .into(),

@@ -54,7 +54,7 @@ struct StreamQuery {
 
 /// How an event is written to a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     /// gantry's own JSON: the envelope (`seq`, `hash`, `prev`, `type`, `event`, …).
     Gantry,
     /// CloudEvents 1.0, structured mode (see [`cloud_event`]).
@@ -81,7 +81,7 @@ impl TypePattern {
 
 /// What a client asked to see (besides what it may see).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Wanted {
+pub(crate) struct Wanted {
     /// Empty: every type.
     types: Vec<TypePattern>,
     job: Option<JobId>,
@@ -89,7 +89,7 @@ struct Wanted {
 }
 
 /// Parses the stream parameters: 400 naming the one at fault.
-fn wanted(
+pub(crate) fn wanted(
     types: Option<&str>,
     job: Option<&str>,
     queue: Option<&str>,
@@ -230,7 +230,7 @@ struct JobMeta {
 }
 
 /// Decides, entry by entry, what one caller may see and asked for, and writes it.
-struct EventFilter {
+pub(crate) struct EventFilter {
     /// `None`: every group.
     scope: Option<String>,
     admin: bool,
@@ -240,6 +240,17 @@ struct EventFilter {
 }
 
 impl EventFilter {
+    /// What a webhook of `group` is sent: that group's events, as a key of the group sees them.
+    pub(crate) fn scoped(group: String, wanted: Wanted, format: Format) -> EventFilter {
+        EventFilter {
+            scope: Some(group),
+            admin: false,
+            wanted,
+            format,
+            jobs: HashMap::new(),
+        }
+    }
+
     fn new(caller: &Caller, wanted: Wanted, format: Format) -> EventFilter {
         EventFilter {
             scope: caller.scope().map(str::to_owned),
@@ -277,7 +288,7 @@ impl EventFilter {
     }
 
     /// The entry as JSON if the caller may see it.
-    async fn visible(
+    pub(crate) async fn visible(
         &mut self,
         gateway: &Gateway,
         entry: &Entry,
@@ -297,7 +308,7 @@ impl EventFilter {
             return Ok(None);
         }
         let allowed = match &envelope.event {
-            Event::Key(_) | Event::Secret(_) => self.admin,
+            Event::Key(_) | Event::Secret(_) | Event::Webhook(_) => self.admin,
             _ if self.scope.is_none() => true,
             Event::Node(_) | Event::Audit(_) => true,
             Event::Pipeline(PipelineEvent::Submitted(p)) => {

@@ -33,6 +33,7 @@ mod nodes;
 mod pipelines;
 mod receipt;
 mod secrets;
+pub mod webhooks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -237,6 +238,16 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
         .service(resource("/v1/pipelines/{id}", "GET").route(web::get().to(pipelines::get)))
         .service(
             resource("/v1/pipelines/{id}/cancel", "POST").route(web::post().to(pipelines::cancel)),
+        )
+        .service(
+            resource("/v1/webhooks", "GET, POST")
+                .route(web::post().to(webhooks::create))
+                .route(web::get().to(webhooks::list)),
+        )
+        .service(resource("/v1/webhooks/{id}", "DELETE").route(web::delete().to(webhooks::delete)))
+        .service(
+            resource("/v1/webhooks/{id}/deliveries", "GET")
+                .route(web::get().to(webhooks::deliveries)),
         )
         .service(resource("/v1/nodes", "GET").route(web::get().to(nodes::nodes)))
         .service(

@@ -240,6 +240,10 @@ pub async fn control_plane(
         // Nodes' outputs are readable here only through the fleet's bucket.
         artifacts,
     };
+    actix_rt::spawn(gantry_gateway::webhooks::run(
+        gateway.clone(),
+        gateway.leading.clone(),
+    ));
     let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();
     let server_task = actix_rt::spawn(server);

@@ -256,6 +256,7 @@ pub async fn up(
         secrets,
         artifacts,
     };
+    actix_rt::spawn(gantry_gateway::webhooks::run(gateway.clone(), None));
     let (addr, server) = bind_gateway(gateway, options.listen)?;
     let handle = server.handle();
     tracing::info!(%addr, node = %this.id, executor = executor.kind(), sandboxed = executor.sandboxed(), "gantry is up");

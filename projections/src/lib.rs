@@ -18,7 +18,7 @@ use std::path::Path;
 use gantry_actors::job::Job;
 use gantry_events::event::{
     ArtifactEvent, FailureCause, Gpu, JobEvent, JobId, JobSpec, KeyEvent, NodeEvent, PendingReason,
-    PipelineEvent, PipelineId, RunIf, StageInput, StageOf,
+    PipelineEvent, PipelineId, RunIf, StageInput, StageOf, WebhookEvent,
 };
 use gantry_events::{Entry, Envelope, Event, EventLog, Hash};
 use std::collections::HashMap;
@@ -378,6 +378,107 @@ pub struct KeyView {
     pub revoked_ns: Option<u64>,
 }
 
+/// A webhook as the views keep it: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookView {
+    pub id: String,
+    pub url: String,
+    pub types: Vec<String>,
+    pub job: Option<JobId>,
+    pub queue: Option<String>,
+    pub group: String,
+    pub created_by: Option<String>,
+    pub created_ns: u64,
+    /// The sequence of its `webhook.created`: it is sent the events after it.
+    pub created_seq: u64,
+    pub deleted_ns: Option<u64>,
+}
+
+/// One attempt to deliver an event to a webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub attempt: u32,
+    /// Unix ns it was made.
+    pub at_ns: u64,
+    /// The receiver's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// Why it failed (no answer, or a status outside 2xx).
+    pub error: Option<String>,
+    /// `delivered`, `retrying` or `failed` (no more attempts).
+    pub outcome: String,
+}
+
+/// Webhook deliveries: every attempt, and the sequence each webhook has been served through.
+#[derive(Debug, Clone)]
+pub struct Deliveries {
+    tree: sled::Tree,
+}
+
+/// Most attempts kept per webhook (older ones are dropped).
+const KEPT_DELIVERIES: usize = 1000;
+
+impl Deliveries {
+    fn prefix(webhook: &str) -> Vec<u8> {
+        let mut key = b"d".to_vec();
+        key.extend_from_slice(webhook.as_bytes());
+        key.push(0);
+        key
+    }
+
+    /// Records an attempt, durably.
+    pub fn record(&self, webhook: &str, delivery: &Delivery) -> Result<(), Error> {
+        let mut key = Self::prefix(webhook);
+        key.extend_from_slice(&delivery.seq.to_be_bytes());
+        key.extend_from_slice(&delivery.attempt.to_be_bytes());
+        self.tree.insert(key, encode(delivery)?)?;
+        let kept = self.tree.scan_prefix(Self::prefix(webhook)).count();
+        if kept > KEPT_DELIVERIES {
+            for old in self
+                .tree
+                .scan_prefix(Self::prefix(webhook))
+                .keys()
+                .take(kept - KEPT_DELIVERIES)
+            {
+                self.tree.remove(old?)?;
+            }
+        }
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// The latest attempts, newest first.
+    pub fn list(&self, webhook: &str, limit: usize) -> Result<Vec<Delivery>, Error> {
+        self.tree
+            .scan_prefix(Self::prefix(webhook))
+            .values()
+            .rev()
+            .take(limit)
+            .map(|v| decode(&v?))
+            .collect()
+    }
+
+    /// The last sequence this webhook was served (delivered or given up on).
+    pub fn cursor(&self, webhook: &str) -> Result<Option<u64>, Error> {
+        let mut key = b"c".to_vec();
+        key.extend_from_slice(webhook.as_bytes());
+        Ok(self
+            .tree
+            .get(key)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    pub fn set_cursor(&self, webhook: &str, seq: u64) -> Result<(), Error> {
+        let mut key = b"c".to_vec();
+        key.extend_from_slice(webhook.as_bytes());
+        self.tree.insert(key, &seq.to_be_bytes())?;
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
 /// Filters for listing jobs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobFilter {
@@ -412,6 +513,7 @@ mod kind {
     pub const PIPELINE: u8 = b'p';
     /// Artifacts by SHA-256: `h` + sha256 + job + name.
     pub const BY_SHA256: u8 = b'h';
+    pub const WEBHOOK: u8 = b'w';
 }
 
 /// The checkpoint's key (kind `m`, metadata).
@@ -497,6 +599,7 @@ struct Overlay {
     artifacts: HashMap<Vec<u8>, ArtifactView>,
     nodes: HashMap<String, NodeView>,
     keys: HashMap<String, KeyView>,
+    webhooks: HashMap<String, WebhookView>,
     counts: HashMap<Vec<u8>, i64>,
     batch: sled::Batch,
 }
@@ -508,6 +611,14 @@ impl Projections {
         Ok(Projections {
             tree: db.open_tree("views")?,
             db,
+        })
+    }
+
+    /// The webhook deliveries kept beside the views (in the same store, a tree of its own:
+    /// they are not rebuilt from the log and a rebuild of the views leaves them).
+    pub fn deliveries(&self) -> Result<Deliveries, Error> {
+        Ok(Deliveries {
+            tree: self.db.open_tree("webhook-deliveries")?,
         })
     }
 
@@ -578,6 +689,33 @@ impl Projections {
                 }
                 Event::Pipeline(e) => self.apply_pipeline(&env, e, &mut overlay)?,
                 Event::Key(e) => self.apply_key(&env, e, &mut overlay)?,
+                Event::Webhook(WebhookEvent::Created(w)) => {
+                    overlay.webhooks.insert(
+                        w.webhook_id.clone(),
+                        WebhookView {
+                            id: w.webhook_id.clone(),
+                            url: w.url.clone(),
+                            types: w.types.clone(),
+                            job: w.job,
+                            queue: w.queue.clone(),
+                            group: w.group.clone(),
+                            created_by: w.by.clone(),
+                            created_ns: env.time_ns,
+                            created_seq: env.seq,
+                            deleted_ns: None,
+                        },
+                    );
+                }
+                Event::Webhook(WebhookEvent::Deleted(w)) => {
+                    let known = match overlay.webhooks.remove(&w.webhook_id) {
+                        Some(view) => Some(view),
+                        None => self.webhook(&w.webhook_id)?,
+                    };
+                    if let Some(mut view) = known {
+                        view.deleted_ns.get_or_insert(env.time_ns);
+                        overlay.webhooks.insert(view.id.clone(), view);
+                    }
+                }
                 Event::Audit(_) | Event::Secret(_) => {}
             }
             checkpoint = Checkpoint {
@@ -591,9 +729,15 @@ impl Projections {
             artifacts,
             nodes,
             keys,
+            webhooks,
             counts,
             mut batch,
         } = overlay;
+        for (id, view) in &webhooks {
+            let mut key = vec![kind::WEBHOOK];
+            key.extend_from_slice(id.as_bytes());
+            batch.insert(key, encode(view)?);
+        }
         for (id, record) in &pipelines {
             batch.insert(pipeline_key(id), encode(record)?);
         }
@@ -1185,6 +1329,22 @@ impl Projections {
             .get(artifact_key(job, name))?
             .map(|v| decode(&v))
             .transpose()
+    }
+
+    /// A webhook by id (deleted ones included).
+    pub fn webhook(&self, id: &str) -> Result<Option<WebhookView>, Error> {
+        let mut key = vec![kind::WEBHOOK];
+        key.extend_from_slice(id.as_bytes());
+        self.tree.get(key)?.map(|v| decode(&v)).transpose()
+    }
+
+    /// Every webhook, deleted ones included, by id.
+    pub fn webhooks(&self) -> Result<Vec<WebhookView>, Error> {
+        self.tree
+            .scan_prefix([kind::WEBHOOK])
+            .values()
+            .map(|v| decode(&v?))
+            .collect()
     }
 
     /// An API key by id.
