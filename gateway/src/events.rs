@@ -603,40 +603,20 @@ pub(crate) async fn events_ws(
                     }
                     None => break None,
                 },
-                _ = ping.tick() => {
-                    if heard.elapsed() > SILENCE_LIMIT {
-                        dropped("silent");
-                        break Some(format!("no answer to pings: resume with after={sent}"));
-                    }
-                    match tokio::time::timeout(SEND_TIMEOUT, session.ping(b"gantry")).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return,
-                        Err(_) => {
-                            dropped("slow");
-                            break Some(format!("slow consumer: resume with after={sent}"));
-                        }
-                    }
-                }
+                _ = ping.tick() => match heartbeat(&mut session, heard, &format!("after={sent}")).await {
+                    Ok(()) => {}
+                    Err(Stop::Gone) => return,
+                    Err(Stop::Close(reason)) => break Some(reason),
+                },
                 message = incoming.next() => {
                     heard = tokio::time::Instant::now();
-                    match message {
-                        Some(Ok(actix_ws::Message::Ping(bytes))) => {
-                            if session.pong(&bytes).await.is_err() {
-                                return;
-                            }
-                        }
-                        Some(Ok(actix_ws::Message::Close(_))) | Some(Err(_)) | None => return,
-                        Some(Ok(_)) => {}
+                    if !answer(&mut session, message).await {
+                        return;
                     }
                 }
             }
         };
-        let close = reason.map(|description| actix_ws::CloseReason {
-            code: actix_ws::CloseCode::Again,
-            description: Some(description),
-        });
-        // A client that does not read may not take the close frame either: bounded.
-        let _ = tokio::time::timeout(Duration::from_secs(1), session.close(close)).await;
+        close(session, reason).await;
     });
     Ok(response)
 }
@@ -735,6 +715,59 @@ pub(crate) async fn events_sse(
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(tokio_stream_of(rx)))
+}
+
+/// Why a websocket stream ends.
+enum Stop {
+    /// The client left (nothing more can be sent).
+    Gone,
+    /// The server closes it, with this reason.
+    Close(String),
+}
+
+/// A websocket heartbeat: a ping, unless the client has been silent past [`SILENCE_LIMIT`];
+/// `resume` (query parameters) tells a client closed for not keeping up where to start again.
+async fn heartbeat(
+    session: &mut actix_ws::Session,
+    heard: tokio::time::Instant,
+    resume: &str,
+) -> Result<(), Stop> {
+    if heard.elapsed() > SILENCE_LIMIT {
+        dropped("silent");
+        return Err(Stop::Close(format!(
+            "no answer to pings: resume with {resume}"
+        )));
+    }
+    match tokio::time::timeout(SEND_TIMEOUT, session.ping(b"gantry")).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Stop::Gone),
+        Err(_) => {
+            dropped("slow");
+            Err(Stop::Close(format!("slow consumer: resume with {resume}")))
+        }
+    }
+}
+
+/// Answers what a client sent on a stream (a ping gets its pong); `false` once it has left.
+async fn answer(
+    session: &mut actix_ws::Session,
+    message: Option<Result<actix_ws::Message, actix_ws::ProtocolError>>,
+) -> bool {
+    match message {
+        Some(Ok(actix_ws::Message::Ping(bytes))) => session.pong(&bytes).await.is_ok(),
+        Some(Ok(actix_ws::Message::Close(_))) | Some(Err(_)) | None => false,
+        Some(Ok(_)) => true,
+    }
+}
+
+/// Closes a stream, with `reason` when the server ends it. Bounded: a client that does not
+/// read may not take the close frame either.
+async fn close(session: actix_ws::Session, reason: Option<String>) {
+    let reason = reason.map(|description| actix_ws::CloseReason {
+        code: actix_ws::CloseCode::Again,
+        description: Some(description),
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.close(reason)).await;
 }
 
 /// Counts a stream closed by the server (`slow`: did not keep up; `silent`: no answer).
@@ -886,34 +919,22 @@ pub(crate) async fn logs_ws(
                     }
                 }
                 _ = ping.tick() => {
-                    if heard.elapsed() > SILENCE_LIMIT {
-                        dropped("silent");
-                        break Some("no answer to pings".to_owned());
-                    }
-                    if !matches!(tokio::time::timeout(SEND_TIMEOUT, session.ping(b"gantry")).await, Ok(Ok(()))) {
-                        dropped("slow");
-                        break Some(format!("slow consumer: resume with attempt={attempt}&from={offset}"));
+                    let resume = format!("attempt={attempt}&from={offset}");
+                    match heartbeat(&mut session, heard, &resume).await {
+                        Ok(()) => {}
+                        Err(Stop::Gone) => return,
+                        Err(Stop::Close(reason)) => break Some(reason),
                     }
                 }
                 message = incoming.next() => {
                     heard = tokio::time::Instant::now();
-                    match message {
-                        Some(Ok(actix_ws::Message::Ping(bytes))) => {
-                            if session.pong(&bytes).await.is_err() {
-                                return;
-                            }
-                        }
-                        Some(Ok(actix_ws::Message::Close(_))) | Some(Err(_)) | None => return,
-                        Some(Ok(_)) => {}
+                    if !answer(&mut session, message).await {
+                        return;
                     }
                 }
             }
         };
-        let close = reason.map(|description| actix_ws::CloseReason {
-            code: actix_ws::CloseCode::Again,
-            description: Some(description),
-        });
-        let _ = tokio::time::timeout(Duration::from_secs(1), session.close(close)).await;
+        close(session, reason).await;
     });
     Ok(response)
 }

@@ -151,20 +151,32 @@ pub(crate) async fn cancel(
     caller.require(Role::Submitter)?;
     let id = parse_id(&id)?;
     let view = visible_job(&gateway, &caller, &id)?;
-    // A submitter cancels its own jobs; an operator any job of its group.
-    if caller.role < Role::Operator && view.submitted_by != caller.key_id() {
-        return Err(ApiError::new(
-            403,
-            "forbidden",
-            "a submitter cancels only its own jobs (an operator may cancel any of its group)",
-            None,
-        ));
-    }
+    may_cancel(&caller, view.submitted_by.as_deref(), "jobs")?;
     let reason = reason_of(&read_body(&gateway, &req, payload).await?)?;
     let reply = gateway.control.cancel(id, reason, caller.key_id()).await?;
     views_reach(&gateway, reply.seq).await;
     Ok(HttpResponse::Accepted()
         .json(serde_json::json!({ "id": id, "state": reply.state, "seq": reply.seq })))
+}
+
+/// A submitter cancels only what it submitted (`what`: `jobs`, `pipelines`); an operator
+/// anything of its group.
+pub(crate) fn may_cancel(
+    caller: &Caller,
+    submitted_by: Option<&str>,
+    what: &str,
+) -> Result<(), ApiError> {
+    if caller.role < Role::Operator && submitted_by != caller.key_id().as_deref() {
+        return Err(ApiError::new(
+            403,
+            "forbidden",
+            format!(
+                "a submitter cancels only its own {what} (an operator may cancel any of its group)"
+            ),
+            None,
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]

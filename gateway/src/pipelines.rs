@@ -183,14 +183,7 @@ pub(crate) async fn cancel(
     caller.require(Role::Submitter)?;
     let id = parse_id(&id)?;
     let view = visible_pipeline(&gateway, &caller, &id)?;
-    if caller.role < Role::Operator && view.submitted_by != caller.key_id() {
-        return Err(ApiError::new(
-            403,
-            "forbidden",
-            "a submitter cancels only its own pipelines (an operator may cancel any of its group)",
-            None,
-        ));
-    }
+    crate::jobs::may_cancel(&caller, view.submitted_by.as_deref(), "pipelines")?;
     let reason = reason_of(&read_body(&gateway, &req, payload).await?)?;
     let reply = gateway
         .control

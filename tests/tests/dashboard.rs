@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use gantry_nodes::client::Client;
 use gantry_nodes::up::ExecutorChoice;
 use gantry_tests::services::unavailable;
 use gantry_tests::system::Gantry;
@@ -93,24 +94,13 @@ impl Browser {
             .and_then(|t| t["webSocketDebuggerUrl"].as_str())
             .expect("a page target")
             .to_owned();
-        let host = format!("127.0.0.1:{}", self.port);
-        let stream = TcpStream::connect(&host).expect("connect devtools");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let request = tungstenite::http::Request::builder()
-            .uri(&url)
-            .header("Host", &host)
-            .header("Connection", "Upgrade")
-            .header("Upgrade", "websocket")
-            .header("Sec-WebSocket-Version", "13")
-            .header(
-                "Sec-WebSocket-Key",
-                tungstenite::handshake::client::generate_key(),
-            )
-            .body(())
-            .expect("request");
-        let (socket, _) = tungstenite::client(request, stream).expect("devtools handshake");
+        let path = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()))
+            .expect("a ws:// URL");
+        let socket = Client::new(&format!("http://127.0.0.1:{}", self.port))
+            .websocket(&path)
+            .expect("devtools handshake");
         Page { socket, next: 0 }
     }
 }

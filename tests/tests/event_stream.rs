@@ -207,26 +207,10 @@ fn filters_formats_resume_heartbeats_and_read_your_writes() {
     );
 
     // The websocket, filtered by job: only that job's events; then a ping as a heartbeat.
-    let socket = TcpStream::connect(gantry.addr).expect("connect");
-    socket
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    let request = tungstenite::http::Request::builder()
-        .uri(format!(
-            "ws://{}/v1/events/ws?job={a}&types=job.*",
-            gantry.addr
-        ))
-        .header("Host", gantry.addr.to_string())
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header(
-            "Sec-WebSocket-Key",
-            tungstenite::handshake::client::generate_key(),
-        )
-        .body(())
-        .expect("request");
-    let (mut ws, _) = tungstenite::client(request, socket).expect("handshake");
+    let mut ws = gantry
+        .client
+        .websocket(&format!("/v1/events/ws?job={a}&types=job.*"))
+        .expect("handshake");
     let mut seen = Vec::new();
     let mut pinged = false;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -269,23 +253,10 @@ fn live_logs_stream_each_attempt_then_the_end_and_logs_follow_uses_them() {
         "resources": { "cpus": 0.25, "memory_bytes": 64u64 << 20 },
         "retry": { "max_attempts": 2, "retry_user_failures": true, "backoff_initial_ms": 100 },
     }));
-    let socket = TcpStream::connect(gantry.addr).expect("connect");
-    socket
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let request = tungstenite::http::Request::builder()
-        .uri(format!("ws://{}/v1/jobs/{id}/logs/ws", gantry.addr))
-        .header("Host", gantry.addr.to_string())
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header(
-            "Sec-WebSocket-Key",
-            tungstenite::handshake::client::generate_key(),
-        )
-        .body(())
-        .expect("request");
-    let (mut ws, _) = tungstenite::client(request, socket).expect("handshake");
+    let mut ws = gantry
+        .client
+        .websocket(&format!("/v1/jobs/{id}/logs/ws"))
+        .expect("handshake");
     let mut text = [String::new(), String::new(), String::new()];
     let mut started = Vec::new();
     let end = loop {
