@@ -127,6 +127,25 @@ pub(crate) async fn read_body(
     Ok(body.freeze())
 }
 
+/// A header holding a log sequence (`Last-Event-ID`, `Gantry-Min-Seq`): absent, or 400 with
+/// `code` and `message` naming the header when it is not a number.
+pub(crate) fn sequence_header(
+    req: &actix_web::HttpRequest,
+    name: &str,
+    code: &str,
+    message: &str,
+) -> Result<Option<u64>, ApiError> {
+    req.headers()
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::new(400, code, message, Some(name.into())))
+        })
+        .transpose()
+}
+
 /// A page size: 100 by default, 1 to 1000.
 pub(crate) fn page_limit(asked: Option<usize>) -> Result<usize, ApiError> {
     let limit = asked.unwrap_or(100);

@@ -26,7 +26,7 @@ use gantry_events::{Entry, Event};
 use serde::Deserialize;
 
 use crate::auth::{Caller, Role, bearer};
-use crate::body::page_limit;
+use crate::body::{page_limit, sequence_header};
 use crate::error::ApiError;
 use crate::health::views_reach;
 use crate::{Gateway, query};
@@ -442,6 +442,18 @@ impl StreamSlots {
             .sum()
     }
 
+    /// A slot for a caller's stream: counted against its key, or (without one) its address.
+    fn take_for(
+        self: &Arc<Self>,
+        caller: Option<&Caller>,
+        req: &HttpRequest,
+    ) -> Result<Slot, ApiError> {
+        let owner = caller
+            .and_then(Caller::key_id)
+            .unwrap_or_else(|| crate::auth::client_address(req));
+        self.take(&owner)
+    }
+
     /// A slot for `who`, or 503 past either bound. The slot is given back when dropped.
     fn take(self: &Arc<Self>, who: &str) -> Result<Slot, ApiError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -524,12 +536,7 @@ pub(crate) async fn events_ws(
         }
         (None, true) => None,
     };
-    let slot_owner = caller
-        .as_ref()
-        .and_then(Caller::key_id)
-        .or_else(|| req.peer_addr().map(|a| a.ip().to_string()))
-        .unwrap_or_default();
-    let slot = gateway.streams.take(&slot_owner)?;
+    let slot = gateway.streams.take_for(caller.as_ref(), &req)?;
     let mut events = gateway
         .log
         .subscribe(first)
@@ -630,23 +637,12 @@ pub(crate) async fn events_sse(
 ) -> Result<HttpResponse, ApiError> {
     let caller = gateway.caller(&req)?;
     let q: StreamQuery = query(&req)?;
-    let resume = req
-        .headers()
-        .get("Last-Event-ID")
-        .map(|v| {
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::new(
-                        400,
-                        "invalid_filter",
-                        "Last-Event-ID is the sequence of the last event received",
-                        Some("Last-Event-ID".into()),
-                    )
-                })
-        })
-        .transpose()?;
+    let resume = sequence_header(
+        &req,
+        "Last-Event-ID",
+        "invalid_filter",
+        "Last-Event-ID is the sequence of the last event received",
+    )?;
     let first = first_after(resume.or(q.after))?;
     let (wanted, format) = wanted(
         q.types.as_deref(),
@@ -654,11 +650,7 @@ pub(crate) async fn events_sse(
         q.queue.as_deref(),
         q.format.as_deref(),
     )?;
-    let owner = caller
-        .key_id()
-        .or_else(|| req.peer_addr().map(|a| a.ip().to_string()))
-        .unwrap_or_default();
-    let slot = gateway.streams.take(&owner)?;
+    let slot = gateway.streams.take_for(Some(&caller), &req)?;
     let mut events = gateway
         .log
         .subscribe(first)
@@ -838,11 +830,7 @@ pub(crate) async fn logs_ws(
     let q: LogsWsQuery = query(&req)?;
     let id = crate::body::parse_id(&id)?;
     let view = crate::jobs::visible_job(&gateway, &caller, &id)?;
-    let owner = caller
-        .key_id()
-        .or_else(|| req.peer_addr().map(|a| a.ip().to_string()))
-        .unwrap_or_default();
-    let slot = gateway.streams.take(&owner)?;
+    let slot = gateway.streams.take_for(Some(&caller), &req)?;
     let (response, mut session, mut incoming) =
         actix_ws::handle_with_protocols(&req, body, &["gantry"])?;
     let gateway = gateway.into_inner();

@@ -22,23 +22,12 @@ pub(crate) async fn read_after(
     req: &actix_web::HttpRequest,
     min_seq: Option<u64>,
 ) -> Result<(), ApiError> {
-    let header = req
-        .headers()
-        .get("Gantry-Min-Seq")
-        .map(|v| {
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::new(
-                        400,
-                        "invalid_min_seq",
-                        "Gantry-Min-Seq is a sequence number",
-                        Some("Gantry-Min-Seq".into()),
-                    )
-                })
-        })
-        .transpose()?;
+    let header = crate::body::sequence_header(
+        req,
+        "Gantry-Min-Seq",
+        "invalid_min_seq",
+        "Gantry-Min-Seq is a sequence number",
+    )?;
     let Some(want) = min_seq.max(header) else {
         return Ok(());
     };
