@@ -28,7 +28,7 @@ use crate::spec::{
 pub const MAX_STAGES: usize = 64;
 
 /// A pipeline as users write it.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineRequest {
     pub name: String,
@@ -36,7 +36,7 @@ pub struct PipelineRequest {
 }
 
 /// One stage as users write it: a job, what it waits for and what it reads.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageRequest {
     pub name: String,
@@ -54,7 +54,7 @@ pub struct StageRequest {
 }
 
 /// An earlier stage's output a stage reads.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageInputRequest {
     pub stage: String,

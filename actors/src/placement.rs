@@ -17,7 +17,7 @@ const SCAN_LIMIT: usize = 256;
 const AFFINITY_LIMIT: usize = 32;
 
 /// Where a node stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     Ready,

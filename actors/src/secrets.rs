@@ -22,6 +22,21 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct SecretString(pub String);
 
+/// A secret value: a string the API takes and never gives back.
+impl utoipa::PartialSchema for SecretString {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Password,
+            )))
+            .write_only(true)
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SecretString {}
+
 impl std::fmt::Debug for SecretString {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("\"***\"")

@@ -14,7 +14,7 @@ use crate::secrets::{SECRET_SCHEME, SecretString, valid_name};
 use serde::{Deserialize, Serialize};
 
 /// A job submission as users write it.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// Required for a job; a pipeline stage's job defaults to the stage's name.
@@ -79,9 +79,10 @@ pub struct Resolved {
 }
 
 /// An earlier job's artifact a job asks for.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputRequest {
+    #[schema(value_type = String, format = Uuid)]
     pub from: JobId,
     pub artifact: String,
     /// Where the job finds it under `$GANTRY_INPUT_DIR` (default: the artifact's name).
@@ -93,7 +94,7 @@ pub struct InputRequest {
 pub const MAX_INPUTS: usize = 64;
 
 /// Resources as users write them.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceRequest {
     /// CPU cores, fractions allowed (`0.5`).
@@ -106,7 +107,7 @@ pub struct ResourceRequest {
 }
 
 /// GPUs as users ask for them (unknown fields refused: a typo must not mean "any GPU").
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GpuAsk {
     #[serde(default)]
@@ -129,7 +130,7 @@ impl From<GpuAsk> for GpuRequest {
 }
 
 /// Retry policy as users write it; missing fields take the defaults.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
     #[serde(default)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 /// One GPU, sampled once. A field the driver did not answer is `None`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GpuSample {
     pub uuid: String,
     pub utilisation_pct: Option<u8>,

@@ -141,15 +141,16 @@ pub struct JobSubmitted {
 }
 
 /// A pipeline's stage, as a job names the stage it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageOf {
+    #[schema(value_type = String, format = Uuid)]
     pub pipeline_id: PipelineId,
     pub stage: String,
 }
 
 /// What a user asked to run. Validation happens at the edge (gateway, CLI) before this is
 /// recorded; a recorded spec is always valid.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobSpec {
     pub name: String,
     pub image: String,
@@ -195,9 +196,10 @@ pub struct JobSpec {
 }
 
 /// An earlier job's artifact a job reads, as resolved when it was submitted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InputRef {
     /// The job that stored it, and its name there.
+    #[schema(value_type = String, format = Uuid)]
     pub from: JobId,
     pub artifact: String,
     /// Where the job finds it, relative to `$GANTRY_INPUT_DIR`.
@@ -210,7 +212,7 @@ pub struct InputRef {
 
 /// Where a secret environment value is kept, and a keyed hash (HMAC-SHA256 under a key
 /// derived from the server's secret key) of the value it had when the job was submitted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretRef {
     /// The secret's name in the store, e.g. `vision/hf-token` (a stored secret of group
     /// `vision`) or `vision/job-<id>/TOKEN` (a value given with the job).
@@ -223,7 +225,7 @@ fn default_queue() -> String {
 }
 
 /// Resources one attempt reserves on a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct Resources {
     /// Thousandths of a CPU core.
     #[serde(default)]
@@ -235,7 +237,7 @@ pub struct Resources {
 }
 
 /// GPUs one attempt needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct GpuRequest {
     #[serde(default)]
     pub count: u32,
@@ -247,7 +249,7 @@ pub struct GpuRequest {
 }
 
 /// When and how often a failed attempt is retried.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included. 1 means never retry.
     pub max_attempts: u32,
@@ -271,7 +273,7 @@ impl Default for RetryPolicy {
 }
 
 /// Network access of a job's container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Network {
     /// No network at all (the default).
@@ -331,7 +333,7 @@ pub struct JobFailed {
 }
 
 /// Why an attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FailureCause {
     /// The job's process exited with a non-zero status.
@@ -409,7 +411,7 @@ pub struct JobWaiting {
 
 /// A pending reason, in the manner of Slurm's: a stable code, a sentence for people, and
 /// whether the job can never fit any node that has ever joined.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PendingReason {
     /// `no_nodes`, `no_gpu_model`, `gpu_memory`, `too_many_gpus`, `too_many_cpus`,
     /// `too_much_memory`, `nodes_unavailable` or `resources_busy`.
@@ -424,7 +426,7 @@ pub struct PendingReason {
 // Node payloads
 
 /// A GPU as a node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Gpu {
     pub uuid: String,
     pub name: String,
@@ -574,7 +576,7 @@ pub struct PipelineSubmitted {
 }
 
 /// One stage of a pipeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PipelineStage {
     pub name: String,
     /// Stages that must end first (those it reads inputs from included).
@@ -590,7 +592,7 @@ pub struct PipelineStage {
 }
 
 /// When a stage runs once its dependencies have ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunIf {
     /// Only if every dependency succeeded; otherwise it is skipped (the default).
@@ -601,7 +603,7 @@ pub enum RunIf {
 }
 
 /// An output of an earlier stage that a stage reads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageInput {
     pub stage: String,
     pub artifact: String,

@@ -55,6 +55,19 @@ impl fmt::Debug for Hash {
     }
 }
 
+/// In JSON a hash is 64 lowercase hex digits.
+impl utoipa::PartialSchema for Hash {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .pattern(Some("^[0-9a-f]{64}$"))
+            .description(Some("SHA-256, 64 lowercase hex digits"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Hash {}
+
 impl Serialize for Hash {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if serializer.is_human_readable() {

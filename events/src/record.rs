@@ -21,7 +21,7 @@ pub const FORMAT_VERSION: u64 = 1;
 const ENVELOPE_LEN: u32 = 10;
 
 /// Who appended an event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Source {
     /// The node's id (stable across restarts).
     pub node: String,
@@ -72,9 +72,10 @@ pub fn now_ns() -> u64 {
 }
 
 /// An event as it sits in the chain, decoded.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Envelope {
     pub seq: u64,
+    #[schema(value_type = String, format = Uuid)]
     pub id: Uuid,
     pub time_ns: u64,
     pub source: Source,
@@ -83,6 +84,8 @@ pub struct Envelope {
     #[serde(rename = "type")]
     pub type_name: String,
     pub version: u32,
+    /// The payload: its fields per type are given in `events/FORMAT.md`.
+    #[schema(value_type = Object)]
     pub event: Event,
 }
 

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::jobs::readable_job;
+use crate::openapi::{ArtifactItem, ArtifactList};
 use crate::{Gateway, query};
 
 /// Resolves a request's inputs to the stored artifacts they name, of jobs the caller's group
@@ -73,6 +74,7 @@ pub(crate) fn resolve_inputs(
         .collect()
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts", tag = "artifacts", params(("id" = String, Path, description = "the job's id (UUID)"), ListQuery, ("Gantry-Min-Seq" = Option<u64>, Header, description = "as `min_seq`")), responses((status = 200, description = "The job's outputs", body = crate::openapi::ArtifactList), crate::openapi::Errors))]
 pub(crate) async fn list(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -98,26 +100,27 @@ pub(crate) async fn list(
             }
             _ => None,
         };
-        let mut value = serde_json::json!({
-                "name": a.name,
-                "attempt": a.attempt,
-                "size_bytes": a.size_bytes,
-                "sha256": a.sha256,
-                "content_type": a.content_type,
-                "stored_ns": a.stored_ns,
-                "pruned_ns": a.pruned_ns,
-                "pruned_reason": a.pruned_reason,
+        let (content_encoding, content) = content.map_or((None, None), |(encoding, text)| {
+            (Some(encoding.to_owned()), Some(text))
         });
-        if let Some((encoding, text)) = content {
-            value["content_encoding"] = encoding.into();
-            value["content"] = text.into();
-        }
-        artifacts.push(value);
+        artifacts.push(ArtifactItem {
+            name: a.name,
+            attempt: a.attempt,
+            size_bytes: a.size_bytes,
+            sha256: a.sha256,
+            content_type: a.content_type,
+            stored_ns: a.stored_ns,
+            pruned_ns: a.pruned_ns,
+            pruned_reason: a.pruned_reason,
+            content_encoding,
+            content,
+        });
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "artifacts": artifacts })))
+    Ok(HttpResponse::Ok().json(ArtifactList { artifacts }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     /// Put small artifacts' bytes in the answer.
@@ -191,6 +194,7 @@ fn range(req: &HttpRequest, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
     Ok(Some((start, end)))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts/{name}", tag = "artifacts", params(("id" = String, Path, description = "the job's id (UUID)"), ("name" = String, Path, description = "the output's name (may contain `/`)"), ("Range" = Option<String>, Header, description = "one `bytes=A-B` range"), ("If-None-Match" = Option<String>, Header, description = "the ETag (the SHA-256)")), responses((status = 200, description = "The bytes, with the content type recorded for the output", content_type = "*/*", body = String), (status = 206, description = "The range asked for", content_type = "*/*", body = String), (status = 304, description = "Not modified"), (status = 410, description = "Retention deleted the bytes (`artifact_pruned`)", body = crate::openapi::ErrorBody), (status = 416, description = "Range not satisfiable", body = crate::openapi::ErrorBody), crate::openapi::Errors))]
 pub(crate) async fn download(
     gateway: web::Data<Gateway>,
     req: HttpRequest,

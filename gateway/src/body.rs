@@ -171,9 +171,10 @@ pub(crate) fn parse_id(raw: &str) -> Result<JobId, ApiError> {
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// An optional reason, for cancels and node changes (at most 1 KiB, printable).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CancelBody {
+pub(crate) struct ReasonBody {
     reason: Option<String>,
 }
 
@@ -186,7 +187,7 @@ pub(crate) fn reason_of(body: &[u8]) -> Result<Option<String>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let CancelBody { reason } = parse_body(body, &[""])?;
+    let ReasonBody { reason } = parse_body(body, &[""])?;
     if let Some(reason) = &reason
         && (reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control))
     {

@@ -7,7 +7,9 @@ use gantry_actors::actor::scheduler::CommandError;
 use serde::{Deserialize, Serialize};
 
 /// An error answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, utoipa::ToSchema,
+)]
 #[error("{code}: {message}")]
 pub struct ApiError {
     #[serde(skip)]

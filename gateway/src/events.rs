@@ -29,9 +29,11 @@ use crate::auth::{Caller, Role, bearer};
 use crate::body::{page_limit, sequence_header};
 use crate::error::ApiError;
 use crate::health::views_reach;
+use crate::openapi::{LogChunk, LogEnd, LogMessage, LogStarted};
 use crate::{Gateway, query};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
     after: Option<u64>,
@@ -42,7 +44,8 @@ struct EventsQuery {
     format: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct StreamQuery {
     after: Option<u64>,
@@ -177,6 +180,7 @@ fn cloud_event(envelope: &gantry_events::Envelope) -> serde_json::Value {
 
 /// A page of at most `limit` entries after `after`, less those the caller may not see;
 /// `next_after` is where the next page starts.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery), responses((status = 200, description = "A page of events", body = crate::openapi::EventPage), crate::openapi::Errors))]
 pub(crate) async fn events(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -497,6 +501,7 @@ impl Drop for Slot {
 
 /// Streams events over a websocket: history after `after`, then live, as one JSON text message
 /// each, filtered like `/v1/events`.
+#[utoipa::path(get, path = "/v1/events/ws", tag = "events", params(StreamQuery), responses((status = 101, description = "Websocket: history after `after`, then live; each text message is one event (`Envelope`, or `CloudEvent` with `format=cloudevents`). Pinged every 5 s; closed after 30 s of silence, or when the client falls behind (close reason: `resume with after=SEQ`)"), crate::openapi::Errors))]
 pub(crate) async fn events_ws(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -631,6 +636,7 @@ pub(crate) async fn events_ws(
 /// Streams events as Server-Sent Events: history after `after` (or the `Last-Event-ID` a
 /// reconnecting client sends), then live, one `id:`/`event:`/`data:` block each, filtered like
 /// `/v1/events`; a comment every [`PING_EVERY`] keeps proxies from closing an idle stream.
+#[utoipa::path(get, path = "/v1/events/sse", tag = "events", params(StreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "resume after this sequence")), responses((status = 200, description = "Server-Sent Events: `id:` the sequence, `data:` one event as JSON", content_type = "text/event-stream", body = String), crate::openapi::Errors))]
 pub(crate) async fn events_sse(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -783,13 +789,19 @@ pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 /// Messages an SSE stream holds for its client before it counts as falling behind.
 const SSE_BUFFER: usize = 64;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LogsWsQuery {
     /// Follow this attempt only (default: the job's attempts as they come).
     attempt: Option<u32>,
     /// Start at this byte of the (first) attempt's output.
     from: Option<u64>,
+}
+
+/// A message as JSON.
+fn json_of(message: LogMessage) -> serde_json::Value {
+    serde_json::to_value(message).unwrap_or_default()
 }
 
 /// How often a live log stream looks for new output.
@@ -801,6 +813,7 @@ const LOG_POLL: Duration = Duration::from_millis(100);
 /// message `{"attempt": N, "started": true}` when a retry starts a new attempt; and once the job
 /// has ended, `{"end": true, "state", "attempt", "exit_code", "cause"}` before the close. The
 /// key comes as for the event websocket (header or `gantry.bearer.KEY` subprotocol).
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs/ws", tag = "jobs", params(("id" = String, Path, description = "the job's id (UUID)"), LogsWsQuery), responses((status = 101, description = "Websocket: `LogMessage` text messages (output as it is written; a new attempt; the end)"), crate::openapi::Errors))]
 pub(crate) async fn logs_ws(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -867,11 +880,11 @@ pub(crate) async fn logs_ws(
                         Err(error) => break Some(format!("output unreadable: {error}")),
                     };
                     if !chunk.is_empty() {
-                        let message = serde_json::json!({
-                            "attempt": attempt,
-                            "offset": offset,
-                            "data": String::from_utf8_lossy(&chunk),
-                        });
+                        let message = json_of(LogMessage::Chunk(LogChunk {
+                            attempt,
+                            offset,
+                            data: String::from_utf8_lossy(&chunk).into_owned(),
+                        }));
                         offset += chunk.len() as u64;
                         if !send(&mut session, message).await {
                             dropped("slow");
@@ -887,7 +900,7 @@ pub(crate) async fn logs_ws(
                     if fixed.is_none() && job.attempt > attempt && (this_ended || attempt == 0) {
                         attempt = job.attempt;
                         offset = 0;
-                        if !send(&mut session, serde_json::json!({ "attempt": attempt, "started": true })).await {
+                        if !send(&mut session, json_of(LogMessage::Started(LogStarted { attempt, started: true }))).await {
                             break None;
                         }
                         continue;
@@ -895,13 +908,13 @@ pub(crate) async fn logs_ws(
                     let done = if fixed.is_some() { this_ended || (terminal && job.attempt < attempt) } else { terminal && (this_ended || job.attempts.is_empty()) };
                     if done {
                         let last = job.attempts.iter().find(|a| a.attempt == attempt);
-                        let end = serde_json::json!({
-                            "end": true,
-                            "state": job.state,
-                            "attempt": attempt,
-                            "exit_code": last.and_then(|a| a.exit_code),
-                            "cause": last.and_then(|a| a.cause.clone()),
-                        });
+                        let end = json_of(LogMessage::End(LogEnd {
+                            end: true,
+                            state: job.state.clone(),
+                            attempt,
+                            exit_code: last.and_then(|a| a.exit_code),
+                            cause: last.and_then(|a| a.cause.clone()),
+                        }));
                         let _ = send(&mut session, end).await;
                         break None;
                     }

@@ -8,6 +8,7 @@ use gantry_actors::actor::supervisor::GetHealth;
 
 use crate::Gateway;
 use crate::error::{ApiError, mailbox};
+use crate::openapi::{Alive, Readiness};
 
 /// Waits (briefly) until the views include sequence `seq`.
 /// How long a read carrying `min_seq` waits for the views to reach it.
@@ -52,10 +53,14 @@ pub(crate) async fn views_reach(gateway: &Gateway, seq: u64) {
     let _ = tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|s| *s >= seq)).await;
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "meta", security(()), responses((status = 200, description = "The process answers", body = crate::openapi::Alive)))]
 pub(crate) async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
+    HttpResponse::Ok().json(Alive {
+        status: "alive".into(),
+    })
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "meta", security(()), responses((status = 200, description = "Ready", body = crate::openapi::Readiness), (status = 503, description = "Not ready", body = crate::openapi::Readiness)))]
 pub(crate) async fn readyz(gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let head = gateway.log.head().await.map_err(ApiError::unavailable)?;
     let views = *gateway.views_seq.borrow();
@@ -68,15 +73,15 @@ pub(crate) async fn readyz(gateway: web::Data<Gateway>) -> Result<HttpResponse, 
     // take a submission, however current the views are.
     let log_fault = gateway.log.fault();
     let ready = caught_up && log_fault.is_none();
-    let body = serde_json::json!({
-        "ready": ready,
-        "log_head": head.seq,
-        "views_seq": views,
-        "projection_lag": head.seq.saturating_sub(views),
-        "log_fault": log_fault,
-        "health": health,
-        "leading": gateway.leading.as_ref().map(|l| *l.borrow()),
-    });
+    let body = Readiness {
+        ready,
+        log_head: head.seq,
+        views_seq: views,
+        projection_lag: head.seq.saturating_sub(views),
+        log_fault,
+        health,
+        leading: gateway.leading.as_ref().map(|l| *l.borrow()),
+    };
     Ok(if ready {
         HttpResponse::Ok().json(body)
     } else {

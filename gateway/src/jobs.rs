@@ -12,8 +12,10 @@ use crate::auth::{Caller, Role};
 use crate::body::{OBJECT_PATHS, page_limit, parse_body, parse_id, read_body, reason_of};
 use crate::error::ApiError;
 use crate::health::{read_after, views_reach};
+use crate::openapi::{CancelAccepted, JobDetail, JobList, Submitted};
 use crate::{Gateway, query};
 
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = gantry_actors::spec::SubmitRequest, responses((status = 202, description = "Accepted (durable in the log)", body = crate::openapi::Submitted), crate::openapi::Errors))]
 pub(crate) async fn submit(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -36,15 +38,16 @@ pub(crate) async fn submit(
     }
     let reply = submitted?;
     views_reach(&gateway, reply.seq).await;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({
-        "id": reply.job_id,
-        "existing": reply.existing,
+    Ok(HttpResponse::Accepted().json(Submitted {
+        id: reply.job_id,
+        existing: reply.existing,
         // Read-your-writes: a GET with `?min_seq=` this answers once the views include it.
-        "seq": reply.seq,
-    })))
+        seq: reply.seq,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
@@ -56,12 +59,14 @@ struct ListQuery {
 }
 
 /// A read that takes only `min_seq` (see [`read_after`]).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MinSeq {
     pub min_seq: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery, ("Gantry-Min-Seq" = Option<u64>, Header, description = "as `min_seq`")), responses((status = 200, description = "A page of the caller's group's jobs, oldest first", body = crate::openapi::JobList), crate::openapi::Errors))]
 pub(crate) async fn list_jobs(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -92,7 +97,7 @@ pub(crate) async fn list_jobs(
     let next = (jobs.len() == limit)
         .then(|| jobs.last().map(|j| j.id))
         .flatten();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs, "next": next })))
+    Ok(HttpResponse::Ok().json(JobList { jobs, next }))
 }
 
 /// The job `id` if the caller's group may see it; 404 otherwise (the same answer as for a job
@@ -121,6 +126,7 @@ pub(crate) fn readable_job(
     Ok((id, view))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "the job's id (UUID)"), MinSeq, ("Gantry-Min-Seq" = Option<u64>, Header, description = "as `min_seq`")), responses((status = 200, description = "The job", body = crate::openapi::JobDetail), crate::openapi::Errors))]
 pub(crate) async fn get_job(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -136,11 +142,13 @@ pub(crate) async fn get_job(
     } else {
         Vec::new()
     };
-    let mut value = serde_json::to_value(view).unwrap_or_default();
-    value["gpu_telemetry"] = serde_json::to_value(samples).unwrap_or_default();
-    Ok(HttpResponse::Ok().json(value))
+    Ok(HttpResponse::Ok().json(JobDetail {
+        job: view,
+        gpu_telemetry: samples,
+    }))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "the job's id (UUID)")), request_body(content = Option<crate::body::ReasonBody>, description = "optional"), responses((status = 202, description = "Cancel recorded", body = crate::openapi::CancelAccepted), crate::openapi::Errors))]
 pub(crate) async fn cancel(
     gateway: web::Data<Gateway>,
     id: web::Path<String>,
@@ -155,8 +163,11 @@ pub(crate) async fn cancel(
     let reason = reason_of(&read_body(&gateway, &req, payload).await?)?;
     let reply = gateway.control.cancel(id, reason, caller.key_id()).await?;
     views_reach(&gateway, reply.seq).await;
-    Ok(HttpResponse::Accepted()
-        .json(serde_json::json!({ "id": id, "state": reply.state, "seq": reply.seq })))
+    Ok(HttpResponse::Accepted().json(CancelAccepted {
+        id,
+        state: reply.state,
+        seq: reply.seq,
+    }))
 }
 
 /// A submitter cancels only what it submitted (`what`: `jobs`, `pipelines`); an operator
@@ -179,13 +190,15 @@ pub(crate) fn may_cancel(
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LogsQuery {
     attempt: Option<u32>,
     min_seq: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "jobs", params(("id" = String, Path, description = "the job's id (UUID)"), LogsQuery, ("Gantry-Min-Seq" = Option<u64>, Header, description = "as `min_seq`")), responses((status = 200, description = "An attempt's output so far (header `Gantry-Attempt`)", content_type = "text/plain", body = String), crate::openapi::Errors))]
 pub(crate) async fn logs(
     gateway: web::Data<Gateway>,
     req: HttpRequest,

@@ -11,11 +11,12 @@ use crate::auth::{Caller, Role, bearer};
 use crate::body::{parse_body, read_body};
 use crate::error::ApiError;
 use crate::health::views_reach;
+use crate::openapi::{KeyCreatedAnswer, KeyItem, KeyList, KeyRevokedAnswer};
 
 /// Longest key name and group name.
 const MAX_NAME_BYTES: usize = 64;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
     role: String,
@@ -79,6 +80,7 @@ fn creator(gateway: &Gateway, req: &HttpRequest) -> Result<(Caller, bool), ApiEr
     Ok((caller, false))
 }
 
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKey, responses((status = 201, description = "Created; the key is shown once", body = crate::openapi::KeyCreatedAnswer), crate::openapi::Errors))]
 pub(crate) async fn create(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -127,39 +129,39 @@ pub(crate) async fn create(
         gateway.bootstrap_spent();
     }
     tracing::info!(key_id = %new.key_id, role = role.as_str(), %group, "API key created");
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "key_id": new.key_id,
-        "key": new.key,
-        "name": name,
-        "role": role,
-        "group": group,
-    })))
+    Ok(HttpResponse::Created().json(KeyCreatedAnswer {
+        key_id: new.key_id,
+        key: new.key,
+        name,
+        role: role.as_str().to_owned(),
+        group,
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", responses((status = 200, description = "Every key (never the key itself)", body = crate::openapi::KeyList), crate::openapi::Errors))]
 pub(crate) async fn list(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     gateway.caller(&req)?.require(Role::Admin)?;
-    let keys: Vec<serde_json::Value> = gateway
+    let keys = gateway
         .views
         .keys()?
         .into_iter()
-        .map(|k| {
-            serde_json::json!({
-                "key_id": k.key_id,
-                "name": k.name,
-                "role": k.role,
-                "group": k.group,
-                "created_ns": k.created_ns,
-                "created_by": k.created_by,
-                "revoked_ns": k.revoked_ns,
-            })
+        .map(|k| KeyItem {
+            key_id: k.key_id,
+            name: k.name,
+            role: k.role,
+            group: k.group,
+            created_ns: k.created_ns,
+            created_by: k.created_by,
+            revoked_ns: k.revoked_ns,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "keys": keys })))
+    Ok(HttpResponse::Ok().json(KeyList { keys }))
 }
 
+#[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "keys", params(("id" = String, Path, description = "the key's id")), responses((status = 202, description = "Revoked", body = crate::openapi::KeyRevokedAnswer), crate::openapi::Errors))]
 pub(crate) async fn revoke(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -177,5 +179,8 @@ pub(crate) async fn revoke(
         .await?;
     views_reach(&gateway, seq).await;
     tracing::info!(%key_id, "API key revoked");
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "key_id": key_id, "revoked": true })))
+    Ok(HttpResponse::Accepted().json(KeyRevokedAnswer {
+        key_id,
+        revoked: true,
+    }))
 }

@@ -30,6 +30,7 @@ mod jobs;
 mod keys;
 pub mod metrics;
 mod nodes;
+pub mod openapi;
 mod pipelines;
 mod receipt;
 mod secrets;
@@ -212,6 +213,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
         }))
     };
     cfg.service(resource("/", "GET").route(web::get().to(dashboard::page)))
+        .service(resource("/openapi.json", "GET").route(web::get().to(openapi::document)))
+        .service(resource("/docs", "GET").route(web::get().to(openapi::docs)))
         .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
         .service(resource("/metrics", "GET").route(web::get().to(metrics::metrics)))
         .service(resource("/readyz", "GET").route(web::get().to(health::readyz)))

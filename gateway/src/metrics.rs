@@ -101,6 +101,7 @@ pub async fn track(
 }
 
 /// `GET /metrics` (operators and admins: it counts every group's jobs).
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format (operators)", content_type = "text/plain", body = String), crate::openapi::Errors))]
 pub(crate) async fn metrics(
     gateway: web::Data<Gateway>,
     req: HttpRequest,

@@ -9,7 +9,9 @@ use crate::Gateway;
 use crate::auth::Role;
 use crate::body::{read_body, reason_of};
 use crate::error::ApiError;
+use crate::openapi::{Free, NodeChanged, NodeDetail, NodeList, QueueList};
 
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", responses((status = 200, description = "The fleet", body = crate::openapi::NodeList), crate::openapi::Errors))]
 pub(crate) async fn nodes(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -25,31 +27,26 @@ pub(crate) async fn nodes(
                 Default::default()
             }
         };
-    let nodes: Vec<serde_json::Value> = gateway
+    let nodes = gateway
         .views
         .nodes()?
         .into_iter()
-        .map(|node| {
-            let samples = gateway.telemetry.node(&node.id);
-            let heard = gateway.telemetry.last_heard(&node.id);
-            let free = live.get(&node.id).map(|n| {
-                serde_json::json!({
-                    "cpu_millis": n.free_cpu_millis,
-                    "memory_bytes": n.free_memory_bytes,
-                    "gpus": n.free_gpus,
-                })
-            });
-            let mut value = serde_json::to_value(node).unwrap_or_default();
-            value["gpu_telemetry"] = serde_json::to_value(samples).unwrap_or_default();
-            value["last_heartbeat_ms"] = serde_json::to_value(heard).unwrap_or_default();
-            value["free"] = free.unwrap_or_default();
-            value
+        .map(|node| NodeDetail {
+            gpu_telemetry: gateway.telemetry.node(&node.id),
+            last_heartbeat_ms: gateway.telemetry.last_heard(&node.id),
+            free: live.get(&node.id).map(|n| Free {
+                cpu_millis: n.free_cpu_millis,
+                memory_bytes: n.free_memory_bytes,
+                gpus: n.free_gpus.iter().cloned().collect(),
+            }),
+            node,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "nodes": nodes })))
+    Ok(HttpResponse::Ok().json(NodeList { nodes }))
 }
 
 /// `POST /v1/nodes/{id}/{cordon|uncordon|drain}`.
+#[utoipa::path(post, path = "/v1/nodes/{id}/{action}", tag = "nodes", params(("id" = String, Path), ("action" = String, Path, description = "`cordon`, `uncordon` or `drain`")), request_body(content = Option<crate::body::ReasonBody>, description = "optional"), responses((status = 202, description = "Recorded", body = crate::openapi::NodeChanged), crate::openapi::Errors))]
 pub(crate) async fn change_node(
     gateway: web::Data<Gateway>,
     path: web::Path<(String, String)>,
@@ -83,14 +80,17 @@ pub(crate) async fn change_node(
             by: caller.key_id(),
         })
         .await?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": node, "status": status })))
+    Ok(HttpResponse::Accepted().json(NodeChanged { id: node, status }))
 }
 
 /// Jobs per queue and state, over every group (counts only).
+#[utoipa::path(get, path = "/v1/queues", tag = "nodes", responses((status = 200, description = "Jobs per queue and state", body = crate::openapi::QueueList), crate::openapi::Errors))]
 pub(crate) async fn queues(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     gateway.caller(&req)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "queues": gateway.views.queues()? })))
+    Ok(HttpResponse::Ok().json(QueueList {
+        queues: gateway.views.queues()?,
+    }))
 }

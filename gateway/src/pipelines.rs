@@ -15,9 +15,11 @@ use crate::auth::{Caller, Role};
 use crate::body::{OBJECT_PATHS, page_limit, parse_body, parse_id, read_body, reason_of};
 use crate::error::ApiError;
 use crate::health::{read_after, views_reach};
+use crate::openapi::{PipelineCancelAccepted, PipelineDryRun, PipelineList, PipelineSubmitted};
 use crate::{Gateway, query};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SubmitQuery {
     #[serde(default)]
@@ -46,6 +48,7 @@ fn within_stage(i: usize, mut error: ApiError) -> ApiError {
     error
 }
 
+#[utoipa::path(post, path = "/v1/pipelines", tag = "pipelines", params(SubmitQuery), request_body = gantry_actors::pipeline::PipelineRequest, responses((status = 202, description = "Accepted", body = crate::openapi::PipelineSubmitted), (status = 200, description = "Dry run: checked, nothing recorded", body = crate::openapi::PipelineDryRun), crate::openapi::Errors))]
 pub(crate) async fn submit(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -109,20 +112,20 @@ pub(crate) async fn submit(
         crate::secrets::forget(&gateway, &stored).await;
     }
     let reply = answer?;
+    let order = reply.stages.iter().map(|s| s.name.clone()).collect();
     if q.dry_run {
-        let order: Vec<&str> = reply.stages.iter().map(|s| s.name.as_str()).collect();
-        return Ok(HttpResponse::Ok().json(serde_json::json!({
-            "dry_run": true,
-            "order": order,
-            "stages": reply.stages,
-        })));
+        return Ok(HttpResponse::Ok().json(PipelineDryRun {
+            dry_run: true,
+            order,
+            stages: reply.stages,
+        }));
     }
     views_reach(&gateway, reply.seq).await;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({
-        "id": reply.pipeline_id,
-        "order": reply.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
-        "seq": reply.seq,
-    })))
+    Ok(HttpResponse::Accepted().json(PipelineSubmitted {
+        id: reply.pipeline_id,
+        order,
+        seq: reply.seq,
+    }))
 }
 
 /// The pipeline `id` if the caller's group may see it; 404 otherwise.
@@ -137,6 +140,7 @@ fn visible_pipeline(
         .ok_or_else(|| ApiError::not_found(format!("no pipeline {id}")))
 }
 
+#[utoipa::path(get, path = "/v1/pipelines/{id}", tag = "pipelines", params(("id" = String, Path, description = "the pipeline's id (UUID)"), crate::jobs::MinSeq, ("Gantry-Min-Seq" = Option<u64>, Header, description = "as `min_seq`")), responses((status = 200, description = "The pipeline", body = gantry_projections::PipelineView), crate::openapi::Errors))]
 pub(crate) async fn get(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -149,7 +153,8 @@ pub(crate) async fn get(
     Ok(HttpResponse::Ok().json(visible_pipeline(&gateway, &caller, &id)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     after: Option<String>,
@@ -157,6 +162,7 @@ struct ListQuery {
     min_seq: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/pipelines", tag = "pipelines", params(ListQuery, ("Gantry-Min-Seq" = Option<u64>, Header, description = "as `min_seq`")), responses((status = 200, description = "A page of pipelines", body = crate::openapi::PipelineList), crate::openapi::Errors))]
 pub(crate) async fn list(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -170,9 +176,10 @@ pub(crate) async fn list(
     let next = (pipelines.len() == limit)
         .then(|| pipelines.last().map(|p| p.id))
         .flatten();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "pipelines": pipelines, "next": next })))
+    Ok(HttpResponse::Ok().json(PipelineList { pipelines, next }))
 }
 
+#[utoipa::path(post, path = "/v1/pipelines/{id}/cancel", tag = "pipelines", params(("id" = String, Path, description = "the pipeline's id (UUID)")), request_body(content = Option<crate::body::ReasonBody>, description = "optional"), responses((status = 202, description = "Cancel recorded", body = crate::openapi::PipelineCancelAccepted), crate::openapi::Errors))]
 pub(crate) async fn cancel(
     gateway: web::Data<Gateway>,
     id: web::Path<String>,
@@ -195,5 +202,8 @@ pub(crate) async fn cancel(
         .await?;
     views_reach(&gateway, reply.seq).await;
     let view = visible_pipeline(&gateway, &caller, &id)?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": id, "state": view.state })))
+    Ok(HttpResponse::Accepted().json(PipelineCancelAccepted {
+        id,
+        state: view.state,
+    }))
 }

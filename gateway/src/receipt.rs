@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::Gateway;
 use crate::error::ApiError;
 use crate::jobs::readable_job;
+use crate::openapi::{Receipt, ReceiptFact, ReceiptGpus};
 
 /// The fact an event states about its job, as the receipt shows it.
 fn fact(event: &Event) -> Value {
@@ -47,6 +48,7 @@ fn fact(event: &Event) -> Value {
     }
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/receipt", tag = "jobs", params(("id" = String, Path, description = "the job's id (UUID)")), responses((status = 200, description = "Each fact with the event that records it", body = crate::openapi::Receipt), crate::openapi::Errors))]
 pub(crate) async fn receipt(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -72,25 +74,29 @@ pub(crate) async fn receipt(
                 at.seq
             )));
         }
-        facts.push(json!({
-            "seq": envelope.seq,
-            "hash": envelope.hash,
-            "type": envelope.type_name,
-            "time_ns": envelope.time_ns,
-            "fact": fact(&envelope.event),
-        }));
+        facts.push(ReceiptFact {
+            seq: envelope.seq,
+            hash: envelope.hash,
+            fact: fact(&envelope.event),
+            type_name: envelope.type_name,
+            time_ns: envelope.time_ns,
+        });
     }
     // The GPUs each attempt held, as their nodes described them (`node.joined`,
     // `node.gpus_observed`) when the attempt was placed.
-    let gpus: Vec<Value> = view
+    let gpus = view
         .attempts
-        .iter()
-        .map(|a| json!({ "attempt": a.attempt, "node": a.node, "gpus": a.gpus }))
+        .into_iter()
+        .map(|a| ReceiptGpus {
+            attempt: a.attempt,
+            node: a.node,
+            gpus: a.gpus,
+        })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "job": id,
-        "state": view.state,
-        "facts": facts,
-        "gpus": gpus,
-    })))
+    Ok(HttpResponse::Ok().json(Receipt {
+        job: id,
+        state: view.state,
+        facts,
+        gpus,
+    }))
 }

@@ -16,6 +16,7 @@ use crate::auth::{Caller, Role};
 use crate::body::{parse_body, read_body};
 use crate::error::ApiError;
 use crate::health::views_reach;
+use crate::openapi::{SecretDeletedAnswer, SecretList, SecretStored};
 
 fn store_error(e: gantry_actors::secrets::SecretError) -> ApiError {
     ApiError::unavailable(e)
@@ -98,7 +99,7 @@ fn checked_name(name: &str) -> Result<(), ApiError> {
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetSecret {
     value: SecretString,
@@ -107,6 +108,7 @@ struct SetSecret {
 /// Longest secret value.
 const MAX_VALUE_BYTES: usize = 32 * 1024;
 
+#[utoipa::path(put, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path)), request_body = SetSecret, responses((status = 200, description = "Stored", body = crate::openapi::SecretStored), crate::openapi::Errors))]
 pub(crate) async fn set(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -143,9 +145,13 @@ pub(crate) async fn set(
         .await?;
     views_reach(&gateway, seq).await;
     tracing::info!(secret = %stored, "secret stored");
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "name": name, "stored_as": stored })))
+    Ok(HttpResponse::Ok().json(SecretStored {
+        name,
+        stored_as: stored,
+    }))
 }
 
+#[utoipa::path(delete, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path)), responses((status = 200, description = "Deleted", body = crate::openapi::SecretDeletedAnswer), crate::openapi::Errors))]
 pub(crate) async fn delete(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -174,10 +180,14 @@ pub(crate) async fn delete(
         }))
         .await?;
     views_reach(&gateway, seq).await;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "name": name, "deleted": true })))
+    Ok(HttpResponse::Ok().json(SecretDeletedAnswer {
+        name,
+        deleted: true,
+    }))
 }
 
 /// The names of the caller's group's stored secrets (never their values).
+#[utoipa::path(get, path = "/v1/secrets", tag = "secrets", responses((status = 200, description = "The group's secrets' names", body = crate::openapi::SecretList), crate::openapi::Errors))]
 pub(crate) async fn list(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -195,5 +205,5 @@ pub(crate) async fn list(
         // Values given with jobs are kept under job-…/ and are not the group's to name.
         .filter(|n| !n.contains('/'))
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "secrets": names })))
+    Ok(HttpResponse::Ok().json(SecretList { secrets: names }))
 }

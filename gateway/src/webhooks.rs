@@ -32,6 +32,7 @@ use crate::body::{parse_body, read_body};
 use crate::error::ApiError;
 use crate::events::{EventFilter, Format, wanted};
 use crate::health::views_reach;
+use crate::openapi::{DeliveryList, WebhookCreatedAnswer, WebhookDeletedAnswer, WebhookList};
 use crate::{Gateway, query};
 
 /// Attempts per event before it is given up on.
@@ -55,7 +56,7 @@ fn group_of(caller: &Caller) -> String {
         .to_owned()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateWebhook {
     url: String,
@@ -87,6 +88,7 @@ fn check_url(url: &str) -> Result<(), ApiError> {
 }
 
 /// `POST /v1/webhooks` (operators): answers the id and, once, the signing secret.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook, responses((status = 201, description = "Created; the secret is shown once", body = crate::openapi::WebhookCreatedAnswer), crate::openapi::Errors))]
 pub(crate) async fn create(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -142,12 +144,12 @@ pub(crate) async fn create(
         }
     };
     views_reach(&gateway, seq).await;
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "id": id,
+    Ok(HttpResponse::Created().json(WebhookCreatedAnswer {
+        id,
         // Shown once: sign-checking receivers need it; gantry keeps it only encrypted.
-        "secret": secret.0,
-        "seq": seq,
-    })))
+        secret: secret.0,
+        seq,
+    }))
 }
 
 /// The webhook `id` if the caller's group may see it.
@@ -159,6 +161,7 @@ fn visible(gateway: &Gateway, caller: &Caller, id: &str) -> Result<WebhookView, 
         .ok_or_else(|| ApiError::not_found(format!("no webhook {id}")))
 }
 
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, description = "The group's webhooks", body = crate::openapi::WebhookList), crate::openapi::Errors))]
 pub(crate) async fn list(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -170,9 +173,10 @@ pub(crate) async fn list(
         .into_iter()
         .filter(|w| caller.scope().is_none_or(|g| g == w.group))
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "webhooks": webhooks })))
+    Ok(HttpResponse::Ok().json(WebhookList { webhooks }))
 }
 
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)), responses((status = 200, description = "Deleted", body = crate::openapi::WebhookDeletedAnswer), crate::openapi::Errors))]
 pub(crate) async fn delete(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -196,15 +200,20 @@ pub(crate) async fn delete(
         tracing::warn!(webhook = %view.id, %error, "could not delete a webhook's secret");
     }
     views_reach(&gateway, seq).await;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": view.id, "deleted": true })))
+    Ok(HttpResponse::Ok().json(WebhookDeletedAnswer {
+        id: view.id,
+        deleted: true,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeliveriesQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path), DeliveriesQuery), responses((status = 200, description = "Recent delivery attempts", body = crate::openapi::DeliveryList), crate::openapi::Errors))]
 pub(crate) async fn deliveries(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
@@ -215,11 +224,11 @@ pub(crate) async fn deliveries(
     let limit = crate::body::page_limit(q.limit)?;
     let view = visible(&gateway, &caller, &id)?;
     let deliveries = gateway.views.deliveries()?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "webhook": view,
-        "served_through": deliveries.cursor(&view.id)?,
-        "deliveries": deliveries.list(&view.id, limit)?,
-    })))
+    Ok(HttpResponse::Ok().json(DeliveryList {
+        served_through: deliveries.cursor(&view.id)?,
+        deliveries: deliveries.list(&view.id, limit)?,
+        webhook: view,
+    }))
 }
 
 /// The signature header of `body` sent at `t` (Unix seconds).

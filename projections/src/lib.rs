@@ -43,7 +43,7 @@ pub enum Error {
 }
 
 /// Where the views stand in the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Checkpoint {
     pub seq: u64,
     pub hash: Hash,
@@ -52,8 +52,9 @@ pub struct Checkpoint {
 /// A job as the gateway shows it: one shape, each fact once. What the user asked for is in
 /// `spec`; where the job stands is at the top level; every attempt, ended or not, in
 /// `attempts`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobView {
+    #[schema(value_type = String, format = Uuid)]
     pub id: JobId,
     /// `queued`, `placed`, `running`, `succeeded`, `cancelled` or `dead_lettered`.
     pub state: String,
@@ -83,7 +84,7 @@ pub struct JobView {
 }
 
 /// One attempt of a job: where it ran, on which GPUs, when, and how it ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: u32,
     pub node: String,
@@ -103,7 +104,7 @@ pub struct AttemptView {
 }
 
 /// A GPU an attempt held, as its node described it when the attempt was placed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptGpu {
     pub uuid: String,
     pub name: Option<String>,
@@ -218,7 +219,7 @@ impl JobRecord {
 }
 
 /// A node as the gateway shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub id: String,
     pub hostname: String,
@@ -233,8 +234,9 @@ pub struct NodeView {
 }
 
 /// A stored artifact.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArtifactView {
+    #[schema(value_type = String, format = Uuid)]
     pub job_id: JobId,
     pub attempt: u32,
     pub name: String,
@@ -268,7 +270,7 @@ struct PipelineRecord {
 }
 
 /// Who cancelled a pipeline, when and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PipelineCancel {
     pub reason: Option<String>,
     pub by: Option<String>,
@@ -276,8 +278,9 @@ pub struct PipelineCancel {
 }
 
 /// A pipeline and where each stage stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PipelineView {
+    #[schema(value_type = String, format = Uuid)]
     pub id: PipelineId,
     pub name: String,
     /// `running` while a stage waits or its job has not ended; then `succeeded` (every stage
@@ -294,11 +297,12 @@ pub struct PipelineView {
 }
 
 /// One stage of a pipeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageView {
     pub name: String,
     /// `waiting` (for its dependencies), `skipped`, or its job's state.
     pub state: String,
+    #[schema(value_type = Option<String>, format = Uuid)]
     pub job_id: Option<JobId>,
     pub after: Vec<String>,
     pub run_if: RunIf,
@@ -343,7 +347,7 @@ impl PipelineRecord {
 }
 
 /// Where the log has one event: its sequence, hash and type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventRef {
     pub seq: u64,
     pub hash: Hash,
@@ -379,11 +383,12 @@ pub struct KeyView {
 }
 
 /// A webhook as the views keep it: never its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookView {
     pub id: String,
     pub url: String,
     pub types: Vec<String>,
+    #[schema(value_type = Option<String>, format = Uuid)]
     pub job: Option<JobId>,
     pub queue: Option<String>,
     pub group: String,
@@ -395,7 +400,7 @@ pub struct WebhookView {
 }
 
 /// One attempt to deliver an event to a webhook.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub seq: u64,
     #[serde(rename = "type")]
