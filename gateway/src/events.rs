@@ -758,14 +758,16 @@ async fn answer(
     }
 }
 
-/// Closes a stream, with `reason` when the server ends it. Bounded: a client that does not
-/// read may not take the close frame either.
+/// Closes a stream, with `reason` when the server ends it. A client that fell behind gets the
+/// close frame (which says where to resume) after what was already queued for it, if it reads
+/// again within [`SILENCE_LIMIT`]; past that the connection is dropped without it. Nothing more
+/// than that one frame is held meanwhile.
 async fn close(session: actix_ws::Session, reason: Option<String>) {
     let reason = reason.map(|description| actix_ws::CloseReason {
         code: actix_ws::CloseCode::Again,
         description: Some(description),
     });
-    let _ = tokio::time::timeout(Duration::from_secs(1), session.close(reason)).await;
+    let _ = tokio::time::timeout(SILENCE_LIMIT, session.close(reason)).await;
 }
 
 /// Counts a stream closed by the server (`slow`: did not keep up; `silent`: no answer).

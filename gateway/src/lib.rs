@@ -56,7 +56,7 @@ use tokio::sync::watch;
 
 pub use auth::{Auth, AuthOptions, Caller, Role};
 pub use error::ApiError;
-pub use events::StreamSlots;
+pub use events::{SEND_TIMEOUT, StreamSlots};
 
 /// What every handler shares.
 #[derive(Clone)]

@@ -321,3 +321,122 @@ fn live_logs_stream_each_attempt_then_the_end_and_logs_follow_uses_them() {
     );
     assert_eq!(printed, text[2]);
 }
+
+/// Reads websocket messages until the stream ends: (the sequences of the events received, the
+/// close reason if a close frame came).
+fn drain(socket: &mut tungstenite::WebSocket<TcpStream>) -> (Vec<u64>, Option<String>) {
+    let mut seqs = Vec::new();
+    loop {
+        match socket.read() {
+            Ok(tungstenite::Message::Text(text)) => {
+                let event: Value = serde_json::from_str(&text).expect("JSON");
+                seqs.push(event["seq"].as_u64().expect("seq"));
+            }
+            Ok(tungstenite::Message::Close(frame)) => {
+                return (seqs, frame.map(|f| f.reason.to_string()));
+            }
+            Ok(_) => {}
+            Err(_) => return (seqs, None),
+        }
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_is_closed_with_where_to_resume_and_others_keep_up() {
+    let gantry = Gantry::start(ExecutorChoice::Process);
+    let mut stalled = gantry
+        .client
+        .websocket("/v1/events/ws?after=0")
+        .expect("websocket");
+    let mut reader = gantry
+        .client
+        .websocket("/v1/events/ws?after=0")
+        .expect("websocket");
+    reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+
+    // Large events (about 48 KiB each), more than the socket buffers between the gateway and
+    // a client that does not read hold. The jobs wait for GPUs the node does not have.
+    let env: serde_json::Map<String, Value> = (0..48)
+        .map(|i| (format!("PAD_{i}"), Value::String("x".repeat(1000))))
+        .collect();
+    let mut last = 0;
+    for i in 0..300 {
+        let answer = gantry
+            .client
+            .post(
+                "/v1/jobs",
+                &json!({
+                    "name": format!("big-{i}"), "image": "busybox", "command": ["true"],
+                    "env": env, "resources": { "gpus": { "count": 8 } },
+                }),
+            )
+            .expect("submit");
+        last = answer["seq"].as_u64().expect("seq");
+    }
+
+    // The reading client gets everything while the other one stalls.
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < last {
+        match reader
+            .read()
+            .expect("the reading client keeps being served")
+        {
+            tungstenite::Message::Text(text) => {
+                let event: Value = serde_json::from_str(&text).expect("JSON");
+                let seq = event["seq"].as_u64().expect("seq");
+                assert_eq!(seq, seen + 1, "no gap, no duplicate");
+                seen = seq;
+            }
+            _ => continue,
+        }
+    }
+    assert!(
+        started.elapsed() < gantry_gateway::SEND_TIMEOUT,
+        "the reading client was held up by the stalled one ({:?})",
+        started.elapsed()
+    );
+
+    // Past the send timeout the stalled client is closed; what it had been sent is still in
+    // order, and the close names the sequence to resume after.
+    std::thread::sleep(gantry_gateway::SEND_TIMEOUT + Duration::from_secs(3));
+    let (seqs, reason) = drain(&mut stalled);
+    assert!(!seqs.is_empty());
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1) && seqs[0] == 1,
+        "in order from the start"
+    );
+    let got = *seqs.last().expect("some");
+    assert!(
+        got < last,
+        "it was closed before it had everything ({got} of {last})"
+    );
+    assert_eq!(
+        reason,
+        Some(format!("slow consumer: resume with after={got}")),
+        "the close, after what had been sent, names the last sequence sent"
+    );
+    // Resuming after what it got continues without a gap.
+    let mut resumed = gantry
+        .client
+        .websocket(&format!("/v1/events/ws?after={got}"))
+        .expect("websocket");
+    let first = loop {
+        if let tungstenite::Message::Text(text) = resumed.read().expect("message") {
+            break serde_json::from_str::<Value>(&text).expect("JSON");
+        }
+    };
+    assert_eq!(first["seq"].as_u64(), Some(got + 1));
+
+    let metrics =
+        String::from_utf8(gantry.client.get_raw("/metrics").expect("metrics")).expect("utf-8");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(r#"gantry_event_streams_dropped_total{reason="slow"}"#)),
+        "the drop is counted: {metrics}"
+    );
+}
