@@ -233,6 +233,80 @@ struct JobMeta {
     queue: String,
 }
 
+/// An entry a caller may see.
+enum Shown {
+    Event(Arc<Decoded>),
+    /// An entry that does not decode, as admins are told of it.
+    Undecodable(serde_json::Value),
+}
+
+/// An entry decoded once, and its JSON in each format, written the first time a stream needs
+/// it.
+#[derive(Debug)]
+pub struct Decoded {
+    envelope: gantry_events::Envelope,
+    gantry: std::sync::OnceLock<Arc<str>>,
+    cloud: std::sync::OnceLock<Arc<str>>,
+}
+
+impl Decoded {
+    fn text(&self, format: Format) -> Arc<str> {
+        let (cell, make): (_, fn(&gantry_events::Envelope) -> serde_json::Value) = match format {
+            Format::Gantry => (&self.gantry, |e| {
+                serde_json::to_value(e).unwrap_or_default()
+            }),
+            Format::CloudEvents => (&self.cloud, cloud_event),
+        };
+        cell.get_or_init(|| Arc::from(make(&self.envelope).to_string()))
+            .clone()
+    }
+}
+
+/// The most recent entries the streams have decoded, so that an event sent to a thousand
+/// subscribers is decoded and written once, not a thousand times. Bounded: one slot per
+/// sequence modulo [`RENDERED_SLOTS`]; an entry pushed out is decoded again if asked for.
+#[derive(Debug)]
+pub struct Rendered {
+    slots: Mutex<Vec<Option<Arc<Decoded>>>>,
+}
+
+/// Entries [`Rendered`] keeps.
+const RENDERED_SLOTS: usize = 4096;
+
+impl Default for Rendered {
+    fn default() -> Self {
+        Rendered {
+            slots: Mutex::new(vec![None; RENDERED_SLOTS]),
+        }
+    }
+}
+
+impl Rendered {
+    /// The entry decoded: from the cache when the same entry (sequence and hash) is there.
+    pub(crate) fn open(
+        &self,
+        entry: &Entry,
+    ) -> Result<Arc<Decoded>, gantry_events::record::RecordError> {
+        let slot = (entry.seq % RENDERED_SLOTS as u64) as usize;
+        let hash = entry.stored_hash()?;
+        if let Some(found) = self.slots.lock().ok().and_then(|s| s[slot].clone())
+            && found.envelope.seq == entry.seq
+            && found.envelope.hash == hash
+        {
+            return Ok(found);
+        }
+        let decoded = Arc::new(Decoded {
+            envelope: entry.open()?,
+            gantry: Default::default(),
+            cloud: Default::default(),
+        });
+        if let Ok(mut slots) = self.slots.lock() {
+            slots[slot] = Some(decoded.clone());
+        }
+        Ok(decoded)
+    }
+}
+
 /// Decides, entry by entry, what one caller may see and asked for, and writes it.
 pub(crate) struct EventFilter {
     /// `None`: every group.
@@ -297,17 +371,48 @@ impl EventFilter {
         gateway: &Gateway,
         entry: &Entry,
     ) -> Result<Option<serde_json::Value>, ApiError> {
-        let envelope = match entry.open() {
-            Ok(envelope) => envelope,
+        Ok(self.shown(gateway, entry).await?.map(|shown| match shown {
+            Shown::Event(decoded) => match self.format {
+                Format::Gantry => serde_json::to_value(&decoded.envelope).unwrap_or_default(),
+                Format::CloudEvents => cloud_event(&decoded.envelope),
+            },
+            Shown::Undecodable(value) => value,
+        }))
+    }
+
+    /// The entry as JSON text if the caller may see it, and its type: decoded and written once
+    /// for every stream that sends it (see [`Rendered`]).
+    pub(crate) async fn visible_text(
+        &mut self,
+        gateway: &Gateway,
+        entry: &Entry,
+    ) -> Result<Option<(Arc<str>, String)>, ApiError> {
+        Ok(self.shown(gateway, entry).await?.map(|shown| match shown {
+            Shown::Event(decoded) => {
+                let kind = match self.format {
+                    Format::Gantry => decoded.envelope.type_name.clone(),
+                    Format::CloudEvents => format!("dev.gantry.{}", decoded.envelope.type_name),
+                };
+                (decoded.text(self.format), kind)
+            }
+            Shown::Undecodable(value) => (Arc::from(value.to_string()), "event".to_owned()),
+        }))
+    }
+
+    /// The entry, decoded, if the caller may see it.
+    async fn shown(&mut self, gateway: &Gateway, entry: &Entry) -> Result<Option<Shown>, ApiError> {
+        let decoded = match gateway.rendered.open(entry) {
+            Ok(decoded) => decoded,
             // Whose it is cannot be told: only those who see everything (and asked for no
             // particular events) learn it is there.
             Err(err) if self.admin && self.wanted == Wanted::default() => {
-                return Ok(Some(
+                return Ok(Some(Shown::Undecodable(
                     serde_json::json!({ "seq": entry.seq, "undecodable": err.to_string() }),
-                ));
+                )));
             }
             Err(_) => return Ok(None),
         };
+        let envelope = &decoded.envelope;
         if !self.asked_for(gateway, entry.seq, &envelope.event).await? {
             return Ok(None);
         }
@@ -336,10 +441,7 @@ impl EventFilter {
                 None => false,
             },
         };
-        Ok(allowed.then(|| match self.format {
-            Format::Gantry => serde_json::to_value(&envelope).unwrap_or_default(),
-            Format::CloudEvents => cloud_event(&envelope),
-        }))
+        Ok(allowed.then_some(Shown::Event(decoded)))
     }
 
     /// The group and queue of `job`, from its `job.submitted` or the views (waiting for them
@@ -588,8 +690,8 @@ pub(crate) async fn events_ws(
                 entry = events.next() => match entry {
                     Some(Ok(entry)) => {
                         let seq = entry.seq;
-                        let value = match filter.visible(&gateway, &entry).await {
-                            Ok(Some(value)) => value,
+                        let text = match filter.visible_text(&gateway, &entry).await {
+                            Ok(Some((text, _))) => text,
                             Ok(None) => {
                                 sent = seq;
                                 continue;
@@ -599,7 +701,7 @@ pub(crate) async fn events_ws(
                                 break None;
                             }
                         };
-                        match tokio::time::timeout(SEND_TIMEOUT, session.text(value.to_string())).await {
+                        match tokio::time::timeout(SEND_TIMEOUT, session.text(&*text)).await {
                             Ok(Ok(())) => sent = seq,
                             Ok(Err(_)) => return,
                             Err(_) => {
@@ -673,14 +775,9 @@ pub(crate) async fn events_sse(
         loop {
             let frame = tokio::select! {
                 entry = events.next() => match entry {
-                    Some(Ok(entry)) => match filter.visible(&gateway, &entry).await {
-                        Ok(Some(value)) => {
-                            let kind = value
-                                .get("type")
-                                .and_then(|t| t.as_str())
-                                .unwrap_or("event")
-                                .to_owned();
-                            format!("id: {}\nevent: {kind}\ndata: {value}\n\n", entry.seq)
+                    Some(Ok(entry)) => match filter.visible_text(&gateway, &entry).await {
+                        Ok(Some((text, kind))) => {
+                            format!("id: {}\nevent: {kind}\ndata: {text}\n\n", entry.seq)
                         }
                         Ok(None) => continue,
                         Err(error) => {

@@ -56,7 +56,7 @@ use tokio::sync::watch;
 
 pub use auth::{Auth, AuthOptions, Caller, Role};
 pub use error::ApiError;
-pub use events::{SEND_TIMEOUT, StreamSlots};
+pub use events::{Rendered, SEND_TIMEOUT, StreamSlots};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -84,6 +84,8 @@ pub struct Gateway {
     pub auth: Arc<Auth>,
     /// Event websockets open, and their bounds.
     pub streams: Arc<StreamSlots>,
+    /// Recent entries decoded and written once for every stream that sends them.
+    pub rendered: Arc<Rendered>,
     /// Where the one-time bootstrap token was written (removed once it has made an admin key).
     pub bootstrap_file: Option<PathBuf>,
     /// Where secret values go (encrypted): inline secrets of submitted jobs and stored ones.

@@ -235,6 +235,7 @@ pub async fn control_plane(
         allowed_origins: edge.allowed_origins,
         auth: edge.auth,
         streams: edge.streams,
+        rendered: Default::default(),
         bootstrap_file: edge.bootstrap_file,
         secrets: secrets.clone(),
         // Nodes' outputs are readable here only through the fleet's bucket.

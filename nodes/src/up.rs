@@ -252,6 +252,7 @@ pub async fn up(
         allowed_origins: edge.allowed_origins,
         auth: edge.auth,
         streams: edge.streams,
+        rendered: Default::default(),
         bootstrap_file: edge.bootstrap_file,
         secrets,
         artifacts,
