@@ -151,6 +151,11 @@ impl World {
         self.seq
     }
 
+    /// What submissions are checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     pub fn job(&self, id: &JobId) -> Option<&Job> {
         self.jobs.get(id)
     }

@@ -1,6 +1,7 @@
 //! Every job reaches exactly one end, once, when parts fail: a report the log does not take
 //! is retried until it is recorded, a placement never started is taken back after its lease,
-//! and cancel and timeout hold while an attempt is still starting. The actors run for real
+//! cancel and timeout hold while an attempt is still starting, and commands sharing an append
+//! (group commit) are answered as the log decided. The actors run for real
 //! (in-process, on the embedded log, with the local process executor); the faults come from
 //! thin wrappers around the real log and executor.
 
@@ -30,6 +31,8 @@ struct FlakyLog {
     fail: AtomicUsize,
     /// Subscriptions that fail before one is given.
     fail_subscribe: AtomicUsize,
+    /// Appends the log took.
+    appends: AtomicUsize,
 }
 
 impl FlakyLog {
@@ -46,6 +49,7 @@ impl FlakyLog {
             ty,
             fail: AtomicUsize::new(fail),
             fail_subscribe: AtomicUsize::new(fail_subscribe),
+            appends: AtomicUsize::new(0),
         })
     }
 }
@@ -65,6 +69,7 @@ impl EventLog for FlakyLog {
             return async { Err(gantry_events::Error::backend("appending", "injected fault")) }
                 .boxed();
         }
+        self.appends.fetch_add(1, Ordering::SeqCst);
         self.inner.append(batch)
     }
     fn read(
@@ -603,4 +608,104 @@ async fn a_worker_starts_an_attempt_only_while_it_is_placed_here() {
         .expect("scheduler")
         .expect("job");
     assert_eq!(job.state, JobState::Placed);
+}
+
+/// Commands that arrive together share appends (group commit); when an append fails, every
+/// command decided on top of it is answered with the error, nothing of them is in the log or
+/// in the scheduler's state (rebuilt from the log), and the commands after it are recorded.
+#[actix_rt::test]
+async fn concurrent_submits_share_appends_and_a_failed_one_leaves_nothing_half_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = FlakyLog::open(dir.path(), "job.submitted", 1, 0).await;
+    let executor = Arc::new(ProcessExecutor::new(dir.path().join("work")));
+    let actors = start_node(dir.path(), log.clone(), executor, Limits::default()).await;
+    let appends_before = log.appends.load(Ordering::SeqCst);
+    // Jobs that wait for a GPU this node does not have: only submissions are appended.
+    let waiting = || {
+        let mut r = request("true");
+        r.resources.gpus = Some(gantry_actors::spec::GpuAsk {
+            count: 1,
+            ..Default::default()
+        });
+        r
+    };
+    let burst = || {
+        let sends: Vec<_> = (0..100)
+            .map(|_| {
+                actors.scheduler.send(Submit {
+                    request: waiting(),
+                    by: None,
+                    resolved: Default::default(),
+                })
+            })
+            .collect();
+        futures::future::join_all(sends)
+    };
+    // The first append fails: every command decided on top of it is refused.
+    let mut answers: Vec<_> = burst()
+        .await
+        .into_iter()
+        .map(|a| a.expect("scheduler"))
+        .collect();
+    let refused = answers.iter().filter(|a| a.is_err()).count();
+    assert!(
+        refused >= 1,
+        "the injected fault refused the commands of its append"
+    );
+    // Then they are recorded, sharing appends.
+    let appends_before = appends_before.max(log.appends.load(Ordering::SeqCst));
+    let second: Vec<_> = burst()
+        .await
+        .into_iter()
+        .map(|a| a.expect("scheduler"))
+        .collect();
+    assert!(second.iter().all(Result::is_ok), "{second:?}");
+    let appends = log.appends.load(Ordering::SeqCst) - appends_before;
+    assert!(
+        appends <= 25,
+        "100 concurrent submissions took {appends} appends: they should share them"
+    );
+    answers.extend(second);
+    let accepted: Vec<JobId> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().ok().map(|r| r.job_id))
+        .collect();
+
+    // The log holds exactly the accepted submissions, each once; each answered sequence holds
+    // its job.
+    let submitted: Vec<(u64, JobId)> = envelopes(&*log)
+        .await
+        .into_iter()
+        .filter_map(|env| match env.event {
+            Event::Job(JobEvent::Submitted(s)) => Some((env.seq, s.job_id)),
+            _ => None,
+        })
+        .collect();
+    let in_log: HashSet<JobId> = submitted.iter().map(|(_, id)| *id).collect();
+    assert_eq!(in_log.len(), submitted.len(), "each once");
+    assert_eq!(in_log, accepted.iter().copied().collect::<HashSet<_>>());
+    for answer in answers.iter().flatten() {
+        assert!(
+            submitted.contains(&(answer.seq, answer.job_id)),
+            "answered seq {} holds job {}",
+            answer.seq,
+            answer.job_id
+        );
+    }
+    // The scheduler's state is the log's: nothing of the refused commands survived.
+    for id in &accepted {
+        let job = actors.scheduler.send(GetJob(*id)).await.expect("scheduler");
+        assert!(job.is_some(), "accepted job {id} is known");
+    }
+    let ids: HashSet<JobId> = accepted.iter().copied().collect();
+    let (stats, _) = actors
+        .scheduler
+        .send(gantry_actors::actor::scheduler::Stats)
+        .await
+        .expect("scheduler");
+    assert_eq!(
+        stats.queued,
+        ids.len(),
+        "queued jobs are exactly the recorded ones"
+    );
 }

@@ -1,7 +1,9 @@
 //! The Scheduler: the one decider for jobs and nodes. Commands (submit, cancel, worker
-//! reports, node changes) arrive as messages; each is decided by [`World`], appended to the log,
-//! and applied only once appended. A timer runs placement rounds. Handling is atomic: the next
-//! message is not looked at until the previous one's events are in the log and applied.
+//! reports, node changes) arrive as messages; each is decided by [`World`] on the state every
+//! earlier decision left, and answered once its events are in the log. Decisions made while an
+//! append is in flight are appended together in the next one (group commit: one append, one
+//! fsync for many commands). A timer runs placement rounds. An append that fails makes the
+//! scheduler rebuild its state from the log before it decides anything else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +76,16 @@ pub struct Scheduler {
     started_ms: u64,
     /// When each job waiting for a node was queued here (for the placement latency metric).
     queued_at: std::collections::HashMap<JobId, std::time::Instant>,
+    /// The last sequence known to be in the log; `world` may be ahead of it by what is
+    /// decided and queued or being appended.
+    durable_seq: u64,
+    /// Commands' events decided and applied, waiting for the next append (one entry per
+    /// command: never split).
+    pending: Vec<Vec<NewEvent>>,
+    /// Callers waiting for the log to reach a sequence, in order.
+    waiters: std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+    /// Whether an append is in flight.
+    appending: bool,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -91,22 +103,7 @@ impl Scheduler {
         limits: Limits,
         source: Source,
     ) -> Result<Scheduler, gantry_events::Error> {
-        let mut world = World::new(limits);
-        let mut next = 1;
-        loop {
-            let entries = log.read(next, 4096).await?;
-            let Some(last) = entries.last().map(|e| e.seq) else {
-                break;
-            };
-            for entry in &entries {
-                let envelope = entry.open().map_err(|e| gantry_events::Error::Broken {
-                    seq: entry.seq,
-                    reason: e.to_string(),
-                })?;
-                world.apply(envelope.seq, envelope.time_ns / 1_000_000, &envelope.event);
-            }
-            next = last + 1;
-        }
+        let world = replay(log.clone(), limits).await?;
         tracing::info!(
             seq = world.seq(),
             jobs = world.jobs().count(),
@@ -115,7 +112,11 @@ impl Scheduler {
         Ok(Scheduler {
             log,
             secrets: None,
+            durable_seq: world.seq(),
             world,
+            pending: Vec::new(),
+            waiters: std::collections::VecDeque::new(),
+            appending: false,
             source,
             stats: SchedulerStats::default(),
             started_ms: now_ms(),
@@ -168,63 +169,155 @@ impl Scheduler {
         self.stats.queued = self.world.queues().len();
     }
 
-    /// Appends `events`, applies them, then answers with `reply(self)`.
+    /// Decides → records → answers, with group commit: `events` (one command's facts) are
+    /// applied at once to the scheduler's state at the sequences they will have, so the next
+    /// command is decided on top of them, and queued to be appended; every command that arrives
+    /// while an append is in flight joins the next one, so many commands share one append and
+    /// one fsync. `reply(self)` is computed now and answered only once the events are in the
+    /// log. One command's events are never split across appends. If an append fails (or the log
+    /// holds something else at those sequences), every command not yet recorded is answered
+    /// with the error and the state is rebuilt from the log: nothing decided is trusted until
+    /// it is durable.
     fn commit<R: 'static>(
         &mut self,
+        ctx: &mut Context<Self>,
         events: Vec<Event>,
         reply: impl FnOnce(&mut Scheduler) -> R + 'static,
-    ) -> AtomicResponse<Self, Result<R, CommandError>> {
+    ) -> ResponseActFuture<Self, Result<R, CommandError>> {
         self.stats.commands += 1;
-        let log = self.log.clone();
         let batch = stamp(events, &self.source);
-        let stamped = batch.clone();
-        let next = self.world.seq() + 1;
-        AtomicResponse::new(Box::pin(
-            append_catching_up(log, batch, next).into_actor(self).map(
-                move |(appended, missing), act, ctx| {
-                    act.apply_entries(&missing);
-                    let appended = appended?;
-                    let seqs: Vec<u64> = appended.iter().map(|a| a.seq).collect();
-                    act.apply_appended(&stamped, &seqs);
-                    // A new job or freed capacity: place now rather than at the next tick.
-                    if !seqs.is_empty() {
-                        ctx.notify(PlaceNow);
-                    }
-                    Ok(reply(act))
-                },
-            ),
-        ))
-    }
-
-    /// Applies entries the log has that this scheduler has not applied yet.
-    fn apply_entries(&mut self, entries: &[Entry]) {
-        for entry in entries {
-            match entry.open() {
-                Ok(envelope) => {
-                    self.world
-                        .apply(envelope.seq, envelope.time_ns / 1_000_000, &envelope.event)
-                }
-                Err(error) => {
-                    tracing::error!(seq = entry.seq, %error, "scheduler skipped an undecodable entry")
+        if let Err(error) = fits(&batch) {
+            return Box::pin(fut::ready(Err(CommandError::Log(error))));
+        }
+        let done = self.decided(ctx, batch);
+        let answer = reply(self);
+        Box::pin(
+            async move {
+                match done.await {
+                    Ok(Ok(())) => Ok(answer),
+                    Ok(Err(message)) => Err(CommandError::Unavailable(message)),
+                    Err(_) => Err(CommandError::Unavailable("the scheduler stopped".into())),
                 }
             }
+            .into_actor(self),
+        )
+    }
+
+    /// Applies `batch` at the sequences it will have and queues it for the next append;
+    /// resolves once everything decided so far is in the log.
+    fn decided(
+        &mut self,
+        ctx: &mut Context<Self>,
+        batch: Vec<NewEvent>,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+        if !batch.is_empty() {
+            let first = self.world.seq() + 1;
+            let seqs: Vec<u64> = (first..first + batch.len() as u64).collect();
+            self.apply_appended(&batch, &seqs);
+            self.pending.push(batch);
         }
-        if !entries.is_empty() {
-            tracing::warn!(
-                count = entries.len(),
-                "scheduler applied entries it had not appended itself (an append with an unknown outcome, or another writer)"
-            );
-            self.stats.applied_seq = self.world.seq();
-            self.stats.queued = self.world.queues().len();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let upto = self.world.seq();
+        if upto <= self.durable_seq {
+            let _ = tx.send(Ok(()));
+        } else {
+            self.waiters.push_back((upto, tx));
+            if !self.appending {
+                self.flush(ctx);
+            }
         }
+        rx
+    }
+
+    /// Appends what is queued (whole commands, at most one log batch), then answers those it
+    /// recorded and goes on with what queued meanwhile.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let mut batch = Vec::new();
+        let mut taken = 0;
+        for command in &self.pending {
+            if !batch.is_empty() && batch.len() + command.len() > gantry_events::log::MAX_BATCH {
+                break;
+            }
+            batch.extend(command.iter().cloned());
+            taken += 1;
+        }
+        if batch.is_empty() {
+            self.appending = false;
+            return;
+        }
+        self.pending.drain(..taken);
+        self.appending = true;
+        let next = self.durable_seq + 1;
+        let count = batch.len() as u64;
+        let log = self.log.clone();
+        ctx.spawn(append_catching_up(log, batch, next).into_actor(self).map(
+            move |(appended, missing), act, ctx| {
+                let landed = appended.as_ref().is_ok_and(|a| {
+                    a.len() as u64 == count && a.first().map(|a| a.seq) == Some(next)
+                });
+                if landed && missing.is_empty() {
+                    act.durable_seq = next + count - 1;
+                    while act
+                        .waiters
+                        .front()
+                        .is_some_and(|(upto, _)| *upto <= act.durable_seq)
+                    {
+                        if let Some((_, tx)) = act.waiters.pop_front() {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                    // A new job or freed capacity: place now rather than at the next tick.
+                    ctx.notify(PlaceNow);
+                    act.flush(ctx);
+                    return;
+                }
+                let error = match appended {
+                    Err(error) => error.to_string(),
+                    Ok(_) => "the log holds entries this scheduler did not append at the \
+                              sequences it decided for"
+                        .to_owned(),
+                };
+                tracing::error!(%error, "decisions not recorded; rebuilding the scheduler's state from the log");
+                let message = format!("not recorded: {error}; try again");
+                act.pending.clear();
+                for (_, tx) in act.waiters.drain(..) {
+                    let _ = tx.send(Err(message.clone()));
+                }
+                act.resync(ctx);
+            },
+        ));
+    }
+
+    /// Rebuilds the state from the log after decisions that were applied were not recorded
+    /// as decided. No message is handled until it is done.
+    fn resync(&mut self, ctx: &mut Context<Self>) {
+        let log = self.log.clone();
+        let limits = self.world.limits().clone();
+        ctx.wait(
+            replay(log, limits)
+                .into_actor(self)
+                .map(|replayed, act, ctx| match replayed {
+                    Ok(world) => {
+                        act.world = world;
+                        act.durable_seq = act.world.seq();
+                        act.stats.applied_seq = act.world.seq();
+                        act.stats.queued = act.world.queues().len();
+                        act.appending = false;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the scheduler cannot read its log back; stopping");
+                        ctx.stop();
+                    }
+                }),
+        );
     }
 
     fn refuse<R: 'static>(
         &mut self,
         refusal: Refusal,
-    ) -> AtomicResponse<Self, Result<R, CommandError>> {
+    ) -> ResponseActFuture<Self, Result<R, CommandError>> {
         self.stats.refused += 1;
-        AtomicResponse::new(Box::pin(fut::ready(Err(CommandError::Refused(refusal)))))
+        Box::pin(fut::ready(Err(CommandError::Refused(refusal))))
     }
 
     fn place(&mut self, ctx: &mut Context<Self>) {
@@ -256,8 +349,8 @@ impl Scheduler {
         self.append_decided(events, ctx, move |act| act.stats.expired += count);
     }
 
-    /// Appends events the scheduler decided on its own (a timer, not a command) and applies
-    /// them. `wait`: no other message is handled until they are appended and applied.
+    /// Queues events the scheduler decided on its own (a timer, not a command), like a
+    /// command's; `done` runs once they are recorded.
     fn append_decided(
         &mut self,
         events: Vec<Event>,
@@ -267,27 +360,70 @@ impl Scheduler {
         if events.is_empty() {
             return;
         }
-        let log = self.log.clone();
         let batch = stamp(events, &self.source);
-        let stamped = batch.clone();
-        let next = self.world.seq() + 1;
-        ctx.wait(append_catching_up(log, batch, next).into_actor(self).map(
-            move |(appended, missing), act, _| {
-                act.apply_entries(&missing);
-                match appended {
-                    Ok(appended) => {
-                        let seqs: Vec<u64> = appended.iter().map(|a| a.seq).collect();
-                        act.apply_appended(&stamped, &seqs);
+        if let Err(error) = fits(&batch) {
+            tracing::error!(%error, "decisions too large to record");
+            self.world.forget_explanations();
+            return;
+        }
+        let recorded = self.decided(ctx, batch);
+        ctx.spawn(
+            async move { matches!(recorded.await, Ok(Ok(()))) }
+                .into_actor(self)
+                .map(move |recorded, act, _| {
+                    if recorded {
                         done(act);
                     }
-                    Err(error) => {
-                        act.world.forget_explanations();
-                        tracing::error!(%error, "decisions not recorded; will retry");
-                    }
-                }
-            },
-        ));
+                }),
+        );
     }
+}
+
+/// Refuses a batch the log would refuse (too many events, an entry too large) before it is
+/// applied or shares an append with other commands.
+fn fits(batch: &[NewEvent]) -> Result<(), gantry_events::Error> {
+    gantry_events::log::check_batch(batch)?;
+    let mut scratch = Vec::new();
+    for event in batch {
+        scratch.clear();
+        // The longest sequence number: the size is an upper bound of the sealed entry's.
+        gantry_events::record::seal_into(
+            &mut scratch,
+            u64::MAX,
+            &gantry_events::Hash::GENESIS,
+            event,
+        )
+        .map_err(gantry_events::Error::Encode)?;
+        if scratch.len() > gantry_events::log::MAX_ENTRY_BYTES {
+            return Err(gantry_events::Error::EntryTooLarge {
+                type_name: event.event.type_name(),
+                size: scratch.len(),
+                max: gantry_events::log::MAX_ENTRY_BYTES,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The state the whole log gives.
+async fn replay(log: Arc<dyn EventLog>, limits: Limits) -> Result<World, gantry_events::Error> {
+    let mut world = World::new(limits);
+    let mut next = 1;
+    loop {
+        let entries = log.read(next, 4096).await?;
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            break;
+        };
+        for entry in &entries {
+            let envelope = entry.open().map_err(|e| gantry_events::Error::Broken {
+                seq: entry.seq,
+                reason: e.to_string(),
+            })?;
+            world.apply(envelope.seq, envelope.time_ns / 1_000_000, &envelope.event);
+        }
+        next = last + 1;
+    }
+    Ok(world)
 }
 
 /// Appends `batch`, then reads what the log holds from `next` on that the caller has not
@@ -381,19 +517,21 @@ pub struct SubmitReply {
 }
 
 impl Handler<Submit> for Scheduler {
-    type Result = AtomicResponse<Self, Result<SubmitReply, CommandError>>;
+    type Result = ResponseActFuture<Self, Result<SubmitReply, CommandError>>;
 
-    fn handle(&mut self, msg: Submit, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
         match self
             .world
             .decide_submit(&msg.request, msg.by.as_ref(), &msg.resolved)
         {
-            Ok(Submitted::New { job_id, events }) => self.commit(events, move |act| SubmitReply {
-                job_id,
-                seq: act.world.seq(),
-                existing: false,
-            }),
-            Ok(Submitted::Existing(job_id)) => self.commit(Vec::new(), move |_| SubmitReply {
+            Ok(Submitted::New { job_id, events }) => {
+                self.commit(ctx, events, move |act| SubmitReply {
+                    job_id,
+                    seq: act.world.seq(),
+                    existing: false,
+                })
+            }
+            Ok(Submitted::Existing(job_id)) => self.commit(ctx, Vec::new(), move |_| SubmitReply {
                 job_id,
                 seq: 0,
                 existing: true,
@@ -414,12 +552,12 @@ pub struct Cancel {
 }
 
 impl Handler<Cancel> for Scheduler {
-    type Result = AtomicResponse<Self, Result<(JobState, u64), CommandError>>;
+    type Result = ResponseActFuture<Self, Result<(JobState, u64), CommandError>>;
 
-    fn handle(&mut self, msg: Cancel, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Self::Result {
         let id = msg.job_id;
         match self.world.decide_cancel(id, msg.reason, msg.by) {
-            Ok(events) => self.commit(events, move |act| {
+            Ok(events) => self.commit(ctx, events, move |act| {
                 let state = act.world.job(&id).map_or(JobState::Cancelled, |j| j.state);
                 (state, act.world.seq())
             }),
@@ -474,9 +612,9 @@ pub struct AttemptReport {
 }
 
 impl Handler<AttemptReport> for Scheduler {
-    type Result = AtomicResponse<Self, Result<(), CommandError>>;
+    type Result = ResponseActFuture<Self, Result<(), CommandError>>;
 
-    fn handle(&mut self, msg: AttemptReport, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: AttemptReport, ctx: &mut Context<Self>) -> Self::Result {
         let (id, attempt) = (msg.job_id, msg.attempt);
         if let Err(refusal) = self.world.check_reporter(id, attempt, &msg.node) {
             // Fenced: a late report from a node whose attempt was taken away (or a node naming
@@ -518,7 +656,7 @@ impl Handler<AttemptReport> for Scheduler {
             })),
         };
         match decided {
-            Ok(events) => self.commit(events, |_| ()),
+            Ok(events) => self.commit(ctx, events, |_| ()),
             Err(refusal) => {
                 tracing::warn!(job = %id, attempt, %refusal, "worker report refused");
                 self.refuse(refusal)
@@ -534,10 +672,10 @@ impl Handler<AttemptReport> for Scheduler {
 pub struct Record(pub Event);
 
 impl Handler<Record> for Scheduler {
-    type Result = AtomicResponse<Self, Result<(), CommandError>>;
+    type Result = ResponseActFuture<Self, Result<(), CommandError>>;
 
-    fn handle(&mut self, msg: Record, _: &mut Context<Self>) -> Self::Result {
-        self.commit(vec![msg.0], |_| ())
+    fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) -> Self::Result {
+        self.commit(ctx, vec![msg.0], |_| ())
     }
 }
 
@@ -600,14 +738,14 @@ pub struct NodeSilent {
 const LOST_PER_APPEND: usize = gantry_events::log::MAX_BATCH / 2 - 1;
 
 impl Handler<NodeSilent> for Scheduler {
-    type Result = AtomicResponse<Self, Result<(), CommandError>>;
+    type Result = ResponseActFuture<Self, Result<(), CommandError>>;
 
     fn handle(&mut self, msg: NodeSilent, ctx: &mut Context<Self>) -> Self::Result {
         let loss = self
             .world
             .decide_node_lost(&msg.node, &msg.reason, now_ms(), LOST_PER_APPEND);
         if loss.events.is_empty() {
-            return AtomicResponse::new(Box::pin(fut::ready(Ok(()))));
+            return Box::pin(fut::ready(Ok(())));
         }
         if loss.newly_lost {
             self.stats.lost_nodes += 1;
@@ -620,7 +758,7 @@ impl Handler<NodeSilent> for Scheduler {
                 reason: msg.reason.clone(),
             });
         }
-        self.commit(loss.events, |_| ())
+        self.commit(ctx, loss.events, |_| ())
     }
 }
 
@@ -638,14 +776,14 @@ pub struct NodeChange {
 }
 
 impl Handler<NodeChange> for Scheduler {
-    type Result = AtomicResponse<Self, Result<(), CommandError>>;
+    type Result = ResponseActFuture<Self, Result<(), CommandError>>;
 
-    fn handle(&mut self, msg: NodeChange, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: NodeChange, ctx: &mut Context<Self>) -> Self::Result {
         match self
             .world
             .decide_node_status(&msg.node, msg.status, msg.reason, msg.by)
         {
-            Ok(events) => self.commit(events, |_| ()),
+            Ok(events) => self.commit(ctx, events, |_| ()),
             Err(refusal) => self.refuse(refusal),
         }
     }
@@ -705,12 +843,12 @@ impl Handler<ResolveSecrets> for Scheduler {
 pub struct ChangeAccess(pub AccessChange);
 
 impl Handler<ChangeAccess> for Scheduler {
-    type Result = AtomicResponse<Self, Result<u64, CommandError>>;
+    type Result = ResponseActFuture<Self, Result<u64, CommandError>>;
 
-    fn handle(&mut self, msg: ChangeAccess, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ChangeAccess, ctx: &mut Context<Self>) -> Self::Result {
         match self.world.decide_access(msg.0) {
-            Ok(events) if events.is_empty() => self.commit(events, |_| 0),
-            Ok(events) => self.commit(events, |act| act.world.seq()),
+            Ok(events) if events.is_empty() => self.commit(ctx, events, |_| 0),
+            Ok(events) => self.commit(ctx, events, |act| act.world.seq()),
             Err(refusal) => self.refuse(refusal),
         }
     }
@@ -752,9 +890,9 @@ pub struct PipelineReply {
 }
 
 impl Handler<PipelineCommand> for Scheduler {
-    type Result = AtomicResponse<Self, Result<PipelineReply, CommandError>>;
+    type Result = ResponseActFuture<Self, Result<PipelineReply, CommandError>>;
 
-    fn handle(&mut self, msg: PipelineCommand, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: PipelineCommand, ctx: &mut Context<Self>) -> Self::Result {
         match msg {
             PipelineCommand::Submit {
                 request,
@@ -767,7 +905,7 @@ impl Handler<PipelineCommand> for Scheduler {
             {
                 Ok((pipeline_id, stages, events)) => {
                     let appends = !events.is_empty();
-                    self.commit(events, move |act| PipelineReply {
+                    self.commit(ctx, events, move |act| PipelineReply {
                         pipeline_id,
                         seq: if appends { act.world.seq() } else { 0 },
                         stages,
@@ -782,7 +920,7 @@ impl Handler<PipelineCommand> for Scheduler {
             } => match self.world.decide_cancel_pipeline(pipeline_id, reason, by) {
                 Ok(events) => {
                     let appends = !events.is_empty();
-                    self.commit(events, move |act| PipelineReply {
+                    self.commit(ctx, events, move |act| PipelineReply {
                         pipeline_id,
                         seq: if appends { act.world.seq() } else { 0 },
                         stages: Vec::new(),
@@ -801,14 +939,14 @@ impl Handler<PipelineCommand> for Scheduler {
 pub struct Prune(pub Vec<ArtifactPruned>);
 
 impl Handler<Prune> for Scheduler {
-    type Result = AtomicResponse<Self, Result<u64, CommandError>>;
+    type Result = ResponseActFuture<Self, Result<u64, CommandError>>;
 
-    fn handle(&mut self, msg: Prune, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Prune, ctx: &mut Context<Self>) -> Self::Result {
         let events = self.world.decide_pruned(msg.0);
         if events.is_empty() {
-            return self.commit(events, |_| 0);
+            return self.commit(ctx, events, |_| 0);
         }
-        self.commit(events, |act| act.world.seq())
+        self.commit(ctx, events, |act| act.world.seq())
     }
 }
 
