@@ -904,7 +904,7 @@ fn json_of(message: LogMessage) -> serde_json::Value {
 }
 
 /// How often a live log stream looks for new output.
-const LOG_POLL: Duration = Duration::from_millis(100);
+const LOG_POLL: Duration = Duration::from_millis(25);
 
 /// A job's output, live, over a websocket (`GET /v1/jobs/{id}/logs/ws?attempt=N&from=OFFSET`):
 /// what is kept so far, then new output as it is written, as JSON text messages

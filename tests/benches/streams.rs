@@ -14,12 +14,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gantry_nodes::client::Client;
+use gantry_tests::process::{self, GantryProcess, cpu_of, rss_bytes};
 use serde_json::json;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -35,95 +36,18 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// utime + stime of a process, at 100 ticks per second.
-fn cpu_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<u64> = after
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    Duration::from_millis((fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0)) * 10)
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib << 10)
-}
-
 fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1e3
+    process::percentile(sorted, p).map_or(f64::NAN, |v| v as f64 / 1e3)
 }
 
-struct Gantry {
-    child: Child,
-    client: Client,
-    base: String,
-    data: PathBuf,
-    _dir: tempfile::TempDir,
-}
+type Gantry = GantryProcess;
 
-impl Gantry {
-    fn start(streams: usize) -> Gantry {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let child = Command::new(env!("CARGO_BIN_EXE_gantry-node"))
-            .args(["up", "--executor", "process", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data")
-            .arg(&data)
-            .arg("--max-streams")
-            .arg(streams.to_string())
-            .arg("--max-streams-per-key")
-            .arg(streams.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start gantry");
-        let base = format!("http://127.0.0.1:{port}");
-        let client = Client::new(&base);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while client.get("/readyz").is_err() {
-            assert!(Instant::now() < deadline, "gantry never answered");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Gantry {
-            child,
-            client,
-            base,
-            data,
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn head(&self) -> u64 {
-        self.client.get("/readyz").expect("readyz")["log_head"]
-            .as_u64()
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Gantry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(streams: usize) -> Gantry {
+    let streams = streams.to_string();
+    GantryProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_gantry-node")),
+        &["--max-streams", &streams, "--max-streams-per-key", &streams],
+    )
 }
 
 /// Lags (µs) of the events one subscriber received, with their sequences.
@@ -298,7 +222,7 @@ fn bench_event_streams() {
     let subscribers = env_usize("GANTRY_BENCH_SUBSCRIBERS", 1000);
     let rate = env_usize("GANTRY_BENCH_EVENT_RATE", 5000);
     println!("event websockets: {subscribers} subscribers, jobs submitted for {rate} events/s");
-    let gantry = Gantry::start(subscribers + 16);
+    let gantry = start(subscribers + 16);
     let base = gantry.base.clone();
 
     // Resident memory per open, caught-up subscriber.
@@ -413,7 +337,7 @@ fn line_lag(line: &str) -> Option<u64> {
 fn bench_live_logs() {
     let seconds = 8;
     println!("live logs: a job writing ~10 MB/s of 1 KiB lines for {seconds} s");
-    let gantry = Gantry::start(16);
+    let gantry = start(16);
     // 10 MB/s: 10,000 lines of 1 KiB a second, each stamped with when it was written.
     let script = format!(
         "import time,sys\n\

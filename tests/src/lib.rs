@@ -4,5 +4,6 @@
 //! Test code only: nothing in the product depends on this crate.
 
 pub mod conformance;
+pub mod process;
 pub mod services;
 pub mod system;

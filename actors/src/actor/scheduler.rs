@@ -203,6 +203,24 @@ impl Scheduler {
         )
     }
 
+    /// Answers `read(self)` once everything decided so far is in the log (or, when an append
+    /// failed, once the state is rebuilt from the log): a query never shows a decision that is
+    /// not durable.
+    fn durable_read<R: 'static>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        read: impl FnOnce(&mut Scheduler) -> R + 'static,
+    ) -> ResponseActFuture<Self, R> {
+        let recorded = self.decided(ctx, Vec::new());
+        Box::pin(
+            async move {
+                let _ = recorded.await;
+            }
+            .into_actor(self)
+            .map(move |(), act, _| read(act)),
+        )
+    }
+
     /// Applies `batch` at the sequences it will have and queues it for the next append;
     /// resolves once everything decided so far is in the log.
     fn decided(
@@ -685,16 +703,16 @@ impl Handler<Record> for Scheduler {
 pub struct LiveOn(pub String);
 
 impl Handler<LiveOn> for Scheduler {
-    type Result = MessageResult<LiveOn>;
+    type Result = ResponseActFuture<Self, Vec<Job>>;
 
-    fn handle(&mut self, msg: LiveOn, _: &mut Context<Self>) -> Self::Result {
-        let jobs = self
-            .world
-            .live_on(&msg.0)
-            .into_iter()
-            .filter_map(|(id, _, _)| self.world.job(&id).cloned())
-            .collect();
-        MessageResult(jobs)
+    fn handle(&mut self, msg: LiveOn, ctx: &mut Context<Self>) -> Self::Result {
+        self.durable_read(ctx, move |act| {
+            act.world
+                .live_on(&msg.0)
+                .into_iter()
+                .filter_map(|(id, _, _)| act.world.job(&id).cloned())
+                .collect()
+        })
     }
 }
 
@@ -704,10 +722,10 @@ impl Handler<LiveOn> for Scheduler {
 pub struct GetJob(pub JobId);
 
 impl Handler<GetJob> for Scheduler {
-    type Result = MessageResult<GetJob>;
+    type Result = ResponseActFuture<Self, Option<Job>>;
 
-    fn handle(&mut self, msg: GetJob, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.world.job(&msg.0).cloned())
+    fn handle(&mut self, msg: GetJob, ctx: &mut Context<Self>) -> Self::Result {
+        self.durable_read(ctx, move |act| act.world.job(&msg.0).cloned())
     }
 }
 
@@ -717,10 +735,12 @@ impl Handler<GetJob> for Scheduler {
 pub struct Stats;
 
 impl Handler<Stats> for Scheduler {
-    type Result = MessageResult<Stats>;
+    type Result = ResponseActFuture<Self, (SchedulerStats, Vec<Node>)>;
 
-    fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult((self.stats, self.world.cluster().nodes().cloned().collect()))
+    fn handle(&mut self, _: Stats, ctx: &mut Context<Self>) -> Self::Result {
+        self.durable_read(ctx, |act| {
+            (act.stats, act.world.cluster().nodes().cloned().collect())
+        })
     }
 }
 
