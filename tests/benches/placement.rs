@@ -64,7 +64,7 @@ fn request(i: usize, unplaceable: bool) -> SubmitRequest {
             model: Some("B200".into()),
             min_memory_bytes: None,
         })
-    } else if i % 4 == 0 {
+    } else if i.is_multiple_of(4) {
         Some(GpuAsk {
             count: 1 + (i / 4 % 2) as u32,
             model: Some(["A100", "H100", "L4"][i / 8 % 3].into()),
