@@ -36,11 +36,17 @@ use crate::{Gateway, query};
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
+    /// Events after this sequence (default 0: from the start).
     after: Option<u64>,
+    /// At most this many entries read (1–1000, default 100).
     limit: Option<usize>,
+    /// Comma-separated event types or streams: `job.*,node.lost`.
     types: Option<String>,
+    /// Only events about this job.
     job: Option<String>,
+    /// Only events about jobs of this queue.
     queue: Option<String>,
+    /// `gantry` (default) or `cloudevents`.
     format: Option<String>,
 }
 
@@ -48,10 +54,15 @@ struct EventsQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct StreamQuery {
+    /// Events after this sequence (default 0: from the start).
     after: Option<u64>,
+    /// Comma-separated event types or streams: `job.*,node.lost`.
     types: Option<String>,
+    /// Only events about this job.
     job: Option<String>,
+    /// Only events about jobs of this queue.
     queue: Option<String>,
+    /// `gantry` (default) or `cloudevents`.
     format: Option<String>,
 }
 
@@ -682,7 +693,7 @@ pub(crate) async fn events_ws(
         let mut filter = EventFilter::new(&caller, wanted, format);
         // The last sequence sent (or skipped by the filter): where a client resumes.
         let mut sent = first - 1;
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut ping = heartbeat_timer();
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = tokio::time::Instant::now();
         let reason = loop {
@@ -770,7 +781,7 @@ pub(crate) async fn events_sse(
         use futures::StreamExt;
         let _slot = slot;
         let mut filter = EventFilter::new(&caller, wanted, format);
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut ping = heartbeat_timer();
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let frame = tokio::select! {
@@ -903,6 +914,12 @@ fn json_of(message: LogMessage) -> serde_json::Value {
     serde_json::to_value(message).unwrap_or_default()
 }
 
+/// Ticks every [`PING_EVERY`], the first time one period from now (not at once: a stream
+/// starts with what it has to send, not with a heartbeat).
+fn heartbeat_timer() -> tokio::time::Interval {
+    tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY)
+}
+
 /// How often a live log stream looks for new output.
 const LOG_POLL: Duration = Duration::from_millis(25);
 
@@ -953,7 +970,7 @@ pub(crate) async fn logs_ws(
         let mut offset = q.from.unwrap_or(0);
         let mut poll = tokio::time::interval(LOG_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut ping = heartbeat_timer();
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = tokio::time::Instant::now();
         let send = |session: &mut actix_ws::Session, value: serde_json::Value| {

@@ -63,6 +63,7 @@ struct ListQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MinSeq {
+    /// Answer once the views include this sequence (waits up to 5 s, then 503 `views_behind`).
     pub min_seq: Option<u64>,
 }
 

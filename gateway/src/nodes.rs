@@ -5,18 +5,22 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use gantry_actors::actor::scheduler::NodeChange;
 use gantry_actors::placement::NodeStatus;
 
-use crate::Gateway;
 use crate::auth::Role;
 use crate::body::{read_body, reason_of};
 use crate::error::ApiError;
+use crate::health::read_after;
+use crate::jobs::MinSeq;
 use crate::openapi::{Free, NodeChanged, NodeDetail, NodeList, QueueList};
+use crate::{Gateway, query};
 
-#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", responses((status = 200, description = "The fleet", body = crate::openapi::NodeList), crate::openapi::Errors))]
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(MinSeq, ("Gantry-Min-Seq" = Option<u64>, Header, description = "as `min_seq`")), responses((status = 200, description = "The fleet", body = crate::openapi::NodeList), crate::openapi::Errors))]
 pub(crate) async fn nodes(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     gateway.caller(&req)?;
+    let q: MinSeq = query(&req)?;
+    read_after(&gateway, &req, q.min_seq).await?;
     // Free resources come from the scheduler (the leading control plane in a fleet); without
     // one the views still answer, without them.
     let live: std::collections::HashMap<String, gantry_actors::placement::Node> =
@@ -84,12 +88,14 @@ pub(crate) async fn change_node(
 }
 
 /// Jobs per queue and state, over every group (counts only).
-#[utoipa::path(get, path = "/v1/queues", tag = "nodes", responses((status = 200, description = "Jobs per queue and state", body = crate::openapi::QueueList), crate::openapi::Errors))]
+#[utoipa::path(get, path = "/v1/queues", tag = "nodes", params(MinSeq, ("Gantry-Min-Seq" = Option<u64>, Header, description = "as `min_seq`")), responses((status = 200, description = "Jobs per queue and state", body = crate::openapi::QueueList), crate::openapi::Errors))]
 pub(crate) async fn queues(
     gateway: web::Data<Gateway>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     gateway.caller(&req)?;
+    let q: MinSeq = query(&req)?;
+    read_after(&gateway, &req, q.min_seq).await?;
     Ok(HttpResponse::Ok().json(QueueList {
         queues: gateway.views.queues()?,
     }))
