@@ -445,13 +445,17 @@ fn fit(node: &Node, r: &Resources) -> Option<Vec<String>> {
 }
 
 /// Jobs waiting to be placed: by priority (higher first), first come first served within a
-/// priority, and round-robin between queues so one busy queue cannot starve the others.
+/// priority, and round-robin between queues so one busy queue cannot starve the others. Jobs
+/// no node of the fleet could ever take are parked out of the order until the fleet's shape
+/// changes, so however many of them wait, the jobs behind them are still offered each round.
 #[derive(Debug, Default)]
 pub struct Queues {
     queues: BTreeMap<String, BTreeSet<(Reverse<i32>, u64, JobId)>>,
     positions: HashMap<JobId, (String, Reverse<i32>, u64)>,
     /// Queue names in the order they get their next turn.
     turns: VecDeque<String>,
+    /// Queued jobs left out of the order (still counted as queued).
+    parked: HashSet<JobId>,
 }
 
 impl Queues {
@@ -469,10 +473,34 @@ impl Queues {
     }
 
     pub fn remove(&mut self, job: JobId) {
+        self.parked.remove(&job);
         if let Some((queue, priority, order)) = self.positions.remove(&job)
             && let Some(q) = self.queues.get_mut(&queue)
         {
             q.remove(&(priority, order, job));
+        }
+    }
+
+    /// Leaves a queued job out of the order until [`Queues::unpark_all`].
+    pub fn park(&mut self, job: JobId) {
+        if let Some((queue, priority, order)) = self.positions.get(&job)
+            && let Some(q) = self.queues.get_mut(queue)
+            && q.remove(&(*priority, *order, job))
+        {
+            self.parked.insert(job);
+        }
+    }
+
+    /// Puts every parked job back in its place in the order.
+    pub fn unpark_all(&mut self) {
+        for job in std::mem::take(&mut self.parked) {
+            if let Some((queue, priority, order)) = self.positions.get(&job) {
+                let q = self.queues.entry(queue.clone()).or_default();
+                if q.is_empty() && !self.turns.iter().any(|t| t == queue) {
+                    self.turns.push_back(queue.clone());
+                }
+                q.insert((*priority, *order, job));
+            }
         }
     }
 
@@ -484,7 +512,7 @@ impl Queues {
         self.positions.is_empty()
     }
 
-    /// Jobs waiting in one queue, in order.
+    /// Jobs offered in one queue, in order (parked ones left out).
     pub fn waiting(&self, queue: &str) -> impl Iterator<Item = JobId> + '_ {
         self.queues
             .get(queue)
@@ -493,9 +521,19 @@ impl Queues {
             .map(|(_, _, id)| *id)
     }
 
-    /// Queue names and their lengths.
-    pub fn lengths(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.queues.iter().map(|(q, jobs)| (q.as_str(), jobs.len()))
+    /// Queue names and their lengths (parked jobs included).
+    pub fn lengths(&self) -> BTreeMap<&str, usize> {
+        let mut out: BTreeMap<&str, usize> = self
+            .queues
+            .iter()
+            .map(|(q, jobs)| (q.as_str(), jobs.len()))
+            .collect();
+        for job in &self.parked {
+            if let Some((queue, _, _)) = self.positions.get(job) {
+                *out.entry(queue.as_str()).or_default() += 1;
+            }
+        }
+        out
     }
 
     /// The order to offer jobs in for one scheduling round: queues take turns, one job each,

@@ -134,6 +134,8 @@ pub struct World {
     /// The fleet generation each waiting job's reason was last worked out for (a cache of the
     /// scheduler's, not state from the log).
     explained: HashMap<JobId, u64>,
+    /// The fleet generation the queue's parked (unschedulable) jobs were parked at.
+    parked_generation: Option<u64>,
     /// Last sequence applied.
     seq: u64,
     limits: Limits,
@@ -563,6 +565,12 @@ impl World {
     pub fn decide_placements(&mut self, now_ms: u64, max: usize) -> Vec<Event> {
         // Look as far into each queue as one round may place, so a deep queue is not throttled
         // to a handful per tick; queues still alternate within the round.
+        // Jobs parked as unschedulable are offered again once the fleet's shape changed.
+        let generation = self.cluster.generation();
+        if self.parked_generation != Some(generation) {
+            self.queues.unpark_all();
+            self.parked_generation = Some(generation);
+        }
         let order = self.queues.round(max);
         let mut events = Vec::new();
         let mut scratch: Vec<(JobId, String, Vec<String>)> = Vec::new();
@@ -584,8 +592,13 @@ impl World {
                 if self.explained.get(&id) != Some(&generation) {
                     self.explained.insert(id, generation);
                     let reason = self.cluster.explain(&job.spec.resources);
+                    let unschedulable = reason.unschedulable;
                     if job.waiting.as_ref() != Some(&reason) {
                         events.push(JobWaiting { job_id: id, reason }.into());
+                    }
+                    if unschedulable {
+                        // No node could take it until the fleet changes: out of the order.
+                        self.queues.park(id);
                     }
                 }
                 continue;
@@ -1091,6 +1104,75 @@ mod tests {
         let round = world.decide_placements(0, 100);
         commit(world, log, round.clone());
         (job_id, round)
+    }
+
+    /// However many jobs no node could ever take wait ahead, the jobs behind them are placed
+    /// within a round or two (they are parked out of the order), and they are offered again once
+    /// the fleet changes.
+    #[test]
+    fn unschedulable_jobs_ahead_do_not_starve_the_jobs_behind_them() {
+        let mut world = World::default();
+        let mut log = Vec::new();
+        commit(&mut world, &mut log, vec![joined("n1", 64_000)]);
+        let submit = |world: &mut World, log: &mut Vec<Event>, req: &SubmitRequest| {
+            let Submitted::New { job_id, events } = world
+                .decide_submit(req, None, &Resolved::default())
+                .expect("valid")
+            else {
+                panic!("new job")
+            };
+            commit(world, log, events);
+            job_id
+        };
+        let stuck: Vec<JobId> = (0..50)
+            .map(|_| submit(&mut world, &mut log, &gpu_request(1, Some("H100"), None)))
+            .collect();
+        let behind = submit(&mut world, &mut log, &request("behind"));
+        // Rounds of at most 10: the first ones explain and park the stuck jobs.
+        let mut rounds = 0;
+        while world
+            .job(&behind)
+            .is_some_and(|j| j.state == JobState::Queued)
+        {
+            rounds += 1;
+            assert!(
+                rounds <= 10,
+                "the job behind 50 unschedulable ones was never offered"
+            );
+            let round = world.decide_placements(0, 10);
+            commit(&mut world, &mut log, round);
+        }
+        assert_eq!(world.job(&behind).map(|j| j.state), Some(JobState::Placed));
+        assert_eq!(world.queues().len(), 50, "the stuck jobs are still queued");
+        assert!(
+            world.decide_placements(0, 10).is_empty(),
+            "nothing new to say"
+        );
+        // A node with the GPU they want: they are offered again and placed.
+        commit(
+            &mut world,
+            &mut log,
+            vec![gpu_node(
+                "n2",
+                (0..8)
+                    .map(|i| gpu(&format!("g{i}"), "NVIDIA H100", 80))
+                    .collect(),
+            )],
+        );
+        let round = world.decide_placements(0, 100);
+        let placed = round
+            .iter()
+            .filter(|e| e.type_name() == "job.placed")
+            .count();
+        assert_eq!(placed, 8, "as many as the new node's GPUs");
+        commit(&mut world, &mut log, round);
+        assert!(
+            stuck
+                .iter()
+                .filter(|id| world.job(id).is_some_and(|j| j.state == JobState::Placed))
+                .count()
+                == 8
+        );
     }
 
     #[test]

@@ -131,10 +131,14 @@ async fn through_scheduler(
 ) -> (u64, Duration, Duration) {
     let dir = tempfile::tempdir().expect("tempdir");
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(dir.path()).await.expect("log"));
-    let scheduler = Scheduler::rebuild(log, Limits::default(), Source::new("bench", "scheduler"))
-        .await
-        .expect("scheduler")
-        .start();
+    let scheduler = Scheduler::rebuild(
+        log.clone(),
+        Limits::default(),
+        Source::new("bench", "scheduler"),
+    )
+    .await
+    .expect("scheduler")
+    .start();
     let total = unplaceable + jobs;
     for chunk in (0..total).collect::<Vec<_>>().chunks(1000) {
         let sends: Vec<_> = chunk
@@ -162,17 +166,31 @@ async fn through_scheduler(
         }
     }
     let joined = started.elapsed();
-    // Placed until no placement for a second.
-    let (mut placed, mut last_change) = (0, started.elapsed());
+    // Until the log stops growing for a second; then count the placements it holds.
+    let (mut head, mut last_change) = (0, started.elapsed());
     loop {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let (stats, _) = scheduler.send(Stats).await.expect("scheduler");
-        if stats.placements != placed {
-            placed = stats.placements;
+        let now = log.head().await.expect("head").seq;
+        if now != head {
+            head = now;
             last_change = started.elapsed();
         } else if started.elapsed() - last_change > Duration::from_secs(1) {
             break;
         }
+    }
+    let _ = scheduler.send(Stats).await;
+    let mut placed = 0;
+    let mut next = 1;
+    loop {
+        let entries = log.read(next, 4096).await.expect("read");
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            break;
+        };
+        placed += entries
+            .iter()
+            .filter(|e| e.view().is_ok_and(|v| v.type_name == "job.placed"))
+            .count() as u64;
+        next = last + 1;
     }
     (placed, last_change, joined)
 }

@@ -211,6 +211,12 @@ fn the_dashboard_shows_a_job_reach_succeeded_live_and_its_output() {
         nodes.as_str().is_some_and(|n| n.contains("process")),
         "{nodes}"
     );
+    page.wait_for(
+        "the queue counts follow the job's end",
+        "document.getElementById('queues').innerText.includes('succeeded 1') \
+         && !document.getElementById('queues').innerText.includes('running')",
+        Duration::from_secs(30),
+    );
 
     let shot = page.call("Page.captureScreenshot", json!({ "format": "png" }));
     let png = base64::engine::general_purpose::STANDARD
