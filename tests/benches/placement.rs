@@ -113,10 +113,10 @@ fn in_memory(nodes: usize, jobs: usize, unplaceable: usize) -> (u64, Duration) {
             .iter()
             .filter(|e| e.type_name() == "job.placed")
             .count() as u64;
-        round.iter().for_each(|e| apply(&mut world, e));
-        if count == 0 {
+        if round.is_empty() {
             break;
         }
+        round.iter().for_each(|e| apply(&mut world, e));
         placed += count;
     }
     (placed, started.elapsed())

@@ -346,7 +346,11 @@ impl Scheduler {
             self.append_decided(stages, ctx, |act| act.stats.commands += 1);
         }
         let events = self.world.decide_placements(now_ms(), ROUND_MAX);
-        let count = events.len() as u64;
+        // Placements, not the waiting reasons recorded beside them.
+        let count = events
+            .iter()
+            .filter(|e| e.type_name() == "job.placed")
+            .count() as u64;
         self.append_decided(events, ctx, move |act| act.stats.placements += count);
     }
 
