@@ -1088,12 +1088,8 @@ mod tests {
         r
     }
 
-    /// Submits and runs one placement round; returns the job and what the round decided.
-    fn submit_and_place(
-        world: &mut World,
-        log: &mut Vec<Event>,
-        req: &SubmitRequest,
-    ) -> (JobId, Vec<Event>) {
+    /// Submits and commits one new job.
+    fn submit(world: &mut World, log: &mut Vec<Event>, req: &SubmitRequest) -> JobId {
         let Submitted::New { job_id, events } = world
             .decide_submit(req, None, &Resolved::default())
             .expect("valid")
@@ -1101,6 +1097,16 @@ mod tests {
             panic!("new job")
         };
         commit(world, log, events);
+        job_id
+    }
+
+    /// Submits and runs one placement round; returns the job and what the round decided.
+    fn submit_and_place(
+        world: &mut World,
+        log: &mut Vec<Event>,
+        req: &SubmitRequest,
+    ) -> (JobId, Vec<Event>) {
+        let job_id = submit(world, log, req);
         let round = world.decide_placements(0, 100);
         commit(world, log, round.clone());
         (job_id, round)
@@ -1114,16 +1120,6 @@ mod tests {
         let mut world = World::default();
         let mut log = Vec::new();
         commit(&mut world, &mut log, vec![joined("n1", 64_000)]);
-        let submit = |world: &mut World, log: &mut Vec<Event>, req: &SubmitRequest| {
-            let Submitted::New { job_id, events } = world
-                .decide_submit(req, None, &Resolved::default())
-                .expect("valid")
-            else {
-                panic!("new job")
-            };
-            commit(world, log, events);
-            job_id
-        };
         let stuck: Vec<JobId> = (0..50)
             .map(|_| submit(&mut world, &mut log, &gpu_request(1, Some("H100"), None)))
             .collect();

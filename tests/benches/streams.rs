@@ -241,35 +241,18 @@ fn bench_event_streams() {
     std::thread::sleep(Duration::from_secs(1));
 
     let seconds = 8;
-    let phases = [
-        phase(
-            &gantry,
-            &base,
-            "1 subscriber (baseline)",
-            1,
-            false,
-            rate,
-            seconds,
-        ),
-        phase(
-            &gantry,
-            &base,
-            &format!("{subscribers} subscribers"),
-            subscribers,
-            false,
-            rate,
-            seconds,
-        ),
-        phase(
-            &gantry,
-            &base,
-            &format!("{subscribers} subscribers + 1 never reading"),
+    let phases: Vec<Phase> = [
+        ("1 subscriber (baseline)".to_owned(), 1, false),
+        (format!("{subscribers} subscribers"), subscribers, false),
+        (
+            format!("{subscribers} subscribers + 1 never reading"),
             subscribers,
             true,
-            rate,
-            seconds,
         ),
-    ];
+    ]
+    .into_iter()
+    .map(|(name, readers, stalled)| phase(&gantry, &base, &name, readers, stalled, rate, seconds))
+    .collect();
     println!(
         "  {:<44} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "", "events/s", "p50 ms", "p99 ms", "max ms", "CPU"
