@@ -205,7 +205,9 @@ impl Worker {
                 // Taken back while it still runs here: its placement lease ran out, or the node
                 // was declared lost (partitioned away) and the attempt re-placed elsewhere.
                 // Stop it now; its own reports will be fenced.
-                if let Some(stop) = self.running.get(&(f.job_id, f.attempt)) {
+                if let Some(stop) = self.running.get(&(f.job_id, f.attempt))
+                    && !stop.is_closed()
+                {
                     tracing::warn!(job = %f.job_id, attempt = f.attempt, cause = ?f.cause, "attempt ended in the log while it runs here; stopping it");
                     let _ = stop.send(Some(FailureCause::Cancelled));
                 }
@@ -543,6 +545,9 @@ async fn run_attempt(
         },
         (message, _) => message,
     };
+    // The attempt is over here; only its report remains. Its end reaching the log (which may
+    // come before the report is answered) is then no reason to stop anything.
+    drop(stop);
     let _ = report_until_recorded(scheduler, report(message)).await;
 }
 
