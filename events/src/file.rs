@@ -145,6 +145,10 @@ impl Header {
         let format = Format::from_number(number).ok_or_else(|| {
             format!("file format {number}, this build reads formats 1 and {FILE_FORMAT}")
         })?;
+        let reserved = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+        if reserved != 0 {
+            return Err(format!("reserved header field is {reserved}, must be 0"));
+        }
         let mut seq = [0u8; 8];
         seq.copy_from_slice(&bytes[16..24]);
         let first_seq = u64::from_le_bytes(seq);
@@ -504,6 +508,13 @@ mod tests {
         let mut future = h.encode();
         future[8] = 3;
         assert!(Header::decode_any(&future).is_err());
+        // The reserved field is 0; anything else is refused, not ignored.
+        let mut reserved = h.encode();
+        reserved[12] = 1;
+        assert_eq!(
+            Header::decode_any(&reserved),
+            Err("reserved header field is 1, must be 0".to_owned())
+        );
     }
 
     /// The worked example of FORMAT.md section 4, byte for byte.
