@@ -521,21 +521,6 @@ impl Queues {
             .map(|(_, _, id)| *id)
     }
 
-    /// Queue names and their lengths (parked jobs included).
-    pub fn lengths(&self) -> BTreeMap<&str, usize> {
-        let mut out: BTreeMap<&str, usize> = self
-            .queues
-            .iter()
-            .map(|(q, jobs)| (q.as_str(), jobs.len()))
-            .collect();
-        for job in &self.parked {
-            if let Some((queue, _, _)) = self.positions.get(job) {
-                *out.entry(queue.as_str()).or_default() += 1;
-            }
-        }
-        out
-    }
-
     /// The order to offer jobs in for one scheduling round: queues take turns, one job each,
     /// each queue in priority-then-arrival order; `per_queue` bounds the look-ahead.
     pub fn round(&mut self, per_queue: usize) -> Vec<JobId> {

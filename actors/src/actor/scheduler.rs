@@ -12,7 +12,7 @@ use actix::prelude::*;
 use gantry_events::event::{
     ArtifactPruned, ArtifactStored, FailureCause, JobId, PipelineId, PipelineStage,
 };
-use gantry_events::{Appended, Entry, Event, EventLog, NewEvent, Source, record::now_ns};
+use gantry_events::{Appended, Event, EventLog, NewEvent, Source, record::now_ns};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobState};
@@ -35,8 +35,8 @@ pub enum CommandError {
     /// Decided against: invalid, unknown job, wrong state (400/404/409).
     #[error(transparent)]
     Refused(#[from] Refusal),
-    /// The log did not take the events (503). Whatever of them landed after all (an unknown
-    /// outcome) was read back and applied; the caller may try again.
+    /// The log would not take the events (too large: 413; otherwise 503). Nothing of them
+    /// was applied; the caller may try again.
     #[error(transparent)]
     Log(#[from] gantry_events::Error),
     /// No control plane answered (the scheduler stopped, no leader yet, NATS unreachable);
@@ -250,30 +250,29 @@ impl Scheduler {
     /// Appends what is queued (whole commands, at most one log batch), then answers those it
     /// recorded and goes on with what queued meanwhile.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        let mut batch = Vec::new();
-        let mut taken = 0;
+        let (mut events, mut taken) = (0, 0);
         for command in &self.pending {
-            if !batch.is_empty() && batch.len() + command.len() > gantry_events::log::MAX_BATCH {
+            if events > 0 && events + command.len() > gantry_events::log::MAX_BATCH {
                 break;
             }
-            batch.extend(command.iter().cloned());
+            events += command.len();
             taken += 1;
         }
-        if batch.is_empty() {
+        if events == 0 {
             self.appending = false;
             return;
         }
-        self.pending.drain(..taken);
+        let batch: Vec<NewEvent> = self.pending.drain(..taken).flatten().collect();
         self.appending = true;
         let next = self.durable_seq + 1;
         let count = batch.len() as u64;
         let log = self.log.clone();
-        ctx.spawn(append_catching_up(log, batch, next).into_actor(self).map(
-            move |(appended, missing), act, ctx| {
+        ctx.spawn(append_timed(log, batch).into_actor(self).map(
+            move |appended, act, ctx| {
                 let landed = appended.as_ref().is_ok_and(|a| {
                     a.len() as u64 == count && a.first().map(|a| a.seq) == Some(next)
                 });
-                if landed && missing.is_empty() {
+                if landed {
                     act.durable_seq = next + count - 1;
                     while act
                         .waiters
@@ -448,45 +447,17 @@ async fn replay(log: Arc<dyn EventLog>, limits: Limits) -> Result<World, gantry_
     Ok(world)
 }
 
-/// Appends `batch`, then reads what the log holds from `next` on that the caller has not
-/// applied: entries before its own (another writer's), or — when the append failed — whatever
-/// landed after all (an append whose outcome was unknown may still have been stored). So the
-/// scheduler's state never lags the log it decides on, even after an error.
-async fn append_catching_up(
+/// Appends `batch`, timed for the metrics.
+async fn append_timed(
     log: Arc<dyn EventLog>,
     batch: Vec<NewEvent>,
-    next: u64,
-) -> (Result<Vec<Appended>, gantry_events::Error>, Vec<Entry>) {
-    if batch.is_empty() {
-        return (Ok(Vec::new()), Vec::new());
-    }
+) -> Result<Vec<Appended>, gantry_events::Error> {
     let events = batch.len();
     let started = std::time::Instant::now();
     let appended = log.append(batch).await;
     metrics::histogram!("gantry_append_duration_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("gantry_append_batch_events").record(events as f64);
-    let end = match &appended {
-        Ok(appended) => appended.first().map_or(next, |a| a.seq),
-        Err(_) => u64::MAX,
-    };
-    let mut missing = Vec::new();
-    let mut from = next;
-    // Bounded: each read moves `from` forward or stops.
-    while from < end {
-        let entries = match log.read(from, 4096).await {
-            Ok(entries) => entries,
-            Err(error) => {
-                tracing::error!(%error, from, "scheduler could not read back the log");
-                break;
-            }
-        };
-        let Some(last) = entries.last().map(|e| e.seq) else {
-            break;
-        };
-        missing.extend(entries.into_iter().filter(|e| e.seq < end));
-        from = last + 1;
-    }
-    (appended, missing)
+    appended
 }
 
 fn now_ms() -> u64 {
