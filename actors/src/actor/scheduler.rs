@@ -310,23 +310,26 @@ impl Scheduler {
     fn resync(&mut self, ctx: &mut Context<Self>) {
         let log = self.log.clone();
         let limits = self.world.limits().clone();
-        ctx.wait(
-            replay(log, limits)
-                .into_actor(self)
-                .map(|replayed, act, ctx| match replayed {
-                    Ok(world) => {
-                        act.world = world;
-                        act.durable_seq = act.world.seq();
-                        act.stats.applied_seq = act.world.seq();
-                        act.stats.queued = act.world.queues().len();
-                        act.appending = false;
-                    }
+        let replayed = async move {
+            loop {
+                match replay(log.clone(), limits.clone()).await {
+                    Ok(world) => return world,
+                    // A log that cannot be read for a moment (a JetStream leader election):
+                    // try again; nothing is decided until the state is the log's.
                     Err(error) => {
-                        tracing::error!(%error, "the scheduler cannot read its log back; stopping");
-                        ctx.stop();
+                        tracing::warn!(%error, "the scheduler cannot read its log back yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                     }
-                }),
-        );
+                }
+            }
+        };
+        ctx.wait(replayed.into_actor(self).map(|world, act, _| {
+            act.world = world;
+            act.durable_seq = act.world.seq();
+            act.stats.applied_seq = act.world.seq();
+            act.stats.queued = act.world.queues().len();
+            act.appending = false;
+        }));
     }
 
     fn refuse<R: 'static>(
