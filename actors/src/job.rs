@@ -18,6 +18,8 @@
 //! Reports are idempotent by (job, attempt): the same start or end reported again records
 //! nothing and is answered as accepted, so a worker can retry a report until it is in the log.
 
+use std::collections::HashMap;
+
 use gantry_events::Event;
 use gantry_events::event::{
     FailureCause, JobCancelRequested, JobCancelled, JobDeadLettered, JobEvent, JobFailed, JobId,
@@ -551,6 +553,73 @@ pub fn backoff_ms(policy: &RetryPolicy, failed_attempt: u32) -> u64 {
         .backoff_initial_ms
         .saturating_mul(1u64 << exponent)
         .min(policy.backoff_max_ms)
+}
+
+/// What is kept of an ended job: its final state and last attempt (enough to refuse what
+/// comes late for it), not its spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    pub state: JobState,
+    pub attempt: u32,
+}
+
+/// The jobs the scheduler knows: live ones whole, ended ones as [`Ended`] only, so its memory
+/// follows the live jobs, not the history (an ended job costs a few dozen bytes).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Jobs {
+    live: HashMap<JobId, Job>,
+    ended: HashMap<JobId, Ended>,
+}
+
+impl Jobs {
+    /// A live job.
+    pub fn get(&self, id: &JobId) -> Option<&Job> {
+        self.live.get(id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &JobId) -> Option<&mut Job> {
+        self.live.get_mut(id)
+    }
+
+    /// An ended job.
+    pub fn ended(&self, id: &JobId) -> Option<Ended> {
+        self.ended.get(id).copied()
+    }
+
+    /// Any known job's state.
+    pub fn state(&self, id: &JobId) -> Option<JobState> {
+        self.live
+            .get(id)
+            .map(|j| j.state)
+            .or_else(|| self.ended.get(id).map(|e| e.state))
+    }
+
+    pub(crate) fn insert(&mut self, job: Job) {
+        self.ended.remove(&job.id);
+        self.live.insert(job.id, job);
+    }
+
+    /// Keeps only the final state of a job that reached a terminal one.
+    pub(crate) fn end(&mut self, id: &JobId) {
+        if let Some(job) = self.live.remove(id) {
+            self.ended.insert(
+                *id,
+                Ended {
+                    state: job.state,
+                    attempt: job.attempt,
+                },
+            );
+        }
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = &Job> {
+        self.live.values()
+    }
+
+    /// How many ended jobs are remembered.
+    pub fn ended_count(&self) -> usize {
+        self.ended.len()
+    }
 }
 
 #[cfg(test)]

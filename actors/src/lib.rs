@@ -11,6 +11,8 @@
 //! - [`control`]: how a node's actors and the gateway reach the control plane, in-process or
 //!   over NATS;
 //! - [`executor`]: the traits workers run attempts and read GPUs through;
+//! - [`snapshot`]: the scheduler's state saved with the log position it covers, so a start
+//!   replays only the log's tail;
 //! - [`telemetry`]: the latest GPU samples, kept beside the views, never in the log;
 //! - [`actor`]: the five actix actors, one file each, thin wrappers around the above.
 //!
@@ -25,6 +27,7 @@ pub mod job;
 pub mod pipeline;
 pub mod placement;
 pub mod secrets;
+pub mod snapshot;
 pub mod spec;
 pub mod telemetry;
 pub mod world;

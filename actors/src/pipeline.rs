@@ -18,7 +18,7 @@ use gantry_events::event::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::job::{Job, JobState};
+use crate::job::{JobState, Jobs};
 use crate::spec::{
     Invalid, Limits, MAX_INPUTS, Resolved, SubmitRequest, attach_inputs, attach_secrets,
     check_name, invalid, validate,
@@ -278,7 +278,7 @@ fn topological(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
 }
 
 /// Where a live pipeline's stage stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Status {
     /// Its dependencies have not all ended.
     Waiting,
@@ -287,14 +287,14 @@ enum Status {
     Skipped,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct LiveStage {
     stage: PipelineStage,
     deps: Vec<usize>,
     status: Status,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Live {
     by: Option<String>,
     group: Option<String>,
@@ -305,7 +305,7 @@ struct Live {
 /// The pipelines with stages still to run or running, folded from the log. A pipeline is
 /// forgotten once every stage has ended (its view keeps it), so memory follows live pipelines,
 /// not history.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Pipelines {
     live: HashMap<PipelineId, Live>,
     /// The stage each live pipeline's job runs.
@@ -362,7 +362,7 @@ impl Pipelines {
         }
     }
 
-    pub fn apply_skipped(&mut self, s: &PipelineStageSkipped, jobs: &HashMap<JobId, Job>) {
+    pub fn apply_skipped(&mut self, s: &PipelineStageSkipped, jobs: &Jobs) {
         if let Some(live) = self.live.get_mut(&s.pipeline_id)
             && let Some(stage) = live.stages.iter_mut().find(|st| st.stage.name == s.stage)
         {
@@ -371,7 +371,7 @@ impl Pipelines {
         self.changed(s.pipeline_id, jobs);
     }
 
-    pub fn apply_cancelled(&mut self, c: &PipelineCancelled, jobs: &HashMap<JobId, Job>) {
+    pub fn apply_cancelled(&mut self, c: &PipelineCancelled, jobs: &Jobs) {
         if let Some(live) = self.live.get_mut(&c.pipeline_id) {
             live.cancelled = true;
         }
@@ -390,14 +390,14 @@ impl Pipelines {
     }
 
     /// A job reached a terminal state.
-    pub fn job_ended(&mut self, id: JobId, jobs: &HashMap<JobId, Job>) {
+    pub fn job_ended(&mut self, id: JobId, jobs: &Jobs) {
         if let Some(&(pipeline, _)) = self.of_job.get(&id) {
             self.changed(pipeline, jobs);
         }
     }
 
     /// Marks a pipeline for a look, or forgets it when every stage has ended.
-    fn changed(&mut self, id: PipelineId, jobs: &HashMap<JobId, Job>) {
+    fn changed(&mut self, id: PipelineId, jobs: &Jobs) {
         let Some(live) = self.live.get(&id) else {
             return;
         };
@@ -433,7 +433,7 @@ impl Pipelines {
     /// The stages that can be decided now: started (their dependencies ended and allow it,
     /// and every input they read was stored) or skipped. Pipelines with nothing to decide are
     /// not looked at again until something about them is applied.
-    pub fn decide(&mut self, jobs: &HashMap<JobId, Job>) -> Vec<Event> {
+    pub fn decide(&mut self, jobs: &Jobs) -> Vec<Event> {
         let mut events = Vec::new();
         let mut idle = Vec::new();
         for &id in &self.dirty {
@@ -465,7 +465,7 @@ impl Pipelines {
         id: PipelineId,
         live: &Live,
         stage: &LiveStage,
-        jobs: &HashMap<JobId, Job>,
+        jobs: &Jobs,
     ) -> Option<Event> {
         let skip = |reason: String| {
             Some(Event::from(PipelineStageSkipped {
@@ -538,7 +538,7 @@ impl Pipelines {
         id: PipelineId,
         reason: Option<String>,
         by: Option<String>,
-        jobs: &HashMap<JobId, Job>,
+        jobs: &Jobs,
     ) -> Option<Vec<Event>> {
         let live = self.live.get(&id)?;
         if live.cancelled {
@@ -577,8 +577,8 @@ impl Pipelines {
 }
 
 /// The job's terminal state, once it has one.
-fn ended(jobs: &HashMap<JobId, Job>, id: JobId) -> Option<JobState> {
-    jobs.get(&id).map(|j| j.state).filter(|s| s.is_terminal())
+fn ended(jobs: &Jobs, id: JobId) -> Option<JobState> {
+    jobs.state(&id).filter(|s| s.is_terminal())
 }
 
 #[cfg(test)]
@@ -995,7 +995,7 @@ mod tests {
         f.commit(cancel);
         assert!(f.step().is_empty(), "a cancelled pipeline starts nothing");
         assert_eq!(
-            f.world.job(&first[0].1.job_id).map(|j| j.state),
+            f.world.state_of(&first[0].1.job_id),
             Some(JobState::Cancelled)
         );
         assert!(matches!(

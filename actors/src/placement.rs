@@ -66,7 +66,7 @@ impl Node {
 }
 
 /// What one running attempt holds on its node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 struct Reservation {
     node: String,
     cpu_millis: u32,
@@ -75,7 +75,7 @@ struct Reservation {
 }
 
 /// All nodes, with the indexes placement walks.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct Cluster {
     nodes: HashMap<String, Node>,
     by_free_cpu: BTreeSet<(u32, String)>,
@@ -448,7 +448,7 @@ fn fit(node: &Node, r: &Resources) -> Option<Vec<String>> {
 /// priority, and round-robin between queues so one busy queue cannot starve the others. Jobs
 /// no node of the fleet could ever take are parked out of the order until the fleet's shape
 /// changes, so however many of them wait, the jobs behind them are still offered each round.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct Queues {
     queues: BTreeMap<String, BTreeSet<(Reverse<i32>, u64, JobId)>>,
     positions: HashMap<JobId, (String, Reverse<i32>, u64)>,

@@ -15,7 +15,7 @@ use gantry_events::event::{
 use gantry_events::{Event, NewEvent, Source};
 use serde::{Deserialize, Serialize};
 
-use crate::job::{Job, JobState, Rejection};
+use crate::job::{Job, JobState, Jobs, Rejection};
 use crate::pipeline::{PipelineRequest, Pipelines, validate_pipeline};
 use crate::placement::{Cluster, NodeStatus, Queues};
 use crate::spec::{
@@ -108,9 +108,9 @@ pub struct NodeLoss {
 }
 
 /// Scheduler state.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct World {
-    jobs: HashMap<JobId, Job>,
+    jobs: Jobs,
     /// Sequence of each job's submission: FIFO order within a priority.
     submitted_at: HashMap<JobId, u64>,
     /// Idempotency keys by group, with their job and its submission time (log time, ms).
@@ -133,11 +133,14 @@ pub struct World {
     placed: HashSet<JobId>,
     /// The fleet generation each waiting job's reason was last worked out for (a cache of the
     /// scheduler's, not state from the log).
+    #[serde(skip)]
     explained: HashMap<JobId, u64>,
     /// The fleet generation the queue's parked (unschedulable) jobs were parked at.
     parked_generation: Option<u64>,
     /// Last sequence applied.
     seq: u64,
+    /// Settings, not state: given again when a snapshot is loaded.
+    #[serde(skip)]
     limits: Limits,
 }
 
@@ -149,6 +152,20 @@ impl World {
         }
     }
 
+    /// The state as bytes for a snapshot (see [`crate::snapshot`]): everything folded from
+    /// the log, without the settings and caches.
+    pub fn to_snapshot(&self) -> Result<Vec<u8>, crate::snapshot::Error> {
+        rmp_serde::to_vec_named(self).map_err(|e| crate::snapshot::Error::Encode(e.to_string()))
+    }
+
+    /// The state a snapshot holds, with these settings.
+    pub fn from_snapshot(body: &[u8], limits: Limits) -> Result<World, crate::snapshot::Error> {
+        let mut world: World = rmp_serde::from_slice(body)
+            .map_err(|e| crate::snapshot::Error::Decode(e.to_string()))?;
+        world.limits = limits;
+        Ok(world)
+    }
+
     pub fn seq(&self) -> u64 {
         self.seq
     }
@@ -158,12 +175,24 @@ impl World {
         &self.limits
     }
 
+    /// A live job (an ended one is kept only as its final state, see [`World::state_of`]).
     pub fn job(&self, id: &JobId) -> Option<&Job> {
         self.jobs.get(id)
     }
 
+    /// Any known job's state, ended ones included.
+    pub fn state_of(&self, id: &JobId) -> Option<JobState> {
+        self.jobs.state(id)
+    }
+
+    /// The live jobs.
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
-        self.jobs.values()
+        self.jobs.live()
+    }
+
+    /// How many ended jobs are remembered (as their final state only).
+    pub fn ended_jobs(&self) -> usize {
+        self.jobs.ended_count()
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -239,8 +268,8 @@ impl World {
                     && !self.pruned.contains(&key)
                     && self
                         .jobs
-                        .get(&p.job_id)
-                        .is_some_and(|j| j.state.is_terminal())
+                        .state(&p.job_id)
+                        .is_some_and(JobState::is_terminal)
                     && seen.insert(key)
             })
             .map(Event::from)
@@ -268,13 +297,16 @@ impl World {
             }
             self.forget_idempotency_keys(time_ms);
             self.submitted_at.insert(job.id, seq);
-            self.jobs.insert(job.id, job);
+            self.jobs.insert(job);
             self.pipelines.apply_job_submitted(s);
             return;
         }
         let id = event.job_id();
         let Some(job) = self.jobs.get_mut(&id) else {
-            tracing::warn!(job = %id, seq, "event for a job never submitted");
+            // Nothing moves an ended job; only an unknown one is worth a word.
+            if self.jobs.ended(&id).is_none() {
+                tracing::warn!(job = %id, seq, "event for a job never submitted");
+            }
             return;
         };
         job.apply_at(event, time_ms);
@@ -307,6 +339,10 @@ impl World {
             | JobEvent::Waiting(_) => {}
         }
         if job.state.is_terminal() {
+            // Only its final state is kept from now on.
+            self.jobs.end(&id);
+            self.submitted_at.remove(&id);
+            self.placed.remove(&id);
             self.pipelines.job_ended(id, &self.jobs);
         }
     }
@@ -424,7 +460,14 @@ impl World {
     }
 
     fn existing(&self, id: JobId) -> Result<&Job, Refusal> {
-        self.jobs.get(&id).ok_or(Refusal::UnknownJob(id))
+        if let Some(job) = self.jobs.get(&id) {
+            return Ok(job);
+        }
+        // Every command on an ended job is refused as the job itself would refuse it.
+        match self.jobs.ended(&id) {
+            Some(ended) => Err(Rejection::Terminal(ended.state.as_str()).into()),
+            None => Err(Refusal::UnknownJob(id)),
+        }
     }
 
     pub fn decide_cancel(
@@ -628,6 +671,21 @@ impl World {
     /// fenced by (node, attempt), so a node that was partitioned away and whose attempt was
     /// re-placed elsewhere cannot change it.
     pub fn check_reporter(&self, id: JobId, attempt: u32, node: &str) -> Result<(), Refusal> {
+        if let Some(ended) = self.jobs.ended(&id) {
+            // Its attempts are over and it is on no node any more.
+            return Err(if ended.attempt == attempt {
+                Rejection::OtherNode {
+                    attempt,
+                    node: node.to_owned(),
+                }
+            } else {
+                Rejection::StaleAttempt {
+                    reported: attempt,
+                    current: ended.attempt,
+                }
+            }
+            .into());
+        }
         let job = self.existing(id)?;
         if job.attempt == attempt && job.node.as_deref() == Some(node) {
             return Ok(());
@@ -729,7 +787,7 @@ impl World {
     /// Jobs with a live attempt on `node`, with that attempt.
     pub fn live_on(&self, node: &str) -> Vec<(JobId, u32, JobState)> {
         self.jobs
-            .values()
+            .live()
             .filter(|j| j.node.as_deref() == Some(node))
             .filter(|j| matches!(j.state, JobState::Placed | JobState::Running))
             .map(|j| (j.id, j.attempt, j.state))
@@ -854,6 +912,87 @@ mod tests {
         a.sort();
         b.sort();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_world_loaded_from_its_snapshot_is_the_one_it_was_taken_of() {
+        let mut world = World::default();
+        let mut log = Vec::new();
+        commit(&mut world, &mut log, vec![joined("n1", 2000)]);
+        submit_jobs(&mut world, &mut log, 5);
+        let placed = world.decide_placements(0, 100);
+        commit(&mut world, &mut log, placed);
+        // One ends, one is cancelled while it waits, one more comes with an idempotency key.
+        let (done_id, attempt, _) = world.live_on("n1")[0];
+        let done = world
+            .decide_succeeded(done_id, attempt, 5)
+            .expect("accepted");
+        commit(&mut world, &mut log, done);
+        let waiting = world
+            .jobs()
+            .find(|j| j.state == JobState::Queued)
+            .expect("one waits")
+            .id;
+        let cancel = world.decide_cancel(waiting, None, None).expect("cancel");
+        commit(&mut world, &mut log, cancel);
+        let keyed = SubmitRequest {
+            idempotency_key: Some("nightly".into()),
+            ..request("keyed")
+        };
+        let Submitted::New {
+            job_id: keyed_id,
+            events,
+        } = world
+            .decide_submit(&keyed, None, &Resolved::default())
+            .expect("valid")
+        else {
+            panic!("new job")
+        };
+        commit(&mut world, &mut log, events);
+        assert_eq!(world.ended_jobs(), 2);
+
+        let body = world.to_snapshot().expect("encode");
+        let mut loaded = World::from_snapshot(&body, Limits::default()).expect("decode");
+        assert_eq!(loaded.seq(), world.seq());
+        let live = |w: &World| {
+            let mut jobs: Vec<Job> = w.jobs().cloned().collect();
+            jobs.sort_by_key(|j| j.id);
+            jobs
+        };
+        assert_eq!(live(&loaded), live(&world));
+        assert_eq!(loaded.ended_jobs(), 2);
+        for id in [done_id, waiting, keyed_id] {
+            assert_eq!(loaded.state_of(&id), world.state_of(&id), "{id}");
+        }
+        // Ended jobs are refused alike, the key still answers its job, and the next
+        // decisions are the same.
+        assert_eq!(
+            loaded
+                .decide_cancel(done_id, None, None)
+                .map_err(|e| e.to_string()),
+            world
+                .decide_cancel(done_id, None, None)
+                .map_err(|e| e.to_string()),
+        );
+        assert!(matches!(
+            loaded.decide_submit(&keyed, None, &Resolved::default()),
+            Ok(Submitted::Existing(id)) if id == keyed_id
+        ));
+        assert_eq!(
+            loaded
+                .check_reporter(done_id, attempt, "n1")
+                .map_err(|e| e.to_string()),
+            world
+                .check_reporter(done_id, attempt, "n1")
+                .map_err(|e| e.to_string()),
+        );
+        assert_eq!(
+            loaded.decide_placements(0, 100),
+            world.decide_placements(0, 100)
+        );
+        assert_eq!(loaded.queues().len(), world.queues().len());
+        // A cut body is refused, not half loaded.
+        assert!(World::from_snapshot(&body[..body.len() / 2], Limits::default()).is_err());
     }
 
     #[test]

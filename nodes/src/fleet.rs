@@ -61,6 +61,8 @@ pub struct ControlPlaneOptions {
     pub profiles: std::collections::BTreeMap<String, gantry_actors::spec::ResourceRequest>,
     /// How long outputs of ended jobs are kept.
     pub retention: crate::retention::RetentionOptions,
+    /// Events between two snapshots of the Scheduler's state (0: none).
+    pub snapshot_every: u64,
 }
 
 /// Settings of a worker node.
@@ -270,6 +272,7 @@ pub async fn control_plane(
             ..Limits::default()
         },
         leading_tx,
+        crate::up::scheduler_snapshots(&data, options.snapshot_every),
     );
     tokio::pin!(campaign);
     tokio::select! {
@@ -295,6 +298,7 @@ async fn lead(
     node_timeout: Duration,
     limits: Limits,
     leading: watch::Sender<bool>,
+    snapshots: Option<gantry_actors::actor::scheduler::SnapshotOptions>,
 ) -> Result<(), Error> {
     loop {
         let held = lease.acquire().await;
@@ -309,6 +313,7 @@ async fn lead(
             Source::new(name, "scheduler"),
             Duration::from_secs(60),
             Some(secrets.clone()),
+            snapshots.clone(),
         )
         .await
         {
@@ -401,6 +406,8 @@ pub async fn node(
             checkpoint_every: Duration::from_secs(60),
             join_patience: Duration::from_secs(60),
             artifacts: crate::up::artifact_store(&options.s3, None).await?,
+            // A worker node runs no Scheduler.
+            snapshots: None,
         },
         None,
     )

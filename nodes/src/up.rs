@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer};
+use gantry_actors::actor::scheduler::SnapshotOptions;
 use gantry_actors::actor::supervisor::{Drain, NodeOptions, Supervisor};
 use gantry_actors::control::{Control, Local};
 use gantry_actors::executor::{Executor, GpuInventory};
@@ -53,6 +54,8 @@ pub struct UpOptions {
     pub profiles: std::collections::BTreeMap<String, gantry_actors::spec::ResourceRequest>,
     /// How long outputs of ended jobs are kept.
     pub retention: crate::retention::RetentionOptions,
+    /// Events between two snapshots of the Scheduler's state (0: none).
+    pub snapshot_every: u64,
 }
 
 /// The artifact store `s3` names, or, without a bucket, `local` when given.
@@ -156,6 +159,21 @@ pub async fn choose_executor(
     }
 }
 
+/// Where a control plane keeps its Scheduler's snapshot: in its data dir, taken each time the
+/// log grew by `every` events (`None` for 0: no snapshots).
+pub fn scheduler_snapshots(data: &std::path::Path, every: u64) -> Option<SnapshotOptions> {
+    (every > 0).then(|| SnapshotOptions {
+        file: gantry_actors::snapshot::SnapshotFile::new(
+            data.join("snapshots").join("scheduler.snapshot"),
+        ),
+        every_events: every,
+    })
+}
+
+/// How many events the log grows by between two snapshots of the Scheduler's state, unless
+/// told otherwise.
+pub const SNAPSHOT_EVERY_EVENTS: u64 = 100_000;
+
 /// Runs until `shutdown` resolves (the CLI passes Ctrl-C or SIGTERM). `started` receives the
 /// bound address once serving.
 pub async fn up(
@@ -213,6 +231,7 @@ pub async fn up(
             checkpoint_every: Duration::from_secs(60),
             join_patience: Duration::from_secs(30),
             artifacts: artifacts.clone(),
+            snapshots: scheduler_snapshots(&data, options.snapshot_every),
         },
         Some(secrets.clone()),
     )

@@ -207,6 +207,7 @@ async fn start_nodes(url: &str, count: usize, executor: Arc<NoopExecutor>, dir: 
                 checkpoint_every: Duration::from_secs(3600),
                 join_patience: Duration::from_secs(60),
                 artifacts: None,
+                snapshots: None,
             },
             None,
         )

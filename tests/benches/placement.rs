@@ -135,6 +135,7 @@ async fn through_scheduler(
         log.clone(),
         Limits::default(),
         Source::new("bench", "scheduler"),
+        None,
     )
     .await
     .expect("scheduler")

@@ -15,14 +15,34 @@ pub struct GantryProcess {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     pub data: PathBuf,
-    _dir: tempfile::TempDir,
+    /// How long it took from the spawn until `/readyz` answered 200.
+    pub ready_after: Duration,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl GantryProcess {
     /// Starts `bin up --executor process` with `args` added; returns once it is ready.
     pub fn start(bin: &Path, args: &[&str]) -> GantryProcess {
         let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
+        let mut gantry = GantryProcess::start_in(bin, &dir.path().join("data"), args, None);
+        gantry._dir = Some(dir);
+        gantry
+    }
+
+    /// Starts `bin up --executor process` on the data dir `data` (kept when it stops), its
+    /// log lines (`GANTRY_LOG=info`) written to `log_file` when given; returns once it is ready.
+    pub fn start_in(
+        bin: &Path,
+        data: &Path,
+        args: &[&str],
+        log_file: Option<&Path>,
+    ) -> GantryProcess {
+        let data = data.to_owned();
+        let stderr = match log_file {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::null(),
+        };
+        let started = Instant::now();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -33,25 +53,35 @@ impl GantryProcess {
             .arg("--data")
             .arg(&data)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "GANTRY_LOG",
+                if log_file.is_some() { "info" } else { "warn" },
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start gantry");
         let base = format!("http://127.0.0.1:{port}");
         let client = Client::new(&base);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(600);
         while client.get("/readyz").is_err() {
             assert!(Instant::now() < deadline, "gantry never answered");
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
         GantryProcess {
             child,
             client,
             base,
             data,
-            _dir: dir,
+            ready_after: started.elapsed(),
+            _dir: None,
         }
+    }
+
+    /// `kill -9`, and waits for it to be gone.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {

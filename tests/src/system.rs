@@ -83,6 +83,7 @@ impl Gantry {
                 artifact_ttl: Vec::new(),
                 retention_every: Duration::from_secs(1),
             },
+            snapshot_every: gantry_nodes::up::SNAPSHOT_EVERY_EVENTS,
         };
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {

@@ -179,6 +179,7 @@ fn options(dir: &std::path::Path, limits: Limits) -> NodeOptions {
         checkpoint_every: Duration::from_secs(60),
         join_patience: Duration::from_secs(30),
         artifacts: None,
+        snapshots: None,
     }
 }
 
@@ -225,15 +226,32 @@ async fn submit(actors: &Actors, request: SubmitRequest) -> JobId {
         .job_id
 }
 
-async fn wait_state(actors: &Actors, id: JobId, want: &[JobState], within: Duration) -> Job {
+/// Waits for the job to reach one of `want`: as the Scheduler holds it while it is live, and
+/// folded from the log once it has ended (the Scheduler keeps only an ended job's final
+/// state).
+async fn wait_state(
+    actors: &Actors,
+    log: &dyn EventLog,
+    id: JobId,
+    want: &[JobState],
+    within: Duration,
+) -> Job {
     let deadline = Instant::now() + within;
     loop {
-        let job = actors
-            .scheduler
-            .send(GetJob(id))
-            .await
-            .expect("scheduler")
-            .expect("job");
+        let job = match actors.scheduler.send(GetJob(id)).await.expect("scheduler") {
+            Some(job) => job,
+            None => {
+                let events = job_events(log, id).await;
+                let Some(JobEvent::Submitted(submitted)) = events.first() else {
+                    panic!("job {id} is in neither the scheduler nor the log");
+                };
+                let mut job = Job::submitted(submitted);
+                for event in &events[1..] {
+                    job.apply(event);
+                }
+                job
+            }
+        };
         if want.contains(&job.state) {
             return job;
         }
@@ -286,7 +304,7 @@ async fn a_report_the_log_did_not_take_is_retried_until_recorded() {
     let executor = Arc::new(ProcessExecutor::new(dir.path().join("work")));
     let actors = start_node(dir.path(), log.clone(), executor, Limits::default()).await;
     let id = submit(&actors, request("echo done")).await;
-    let job = wait_state(&actors, id, TERMINAL, Duration::from_secs(30)).await;
+    let job = wait_state(&actors, &*log, id, TERMINAL, Duration::from_secs(30)).await;
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert_eq!(log.fail.load(Ordering::SeqCst), 0, "both faults were hit");
     let succeeded = job_events(&*log, id)
@@ -321,7 +339,7 @@ async fn a_placement_not_started_within_its_lease_is_taken_back() {
         .expect("retry"),
     );
     let id = submit(&actors, late).await;
-    let job = wait_state(&actors, id, TERMINAL, Duration::from_secs(30)).await;
+    let job = wait_state(&actors, &*log, id, TERMINAL, Duration::from_secs(30)).await;
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert!(job.attempt >= 2, "{job:?}");
 
@@ -372,6 +390,7 @@ async fn cancel_and_timeout_take_effect_while_an_attempt_is_starting() {
     let cancelled = submit(&actors, request("echo never")).await;
     wait_state(
         &actors,
+        &*log,
         cancelled,
         &[JobState::Placed],
         Duration::from_secs(10),
@@ -388,14 +407,14 @@ async fn cancel_and_timeout_take_effect_while_an_attempt_is_starting() {
         .await
         .expect("scheduler")
         .expect("cancel accepted");
-    let job = wait_state(&actors, cancelled, TERMINAL, Duration::from_secs(10)).await;
+    let job = wait_state(&actors, &*log, cancelled, TERMINAL, Duration::from_secs(10)).await;
     assert_eq!(job.state, JobState::Cancelled, "{job:?}");
     assert!(began.elapsed() < Duration::from_secs(10));
 
     let mut timed = request("echo never");
     timed.timeout_secs = Some(1);
     let timed = submit(&actors, timed).await;
-    let job = wait_state(&actors, timed, TERMINAL, Duration::from_secs(15)).await;
+    let job = wait_state(&actors, &*log, timed, TERMINAL, Duration::from_secs(15)).await;
     assert_eq!(job.state, JobState::DeadLettered, "{job:?}");
     assert_eq!(
         job.last_cause,
@@ -581,7 +600,14 @@ async fn a_worker_starts_an_attempt_only_while_it_is_placed_here() {
     let mut big = request("echo wrong node");
     big.resources.cpus = Some(8.0);
     let id = submit(&actors, big).await;
-    let job = wait_state(&actors, id, &[JobState::Placed], Duration::from_secs(10)).await;
+    let job = wait_state(
+        &actors,
+        &*log,
+        id,
+        &[JobState::Placed],
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(job.node.as_deref(), Some("n2"));
     // The same attempt "placed" on n1, written around the scheduler.
     log.append(vec![NewEvent::new(

@@ -19,6 +19,7 @@ use crate::job::{Job, JobState};
 use crate::pipeline::PipelineRequest;
 use crate::placement::{Node, NodeStatus};
 use crate::secrets::{SecretStore, SecretValues};
+use crate::snapshot::{Snapshot, SnapshotFile};
 use crate::spec::{Limits, Resolved, SubmitRequest};
 use crate::world::{AccessChange, Principal, Refusal, Submitted, World, stamp};
 
@@ -28,6 +29,8 @@ const TICK: Duration = Duration::from_millis(50);
 const LEASE_TICK: Duration = Duration::from_secs(1);
 /// Most placements appended per round.
 const ROUND_MAX: usize = 1000;
+/// How often the scheduler looks whether a snapshot is due.
+const SNAPSHOT_TICK: Duration = Duration::from_secs(5);
 
 /// A command that could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,25 @@ pub struct Scheduler {
     waiters: std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<Result<(), String>>)>,
     /// Whether an append is in flight.
     appending: bool,
+    /// Where the state is saved, and when.
+    snapshots: Option<Snapshots>,
+}
+
+/// Where and how often the scheduler saves its state (see [`crate::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    pub file: SnapshotFile,
+    /// A snapshot is taken once the log has grown this many events past the last one.
+    pub every_events: u64,
+}
+
+#[derive(Debug)]
+struct Snapshots {
+    options: SnapshotOptions,
+    /// The sequence the last snapshot covers (loaded or taken).
+    taken_seq: u64,
+    /// Whether one is being written.
+    writing: bool,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -97,19 +119,31 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    /// Rebuilds the scheduler's state from the whole log.
+    /// Rebuilds the scheduler's state: from the snapshot and the log after it when a snapshot
+    /// matching the log is kept, else from the whole log.
     pub async fn rebuild(
         log: Arc<dyn EventLog>,
         limits: Limits,
         source: Source,
+        snapshots: Option<SnapshotOptions>,
     ) -> Result<Scheduler, gantry_events::Error> {
-        let world = replay(log.clone(), limits).await?;
+        let started = std::time::Instant::now();
+        let (world, loaded) =
+            replay(log.clone(), limits, snapshots.as_ref().map(|s| &s.file)).await?;
         tracing::info!(
             seq = world.seq(),
             jobs = world.jobs().count(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "scheduler rebuilt from the log"
         );
+        let snapshots = snapshots.map(|options| Snapshots {
+            options,
+            // What a start loaded is not written again; one taken after it covers more.
+            taken_seq: loaded,
+            writing: false,
+        });
         Ok(Scheduler {
+            snapshots,
             log,
             secrets: None,
             durable_seq: world.seq(),
@@ -310,10 +344,11 @@ impl Scheduler {
     fn resync(&mut self, ctx: &mut Context<Self>) {
         let log = self.log.clone();
         let limits = self.world.limits().clone();
+        let file = self.snapshots.as_ref().map(|s| s.options.file.clone());
         let replayed = async move {
             loop {
-                match replay(log.clone(), limits.clone()).await {
-                    Ok(world) => return world,
+                match replay(log.clone(), limits.clone(), file.as_ref()).await {
+                    Ok((world, _)) => return world,
                     // A log that cannot be read for a moment (a JetStream leader election):
                     // try again; nothing is decided until the state is the log's.
                     Err(error) => {
@@ -329,6 +364,63 @@ impl Scheduler {
             act.stats.applied_seq = act.world.seq();
             act.stats.queued = act.world.queues().len();
             act.appending = false;
+        }));
+    }
+
+    /// Saves the state when the log has grown enough since the last snapshot, and only a
+    /// durable state (nothing decided waits for an append). The state is encoded here, on the
+    /// scheduler's own thread (a consistent picture); the file is written in the background.
+    fn snapshot(&mut self, ctx: &mut Context<Self>) {
+        let seq = self.world.seq();
+        let Some(snapshots) = &mut self.snapshots else {
+            return;
+        };
+        if snapshots.writing
+            || self.appending
+            || !self.pending.is_empty()
+            || seq != self.durable_seq
+            || seq < snapshots.taken_seq + snapshots.options.every_events
+        {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let body = match self.world.to_snapshot() {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::error!(%error, "the scheduler's state could not be encoded for a snapshot");
+                return;
+            }
+        };
+        let encoded_ms = started.elapsed().as_millis() as u64;
+        snapshots.writing = true;
+        let file = snapshots.options.file.clone();
+        let log = self.log.clone();
+        let bytes = body.len();
+        let write = async move {
+            let entry = log.read(seq, 1).await.map_err(|e| e.to_string())?;
+            let hash = entry
+                .first()
+                .filter(|e| e.seq == seq)
+                .and_then(|e| e.stored_hash().ok())
+                .ok_or_else(|| format!("the log has no entry {seq}"))?;
+            let snapshot = Snapshot { seq, hash, body };
+            tokio::task::spawn_blocking(move || file.store(&snapshot))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        };
+        ctx.spawn(write.into_actor(self).map(move |written, act, _| {
+            let Some(snapshots) = &mut act.snapshots else {
+                return;
+            };
+            snapshots.writing = false;
+            match written {
+                Ok(()) => {
+                    snapshots.taken_seq = seq;
+                    tracing::info!(seq, bytes, encoded_ms, "scheduler snapshot taken");
+                }
+                Err(error) => tracing::warn!(seq, %error, "scheduler snapshot not written"),
+            }
         }));
     }
 
@@ -429,10 +521,23 @@ fn fits(batch: &[NewEvent]) -> Result<(), gantry_events::Error> {
     Ok(())
 }
 
-/// The state the whole log gives.
-async fn replay(log: Arc<dyn EventLog>, limits: Limits) -> Result<World, gantry_events::Error> {
-    let mut world = World::new(limits);
-    let mut next = 1;
+/// The state the log gives: the snapshot's, when one is kept and the log holds the entry it
+/// was taken after, with the log after it applied; else the whole log folded. A snapshot that
+/// does not match is reported and ignored, never trusted. Also returns the sequence of the
+/// snapshot used (0: none).
+async fn replay(
+    log: Arc<dyn EventLog>,
+    limits: Limits,
+    snapshot: Option<&SnapshotFile>,
+) -> Result<(World, u64), gantry_events::Error> {
+    let mut world = match snapshot {
+        Some(file) => from_snapshot(log.as_ref(), file, &limits)
+            .await
+            .unwrap_or_else(|| World::new(limits)),
+        None => World::new(limits),
+    };
+    let loaded = world.seq();
+    let mut next = world.seq() + 1;
     loop {
         let entries = log.read(next, 4096).await?;
         let Some(last) = entries.last().map(|e| e.seq) else {
@@ -447,7 +552,46 @@ async fn replay(log: Arc<dyn EventLog>, limits: Limits) -> Result<World, gantry_
         }
         next = last + 1;
     }
-    Ok(world)
+    Ok((world, loaded))
+}
+
+/// The state of the snapshot in `file`, if there is one and it matches the log.
+async fn from_snapshot(log: &dyn EventLog, file: &SnapshotFile, limits: &Limits) -> Option<World> {
+    let path = file.path().display().to_string();
+    let loaded = {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || file.load()).await
+    };
+    let snapshot = match loaded {
+        Ok(Ok(Some(snapshot))) => snapshot,
+        Ok(Ok(None)) => return None,
+        Ok(Err(error)) => {
+            tracing::warn!(%path, %error, "scheduler snapshot ignored; rebuilding from the whole log");
+            return None;
+        }
+        Err(error) => {
+            tracing::warn!(%path, %error, "scheduler snapshot not read; rebuilding from the whole log");
+            return None;
+        }
+    };
+    if let Err(reason) = snapshot.check_against(log).await {
+        tracing::warn!(%path, seq = snapshot.seq, %reason, "scheduler snapshot does not match the log; rebuilding from the whole log");
+        return None;
+    }
+    match World::from_snapshot(&snapshot.body, limits.clone()) {
+        Ok(world) if world.seq() == snapshot.seq => {
+            tracing::info!(%path, seq = snapshot.seq, "scheduler state loaded from its snapshot");
+            Some(world)
+        }
+        Ok(world) => {
+            tracing::warn!(%path, seq = snapshot.seq, state_seq = world.seq(), "scheduler snapshot holds another state than its header says; rebuilding from the whole log");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%path, %error, "scheduler snapshot ignored; rebuilding from the whole log");
+            None
+        }
+    }
 }
 
 /// Appends `batch`, timed for the metrics.
@@ -474,6 +618,7 @@ impl Actor for Scheduler {
         ctx.set_mailbox_capacity(4096);
         ctx.run_interval(TICK, |act, ctx| act.place(ctx));
         ctx.run_interval(LEASE_TICK, |act, ctx| act.expire(ctx));
+        ctx.run_interval(SNAPSHOT_TICK, |act, ctx| act.snapshot(ctx));
     }
 }
 
@@ -554,7 +699,7 @@ impl Handler<Cancel> for Scheduler {
         let id = msg.job_id;
         match self.world.decide_cancel(id, msg.reason, msg.by) {
             Ok(events) => self.commit(ctx, events, move |act| {
-                let state = act.world.job(&id).map_or(JobState::Cancelled, |j| j.state);
+                let state = act.world.state_of(&id).unwrap_or(JobState::Cancelled);
                 (state, act.world.seq())
             }),
             Err(refusal) => self.refuse(refusal),

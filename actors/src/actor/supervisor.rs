@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::actor::auditor::{AuditStatus, Auditor, GetAudit};
 use crate::actor::gpu_probe::GpuProbe;
-use crate::actor::scheduler::{CommandError, Scheduler};
+use crate::actor::scheduler::{CommandError, Scheduler, SnapshotOptions};
 use crate::actor::worker::{Rejoin, Worker};
 use crate::artifacts::ArtifactStore;
 use crate::control::{Control, Local, until_answered};
@@ -40,6 +40,9 @@ pub struct NodeOptions {
     pub join_patience: Duration,
     /// Where attempts' outputs are stored (`None`: outputs are not collected on this node).
     pub artifacts: Option<Arc<dyn ArtifactStore>>,
+    /// Where the Scheduler saves its state, when this process runs it (`None`: every start
+    /// replays the whole log).
+    pub snapshots: Option<SnapshotOptions>,
 }
 
 /// Addresses of the running actors.
@@ -114,8 +117,9 @@ pub async fn start_control_plane(
     source: Source,
     checkpoint_every: Duration,
     secrets: Option<Arc<dyn SecretStore>>,
+    snapshots: Option<SnapshotOptions>,
 ) -> Result<ControlActors, gantry_events::Error> {
-    let scheduler = Scheduler::rebuild(log.clone(), limits, source)
+    let scheduler = Scheduler::rebuild(log.clone(), limits, source, snapshots)
         .await?
         .with_secrets(secrets)
         .start();
@@ -246,6 +250,7 @@ impl Supervisor {
             source,
             options.checkpoint_every,
             secrets,
+            options.snapshots.clone(),
         )
         .await?;
         let control: Arc<dyn Control> = Arc::new(Local(scheduler.clone()));

@@ -43,6 +43,7 @@ pub async fn demo(
         s3: Default::default(),
         profiles: Default::default(),
         retention: Default::default(),
+        snapshot_every: crate::up::SNAPSHOT_EVERY_EVENTS,
     };
     let system = actix_rt::spawn(async move {
         up(options, Some(started_tx), async {

@@ -55,6 +55,10 @@ pub struct UpArgs {
     /// How long outputs of ended jobs are kept.
     #[command(flatten)]
     pub retention: crate::retention::RetentionOptions,
+    /// The Scheduler saves its state in the data dir each time the log has grown by this many
+    /// events, so a start replays only the log after it (0: never).
+    #[arg(long, env = "GANTRY_SNAPSHOT_EVERY", default_value_t = crate::up::SNAPSHOT_EVERY_EVENTS)]
+    pub snapshot_every: u64,
 }
 
 /// Reads `--profiles`: a JSON map of profile names to resources.
@@ -99,6 +103,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
             replicas: args.nats_replicas,
             profiles: read_profiles(args.profiles.as_deref())?,
             retention: args.retention.clone(),
+            snapshot_every: args.snapshot_every,
         };
         crate::fleet::control_plane(options, None, crate::up::shutdown_signal())
             .await
@@ -116,6 +121,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
         s3: args.s3,
         profiles: read_profiles(args.profiles.as_deref())?,
         retention: args.retention,
+        snapshot_every: args.snapshot_every,
     };
     crate::up::up(options, None, crate::up::shutdown_signal())
         .await
