@@ -50,9 +50,15 @@ pub(crate) async fn submit(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Only jobs in this state.
     state: Option<String>,
+    /// Only jobs of this queue.
     queue: Option<String>,
+    /// Only jobs with this label, `key=value`.
     label: Option<String>,
+    /// Only jobs with an attempt placed on this node.
+    node: Option<String>,
+    /// The `next` of the page before.
     after: Option<String>,
     limit: Option<usize>,
     min_seq: Option<u64>,
@@ -93,6 +99,7 @@ pub(crate) async fn list_jobs(
         state: q.state,
         queue: q.queue,
         label: q.label,
+        node: q.node,
     };
     let jobs = gateway.views.jobs(&filter, after, limit)?;
     let next = (jobs.len() == limit)

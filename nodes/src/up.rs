@@ -185,7 +185,12 @@ pub async fn up(
     let _ = gantry_gateway::metrics::handle();
     let data = options.data.clone();
     std::fs::create_dir_all(&data)?;
+    let opening = std::time::Instant::now();
     let log: Arc<dyn EventLog> = Arc::new(open_embedded(&data).await?);
+    tracing::info!(
+        elapsed_ms = opening.elapsed().as_millis() as u64,
+        "event log opened"
+    );
     if let Some(fault) = log.fault() {
         // Damage to acknowledged events is never repaired silently: stop here and let the
         // operator look (`gantry log verify` names the first bad sequence).
@@ -194,7 +199,12 @@ pub async fn up(
             data.display()
         )));
     }
+    let opening = std::time::Instant::now();
     let views = Projections::open(data.join("views"))?;
+    tracing::info!(
+        elapsed_ms = opening.elapsed().as_millis() as u64,
+        "views opened"
+    );
 
     // The projector follows the log into the views.
     let (views_tx, views_seq) = watch::channel(0u64);

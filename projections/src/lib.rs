@@ -494,6 +494,8 @@ pub struct JobFilter {
     pub queue: Option<String>,
     /// `key=value`.
     pub label: Option<String>,
+    /// Jobs with an attempt placed on this node (any attempt, not only the last).
+    pub node: Option<String>,
 }
 
 /// The sled-backed views: one tree, keys prefixed by kind, so one batch of events is written
@@ -519,15 +521,22 @@ mod kind {
     /// Artifacts by SHA-256: `h` + sha256 + job + name.
     pub const BY_SHA256: u8 = b'h';
     pub const WEBHOOK: u8 = b'w';
+    /// Jobs by the nodes their attempts were placed on: `o` + node + 0 + job.
+    pub const BY_NODE: u8 = b'o';
 }
+
+/// How much of the views sled keeps in memory (its default is 1 GiB): bounds what the views
+/// cost in memory however many jobs they hold; reads of what is not cached go to the disk
+/// (and the kernel's page cache).
+const CACHE_BYTES: u64 = 128 << 20;
 
 /// The checkpoint's key (kind `m`, metadata).
 const CHECKPOINT: &[u8] = b"mcheckpoint";
 /// The key of the layout version of the stored views.
 const FORMAT: &[u8] = b"mformat";
 /// The layout of the stored views; views of another layout are rebuilt. 2: jobs stored as a
-/// domain job with its attempt history.
-const VIEWS_FORMAT: u32 = 6;
+/// domain job with its attempt history. 7: jobs indexed by node.
+const VIEWS_FORMAT: u32 = 7;
 
 fn key_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 1);
@@ -612,7 +621,10 @@ struct Overlay {
 impl Projections {
     /// Opens (or creates) the views in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Projections, Error> {
-        let db = sled::Config::new().path(dir.as_ref()).open()?;
+        let db = sled::Config::new()
+            .path(dir.as_ref())
+            .cache_capacity(CACHE_BYTES)
+            .open()?;
         Ok(Projections {
             tree: db.open_tree("views")?,
             db,
@@ -1013,7 +1025,12 @@ impl Projections {
             }
         };
         let gpus = match event {
-            JobEvent::Placed(p) => self.attempt_gpus(&p.node_id, &p.gpu_uuids, overlay)?,
+            JobEvent::Placed(p) => {
+                overlay
+                    .batch
+                    .insert(index_key(kind::BY_NODE, &p.node_id, &p.job_id), &[]);
+                self.attempt_gpus(&p.node_id, &p.gpu_uuids, overlay)?
+            }
             _ => Vec::new(),
         };
         record.record_attempt(env, event, gpus);
@@ -1367,56 +1384,86 @@ impl Projections {
     }
 
     /// Jobs in submission order after `after` (a cursor: the last id of the previous page).
+    ///
+    /// Every filter has its index (ids in submission order under `kind ‖ value ‖ 0`), and a
+    /// page is the intersection of the filters' indexes walked together: each index is sought
+    /// to the greatest id any other one is at, until they all stand on the same job (a
+    /// leapfrog join). A page costs in proportion to the page and to how the filters'
+    /// sets interleave, never to the jobs the views hold.
     pub fn jobs(
         &self,
         filter: &JobFilter,
         after: Option<JobId>,
         limit: usize,
     ) -> Result<Vec<JobView>, Error> {
-        let keep = |view: &JobView| {
-            filter.group.as_ref().is_none_or(|g| &view.group == g)
-                && filter.state.as_ref().is_none_or(|s| &view.state == s)
-                && filter.queue.as_ref().is_none_or(|q| &view.spec.queue == q)
-                && filter.label.as_ref().is_none_or(|l| {
-                    l.split_once('=')
-                        .is_some_and(|(k, v)| view.spec.labels.get(k).is_some_and(|x| x == v))
-                })
-        };
-        // The most selective index available, then the other filters on the views.
-        let prefix = match (&filter.state, &filter.queue, &filter.label, &filter.group) {
-            (Some(s), _, _, _) => index_prefix(kind::BY_STATE, s),
-            (None, Some(q), _, _) => index_prefix(kind::BY_QUEUE, q),
-            (None, None, Some(l), _) => index_prefix(kind::BY_LABEL, l),
-            (None, None, None, Some(g)) => index_prefix(kind::BY_GROUP, g),
-            (None, None, None, None) => vec![kind::JOB],
-        };
-        let mut start = prefix.clone();
-        if let Some(id) = after {
-            start.extend_from_slice(id.as_bytes());
-            start.push(0);
+        let mut prefixes = Vec::new();
+        if let Some(state) = &filter.state {
+            prefixes.push(index_prefix(kind::BY_STATE, state));
         }
+        if let Some(queue) = &filter.queue {
+            prefixes.push(index_prefix(kind::BY_QUEUE, queue));
+        }
+        if let Some(label) = &filter.label {
+            prefixes.push(index_prefix(kind::BY_LABEL, label));
+        }
+        if let Some(node) = &filter.node {
+            prefixes.push(index_prefix(kind::BY_NODE, node));
+        }
+        if let Some(group) = &filter.group {
+            prefixes.push(index_prefix(kind::BY_GROUP, group));
+        }
+        // Where the walk starts: just after the cursor's id.
+        let mut lower = after.map_or_else(Vec::new, |id| {
+            let mut at = id.as_bytes().to_vec();
+            at.push(0);
+            at
+        });
         let mut out = Vec::new();
-        for item in self.tree.range(start..) {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let view = if prefix[0] == kind::JOB {
-                decode::<JobRecord>(&v)?.view()
-            } else {
-                let id = JobId::from_slice(&k[k.len() - 16..])
-                    .map_err(|e| Error::Corrupt(e.to_string()))?;
-                match self.job(&id)? {
-                    Some(view) => view,
-                    None => continue,
+        if prefixes.is_empty() {
+            let mut start = vec![kind::JOB];
+            start.extend_from_slice(&lower);
+            for item in self.tree.range(start..) {
+                let (k, v) = item?;
+                if k.first() != Some(&kind::JOB) || out.len() >= limit {
+                    break;
                 }
-            };
-            if keep(&view) {
-                out.push(view);
-                if out.len() >= limit {
+                out.push(decode::<JobRecord>(&v)?.view());
+            }
+            return Ok(out);
+        }
+        'page: while out.len() < limit {
+            // The id every index agrees on so far, and how many agree.
+            let mut agreed: Option<[u8; 16]> = None;
+            let mut agreeing = 0;
+            for prefix in prefixes.iter().cycle() {
+                let mut seek = prefix.clone();
+                seek.extend_from_slice(&lower);
+                let Some(item) = self.tree.range(seek..).next() else {
+                    break 'page;
+                };
+                let (k, _) = item?;
+                if !k.starts_with(prefix) || k.len() != prefix.len() + 16 {
+                    break 'page;
+                }
+                let mut id = [0u8; 16];
+                id.copy_from_slice(&k[prefix.len()..]);
+                if agreed == Some(id) {
+                    agreeing += 1;
+                } else {
+                    agreed = Some(id);
+                    agreeing = 1;
+                    lower = id.to_vec();
+                }
+                if agreeing == prefixes.len() {
                     break;
                 }
             }
+            let Some(id) = agreed else { break };
+            if let Some(view) = self.job(&JobId::from_bytes(id))? {
+                out.push(view);
+            }
+            lower = id.to_vec();
+            lower.push(0);
         }
         Ok(out)
     }
@@ -1672,6 +1719,62 @@ mod tests {
             )
             .expect("list");
         assert!(running_default.iter().all(|v| v.group == "default"));
+
+        // Every combination of filters answers what filtering every job would, page by page.
+        let all = rebuilt
+            .jobs(&JobFilter::default(), None, 1000)
+            .expect("all");
+        let states = [None, Some("running"), Some("succeeded"), Some("queued")];
+        let queues = [None, Some("a"), Some("b")];
+        let groups = [None, Some("vision"), Some("default")];
+        let nodes = [None, Some("n1"), Some("elsewhere")];
+        let labels = [None, Some("team=a"), Some("team=z")];
+        for state in states {
+            for queue in queues {
+                for group in groups {
+                    for node in nodes {
+                        for label in labels {
+                            let filter = JobFilter {
+                                state: state.map(Into::into),
+                                queue: queue.map(Into::into),
+                                group: group.map(Into::into),
+                                node: node.map(Into::into),
+                                label: label.map(Into::into),
+                            };
+                            let want: Vec<JobId> = all
+                                .iter()
+                                .filter(|v| state.is_none_or(|s| v.state == s))
+                                .filter(|v| queue.is_none_or(|q| v.spec.queue == q))
+                                .filter(|v| group.is_none_or(|g| v.group == g))
+                                .filter(|v| {
+                                    node.is_none_or(|n| v.attempts.iter().any(|a| a.node == n))
+                                })
+                                .filter(|v| {
+                                    label.is_none_or(|l| {
+                                        l.split_once('=').is_some_and(|(k, x)| {
+                                            v.spec.labels.get(k).is_some_and(|y| y == x)
+                                        })
+                                    })
+                                })
+                                .map(|v| v.id)
+                                .collect();
+                            let mut got = Vec::new();
+                            let mut after = None;
+                            loop {
+                                let page = rebuilt.jobs(&filter, after, 2).expect("page");
+                                assert!(page.len() <= 2);
+                                let Some(last) = page.last() else { break };
+                                after = Some(last.id);
+                                got.extend(page.iter().map(|v| v.id));
+                            }
+                            assert_eq!(got, want, "{filter:?}");
+                        }
+                    }
+                }
+            }
+        }
+        let on_n1 = all.iter().filter(|v| !v.attempts.is_empty()).count();
+        assert!(on_n1 > 0);
         let first = vision[0].id;
         assert!(
             rebuilt

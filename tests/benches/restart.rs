@@ -16,9 +16,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gantry_actors::spec::{GpuAsk, Limits, ResourceRequest, SubmitRequest};
-use gantry_events::event::{JobPlaced, JobStarted, JobSubmitted, JobSucceeded, NodeJoined};
-use gantry_events::{EmbeddedLog, Event, EventLog, NewEvent, Source};
+use gantry_tests::history::write_job_histories;
 use gantry_tests::process::{GantryProcess, rss_bytes};
 
 fn scale() -> f64 {
@@ -32,118 +30,30 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_gantry-node"))
 }
 
-/// Every 100th job asks for a GPU no node has: it stays queued (live state to carry over).
-fn request(i: usize) -> SubmitRequest {
-    SubmitRequest {
-        name: format!("train-{i}"),
-        image: format!("registry.example.com/team-{}/train:{}", i % 7, i % 3),
-        command: vec!["python".into(), "train.py".into(), format!("--seed={i}")],
-        env: [("EPOCHS".to_owned(), "10".to_owned())].into(),
-        labels: [("team".to_owned(), format!("t{}", i % 5))].into(),
-        resources: ResourceRequest {
-            cpus: Some(1.0),
-            memory_bytes: Some(1 << 30),
-            gpus: (i % 100 == 99).then_some(GpuAsk {
-                count: 1,
-                ..GpuAsk::default()
-            }),
-        },
-        ..SubmitRequest::default()
-    }
-}
-
-/// Writes `events` events of job histories (submitted, placed, started, succeeded; every
-/// 100th job only submitted) into the log of the data dir `data`. Returns the jobs written.
-async fn write_log(data: &Path, events: usize) -> usize {
-    let log = EmbeddedLog::open(data).await.expect("log");
-    let source = Source::new("bench", "scheduler");
-    let node: Event = NodeJoined {
-        node_id: "bench-node".into(),
-        hostname: "bench".into(),
-        cpu_millis: 64_000,
-        memory_bytes: 256 << 30,
-        gpus: Vec::new(),
-        executor: "process".into(),
-        labels: Default::default(),
-    }
-    .into();
-    let mut batch = vec![NewEvent::new(source.clone(), node)];
-    let (mut written, mut jobs) = (1, 0);
-    while written < events {
-        let spec =
-            gantry_actors::spec::validate(&request(jobs), &Limits::default()).expect("valid");
-        let job_id = uuid::Uuid::now_v7();
-        let live = jobs % 100 == 99;
-        jobs += 1;
-        let mut history: Vec<Event> = vec![
-            JobSubmitted {
-                job_id,
-                spec: Box::new(spec),
-                by: None,
-                group: None,
-                pipeline: None,
-            }
-            .into(),
-        ];
-        if !live {
-            history.push(
-                JobPlaced {
-                    job_id,
-                    attempt: 1,
-                    node_id: "bench-node".into(),
-                    gpu_uuids: vec![],
-                }
-                .into(),
-            );
-            history.push(
-                JobStarted {
-                    image: None,
-                    job_id,
-                    attempt: 1,
-                    node_id: "bench-node".into(),
-                    handle: Some(format!("pid-{jobs}")),
-                    limits_enforced: None,
-                }
-                .into(),
-            );
-            history.push(
-                JobSucceeded {
-                    job_id,
-                    attempt: 1,
-                    duration_ms: 1234,
-                }
-                .into(),
-            );
-        }
-        for event in history {
-            batch.push(NewEvent::new(source.clone(), event));
-            written += 1;
-        }
-        if batch.len() >= 900 {
-            log.append(std::mem::take(&mut batch))
-                .await
-                .expect("append");
-        }
-    }
-    if !batch.is_empty() {
-        log.append(batch).await.expect("append");
-    }
-    log.close().await.expect("close");
-    jobs
-}
-
 fn snapshot_file(data: &Path) -> std::path::PathBuf {
     data.join("snapshots").join("scheduler.snapshot")
 }
 
-/// The Scheduler's own account of its rebuild in the log lines: milliseconds.
-fn rebuild_ms(log_file: &Path) -> Option<u64> {
+/// gantry's own account of a step of its start in its log lines (`elapsed_ms`).
+fn step_ms(log_file: &Path, step: &str) -> Option<u64> {
     let text = std::fs::read_to_string(log_file).ok()?;
     text.lines()
-        .filter(|l| l.contains("scheduler rebuilt from the log"))
+        .filter(|l| l.contains(step))
         .filter_map(|l| l.split("elapsed_ms=").nth(1))
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .last()
+}
+
+/// Where a start's time went: the log opened (its frames scanned), the views opened, the
+/// Scheduler's state rebuilt.
+fn steps(log_file: &Path) -> String {
+    let ms = |step| step_ms(log_file, step).map_or("?".to_owned(), |v| v.to_string());
+    format!(
+        "{}/{}/{}",
+        ms("event log opened"),
+        ms("views opened"),
+        ms("scheduler rebuilt from the log")
+    )
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -200,7 +110,7 @@ fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let written = Instant::now();
-        let jobs = runtime.block_on(write_log(&data, events));
+        let jobs = runtime.block_on(write_job_histories(&data, events)).len();
         let write_s = written.elapsed().as_secs_f64();
         let log_file = dir.path().join("gantry.log");
         // The default interval (100,000 events), smaller only when the bench is scaled down.
@@ -221,7 +131,7 @@ fn main() {
         // kill -9, then a start from the snapshot and the log after it.
         let gantry = GantryProcess::start_in(bin(), &data, &args, Some(&log_file));
         let with_snapshot = gantry.ready_after;
-        let rebuild_with = rebuild_ms(&log_file);
+        let steps_with = steps(&log_file);
         let rss_after = settle_rss(&gantry);
         gantry.kill9();
 
@@ -229,19 +139,18 @@ fn main() {
         std::fs::remove_file(snapshot_file(&data)).expect("remove the snapshot");
         let gantry = GantryProcess::start_in(bin(), &data, &args, Some(&log_file));
         let without = gantry.ready_after;
-        let rebuild_without = rebuild_ms(&log_file);
+        let steps_without = steps(&log_file);
         gantry.kill9();
 
         let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
-        let opt = |v: Option<u64>| v.map_or("?".into(), |v| format!("{v} ms"));
         println!(
-            "{events:>10} {jobs:>9} | {:>12} {:>6.1} MiB | {:>12} {:>11} | {:>11} {:>9} | {:>8.2}x {:>5.1} MiB",
+            "{events:>10} {jobs:>9} | {:>12} {:>6.1} MiB | {:>12} {:>14} | {:>11} {:>14} | {:>8.2}x {:>5.1} MiB",
             ms(first),
             mib(rss_first),
             ms(with_snapshot),
-            opt(rebuild_with),
+            steps_with,
             ms(without),
-            opt(rebuild_without),
+            steps_without,
             without.as_secs_f64() / with_snapshot.as_secs_f64(),
             mib(rss_after),
         );

@@ -4,6 +4,7 @@
 //! Test code only: nothing in the product depends on this crate.
 
 pub mod conformance;
+pub mod history;
 pub mod process;
 pub mod services;
 pub mod system;
