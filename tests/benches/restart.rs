@@ -41,7 +41,7 @@ fn step_ms(log_file: &Path, step: &str) -> Option<u64> {
         .filter(|l| l.contains(step))
         .filter_map(|l| l.split("elapsed_ms=").nth(1))
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .last()
+        .next_back()
 }
 
 /// Where a start's time went: the log opened (its frames scanned), the views opened, the
