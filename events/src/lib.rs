@@ -8,6 +8,8 @@
 //! - [`log`]: the [`EventLog`] trait (append a batch, read, head, subscribe) that every backend
 //!   implements; [`embedded`]: the default backend, an append-only file with group commit.
 //! - [`file`]: the framed file format shared by the embedded store and exports.
+//! - [`merkle`]: the RFC 6962 Merkle tree over entry hashes, with inclusion and consistency
+//!   proofs and their verification (the ground signed checkpoints will stand on).
 //!
 //! The byte-level contract is `events/FORMAT.md`.
 //!
@@ -20,6 +22,7 @@ pub mod event;
 pub mod file;
 mod hash;
 pub mod log;
+pub mod merkle;
 pub mod record;
 pub mod verify;
 
