@@ -69,7 +69,7 @@ impl MerkleTree {
             let nodes = &mut self.levels[level];
             nodes.push(hash);
             let n = nodes.len();
-            if n % 2 == 1 {
+            if !n.is_multiple_of(2) {
                 break;
             }
             hash = node_hash(&nodes[n - 2], &nodes[n - 1]);
@@ -98,7 +98,7 @@ impl MerkleTree {
     /// The hash of leaves `start..end` (`start < end ≤ size`).
     fn subtree(&self, start: u64, end: u64) -> Hash {
         let n = end - start;
-        if n.is_power_of_two() && start % n == 0 {
+        if n.is_power_of_two() && start.is_multiple_of(n) {
             let level = n.trailing_zeros() as usize;
             return self.levels[level][(start >> level) as usize];
         }

@@ -63,6 +63,8 @@ pub struct ControlPlaneOptions {
     pub retention: crate::retention::RetentionOptions,
     /// Events between two snapshots of the Scheduler's state (0: none).
     pub snapshot_every: u64,
+    /// How much of the views is kept in memory.
+    pub views_cache_bytes: u64,
 }
 
 /// Settings of a worker node.
@@ -183,7 +185,7 @@ pub async fn control_plane(
         .await
         .map_err(setup)?;
 
-    let views = Projections::open(data.join("views"))?;
+    let views = Projections::open_with_cache(data.join("views"), options.views_cache_bytes)?;
     let (views_tx, views_seq) = watch::channel(0u64);
     actix_rt::spawn(project(log.clone(), views.clone(), views_tx));
 

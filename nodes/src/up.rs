@@ -56,6 +56,8 @@ pub struct UpOptions {
     pub retention: crate::retention::RetentionOptions,
     /// Events between two snapshots of the Scheduler's state (0: none).
     pub snapshot_every: u64,
+    /// How much of the views is kept in memory.
+    pub views_cache_bytes: u64,
 }
 
 /// The artifact store `s3` names, or, without a bucket, `local` when given.
@@ -200,7 +202,7 @@ pub async fn up(
         )));
     }
     let opening = std::time::Instant::now();
-    let views = Projections::open(data.join("views"))?;
+    let views = Projections::open_with_cache(data.join("views"), options.views_cache_bytes)?;
     tracing::info!(
         elapsed_ms = opening.elapsed().as_millis() as u64,
         "views opened"

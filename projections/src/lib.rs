@@ -525,10 +525,10 @@ mod kind {
     pub const BY_NODE: u8 = b'o';
 }
 
-/// How much of the views sled keeps in memory (its default is 1 GiB): bounds what the views
-/// cost in memory however many jobs they hold; reads of what is not cached go to the disk
-/// (and the kernel's page cache).
-const CACHE_BYTES: u64 = 128 << 20;
+/// How much of the views sled keeps in memory unless told otherwise (sled's own default is
+/// 1 GiB): bounds what the views cost in memory however many jobs they hold; reads of what is
+/// not cached go to the disk (and the kernel's page cache).
+pub const DEFAULT_CACHE_BYTES: u64 = 128 << 20;
 
 /// The checkpoint's key (kind `m`, metadata).
 const CHECKPOINT: &[u8] = b"mcheckpoint";
@@ -621,9 +621,15 @@ struct Overlay {
 impl Projections {
     /// Opens (or creates) the views in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Projections, Error> {
+        Projections::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the views keeping at most about `cache_bytes` of them in memory (sled's cache;
+    /// what is not cached is read from the disk).
+    pub fn open_with_cache(dir: impl AsRef<Path>, cache_bytes: u64) -> Result<Projections, Error> {
         let db = sled::Config::new()
             .path(dir.as_ref())
-            .cache_capacity(CACHE_BYTES)
+            .cache_capacity(cache_bytes)
             .open()?;
         Ok(Projections {
             tree: db.open_tree("views")?,

@@ -89,21 +89,30 @@ fn main() {
     }
 
     println!(
-        "\n{:>10} {:>9} | {:>12} {:>10} | {:>12} {:>11} | {:>11} {:>9} | {:>9} {:>9}",
+        "\n{:>10} {:>9} | {:>12} {:>10} | {:>12} {:>14} | {:>11} {:>14} | {:>9} {:>9}",
         "events",
         "jobs",
         "first start",
         "RSS",
         "kill -9 →",
-        "scheduler",
+        "log/views/",
         "no snapshot",
-        "scheduler",
+        "log/views/",
         "ratio",
         "RSS"
     );
     println!(
-        "{:>10} {:>9} | {:>12} {:>10} | {:>12} {:>11} | {:>11} {:>9} | {:>9} {:>9}",
-        "", "", "(build all)", "", "ready", "rebuild", "(baseline)", "rebuild", "", "after"
+        "{:>10} {:>9} | {:>12} {:>10} | {:>12} {:>14} | {:>11} {:>14} | {:>9} {:>9}",
+        "",
+        "",
+        "(build all)",
+        "",
+        "ready",
+        "scheduler ms",
+        "(baseline)",
+        "scheduler ms",
+        "",
+        "after"
     );
     for events in [100_000usize, 1_000_000, 5_000_000] {
         let events = ((events as f64 * scale()) as usize).max(1_000);

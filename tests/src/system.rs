@@ -84,6 +84,7 @@ impl Gantry {
                 retention_every: Duration::from_secs(1),
             },
             snapshot_every: gantry_nodes::up::SNAPSHOT_EVERY_EVENTS,
+            views_cache_bytes: gantry_projections::DEFAULT_CACHE_BYTES,
         };
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {

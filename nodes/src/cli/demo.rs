@@ -44,6 +44,7 @@ pub async fn demo(
         profiles: Default::default(),
         retention: Default::default(),
         snapshot_every: crate::up::SNAPSHOT_EVERY_EVENTS,
+        views_cache_bytes: gantry_projections::DEFAULT_CACHE_BYTES,
     };
     let system = actix_rt::spawn(async move {
         up(options, Some(started_tx), async {

@@ -59,6 +59,9 @@ pub struct UpArgs {
     /// events, so a start replays only the log after it (0: never).
     #[arg(long, env = "GANTRY_SNAPSHOT_EVERY", default_value_t = crate::up::SNAPSHOT_EVERY_EVENTS)]
     pub snapshot_every: u64,
+    /// MiB of the views kept in memory (more: faster reads of many jobs, more memory).
+    #[arg(long, env = "GANTRY_VIEWS_CACHE_MB", default_value_t = gantry_projections::DEFAULT_CACHE_BYTES >> 20)]
+    pub views_cache_mb: u64,
 }
 
 /// Reads `--profiles`: a JSON map of profile names to resources.
@@ -104,6 +107,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
             profiles: read_profiles(args.profiles.as_deref())?,
             retention: args.retention.clone(),
             snapshot_every: args.snapshot_every,
+            views_cache_bytes: args.views_cache_mb << 20,
         };
         crate::fleet::control_plane(options, None, crate::up::shutdown_signal())
             .await
@@ -122,6 +126,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
         profiles: read_profiles(args.profiles.as_deref())?,
         retention: args.retention,
         snapshot_every: args.snapshot_every,
+        views_cache_bytes: args.views_cache_mb << 20,
     };
     crate::up::up(options, None, crate::up::shutdown_signal())
         .await
