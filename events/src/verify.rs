@@ -20,6 +20,10 @@ pub enum Fault {
     HashMismatch { stored: Hash, computed: Hash },
     /// The entry is not a readable gantry record.
     Undecodable { reason: String },
+    /// The chain holds, but the entry's hash is not the one a reader verified there before:
+    /// the history up to it was rewritten with fresh hashes (found by the Auditor's re-checks,
+    /// never by a single pass).
+    Rewritten { seen: Hash, now: Hash },
 }
 
 impl fmt::Display for Fault {
@@ -35,6 +39,10 @@ impl fmt::Display for Fault {
                 write!(f, "hash mismatch: stored {stored}, computed {computed}")
             }
             Fault::Undecodable { reason } => write!(f, "undecodable record: {reason}"),
+            Fault::Rewritten { seen, now } => write!(
+                f,
+                "rewritten: the entry's hash is now {now}, and it was {seen} when verified"
+            ),
         }
     }
 }

@@ -316,6 +316,7 @@ async fn lead(
             Duration::from_secs(60),
             Some(secrets.clone()),
             snapshots.clone(),
+            gantry_actors::actor::auditor::DEFAULT_RECHECK_EVERY,
         )
         .await
         {
@@ -408,8 +409,9 @@ pub async fn node(
             checkpoint_every: Duration::from_secs(60),
             join_patience: Duration::from_secs(60),
             artifacts: crate::up::artifact_store(&options.s3, None).await?,
-            // A worker node runs no Scheduler.
+            // A worker node runs no Scheduler and no Auditor.
             snapshots: None,
+            audit_recheck_every: gantry_actors::actor::auditor::DEFAULT_RECHECK_EVERY,
         },
         None,
     )

@@ -58,6 +58,8 @@ pub struct UpOptions {
     pub snapshot_every: u64,
     /// How much of the views is kept in memory.
     pub views_cache_bytes: u64,
+    /// How often the Auditor re-checks the whole stored chain.
+    pub audit_recheck_every: Duration,
 }
 
 /// The artifact store `s3` names, or, without a bucket, `local` when given.
@@ -244,6 +246,7 @@ pub async fn up(
             join_patience: Duration::from_secs(30),
             artifacts: artifacts.clone(),
             snapshots: scheduler_snapshots(&data, options.snapshot_every),
+            audit_recheck_every: options.audit_recheck_every,
         },
         Some(secrets.clone()),
     )

@@ -208,6 +208,7 @@ async fn start_nodes(url: &str, count: usize, executor: Arc<NoopExecutor>, dir: 
                 join_patience: Duration::from_secs(60),
                 artifacts: None,
                 snapshots: None,
+                audit_recheck_every: Duration::from_secs(3600),
             },
             None,
         )

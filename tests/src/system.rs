@@ -85,6 +85,8 @@ impl Gantry {
             },
             snapshot_every: gantry_nodes::up::SNAPSHOT_EVERY_EVENTS,
             views_cache_bytes: gantry_projections::DEFAULT_CACHE_BYTES,
+            // Every second, so tests see damage found while gantry runs.
+            audit_recheck_every: Duration::from_secs(1),
         };
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {

@@ -54,6 +54,69 @@ fn a_tampered_entry_degrades_health_and_names_the_sequence() {
     }
 }
 
+/// An entry altered on disk while gantry runs — after the Auditor verified it as it arrived —
+/// is found by the Auditor's re-check of the stored chain, and from then on appends are
+/// stopped: a submission is refused (503) saying why, and health names the sequence.
+#[test]
+fn an_entry_altered_while_gantry_runs_is_found_by_the_recheck_and_stops_appends() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gantry = Gantry::start_on(dir.path(), ExecutorChoice::Process, 1 << 20);
+    let id = gantry.submit(json!({ "name": "a", "image": "busybox", "command": ["true"] }));
+    gantry.wait_for(&id, &["succeeded"], Duration::from_secs(30));
+    let health = gantry.client.get("/readyz").expect("ready");
+    assert_eq!(health["health"]["audit"]["ok"], true, "{health}");
+
+    // Entry 2's stored hash, one bit flipped, its frame sealed again, written in place.
+    let path = dir.path().join(gantry_events::embedded::LOG_FILE);
+    let bytes = std::fs::read(&path).expect("read log");
+    let mut frames = FrameReader::new(&bytes[HEADER_LEN..], HEADER_LEN as u64);
+    frames.next_frame().expect("io").expect("entry 1");
+    let second = frames.next_frame().expect("io").expect("entry 2");
+    let range = second.offset as usize..second.end(Format::CURRENT) as usize;
+    let mut frame = bytes[range.clone()].to_vec();
+    let last = FRAME_OVERHEAD + second.entry.len() - 1;
+    frame[last] ^= 0x01;
+    seal_frame(&mut frame, second.flags, Format::CURRENT);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open log")
+        .write_all_at(&frame, second.offset)
+        .expect("write");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = gantry.client.get("/readyz").expect("ready");
+        let audit = &ready["health"]["audit"];
+        if audit["ok"] == false {
+            let detail = audit["detail"].as_str().unwrap_or("");
+            assert!(
+                detail.contains("sequence 2") && detail.contains("hash mismatch"),
+                "{detail}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the re-check never noticed: {ready}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = gantry
+        .client
+        .post(
+            "/v1/jobs",
+            &json!({ "name": "b", "image": "busybox", "command": ["true"] }),
+        )
+        .expect_err("appends are stopped");
+    let said = refused.to_string();
+    assert!(
+        said.contains("503") && said.contains("appends stopped") && said.contains("sequence 2"),
+        "{said}"
+    );
+}
+
 /// A frame damaged on disk (its checksum fails: a bad disk, not a power loss) is found when
 /// gantry starts: it refuses to start, naming the sequence and the byte offset, and leaves
 /// every byte where it was.

@@ -33,6 +33,9 @@ struct FlakyLog {
     fail_subscribe: AtomicUsize,
     /// Appends the log took.
     appends: AtomicUsize,
+    /// Another store reads are answered from once set: the history rewritten under the
+    /// running process.
+    rewritten: Mutex<Option<Arc<EmbeddedLog>>>,
 }
 
 impl FlakyLog {
@@ -50,6 +53,7 @@ impl FlakyLog {
             fail: AtomicUsize::new(fail),
             fail_subscribe: AtomicUsize::new(fail_subscribe),
             appends: AtomicUsize::new(0),
+            rewritten: Mutex::new(None),
         })
     }
 }
@@ -77,7 +81,10 @@ impl EventLog for FlakyLog {
         from: u64,
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<Entry>, gantry_events::Error>> {
-        self.inner.read(from, max)
+        match lock(&self.rewritten).clone() {
+            Some(other) => async move { other.read(from, max).await }.boxed(),
+            None => self.inner.read(from, max),
+        }
     }
     fn head(&self) -> BoxFuture<'_, Result<Head, gantry_events::Error>> {
         self.inner.head()
@@ -180,6 +187,7 @@ fn options(dir: &std::path::Path, limits: Limits) -> NodeOptions {
         join_patience: Duration::from_secs(30),
         artifacts: None,
         snapshots: None,
+        audit_recheck_every: Duration::from_secs(3600),
     }
 }
 
@@ -734,4 +742,81 @@ async fn concurrent_submits_share_appends_and_a_failed_one_leaves_nothing_half_a
         ids.len(),
         "queued jobs are exactly the recorded ones"
     );
+}
+
+/// A whole history rewritten with fresh hashes under the running process — every link holds,
+/// so a pass over the chain alone finds nothing — is found by the Auditor's re-check: the
+/// entry it verified last no longer has the hash it had. Then appends stop.
+#[actix_rt::test]
+async fn a_history_rewritten_under_the_running_process_is_found_by_the_recheck() {
+    use gantry_actors::actor::auditor::{GetAudit, Recheck};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = FlakyLog::open(dir.path(), "none", 0, 0).await;
+    let executor = Arc::new(ProcessExecutor::new(dir.path().join("work")));
+    let actors = start_node(dir.path(), log.clone(), executor, Limits::default()).await;
+    let id = submit(&actors, request("echo done")).await;
+    wait_state(&actors, &*log, id, TERMINAL, Duration::from_secs(30)).await;
+    let head = log.head().await.expect("head").seq;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while actors
+        .auditor
+        .send(GetAudit)
+        .await
+        .expect("auditor")
+        .verified_seq
+        < head
+    {
+        assert!(Instant::now() < deadline, "the auditor never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The same events sealed again into another store: a sound chain of the same length,
+    // every hash different.
+    let forged = EmbeddedLog::open(dir.path().join("forged"))
+        .await
+        .expect("log");
+    let events: Vec<NewEvent> = envelopes(&*log)
+        .await
+        .into_iter()
+        .take(head as usize)
+        .map(|env| NewEvent::new(env.source, env.event))
+        .collect();
+    for chunk in events.chunks(500) {
+        forged.append(chunk.to_vec()).await.expect("append");
+    }
+    let sound = gantry_events::verify_log(&forged, 1, None)
+        .await
+        .expect("read");
+    assert_eq!(sound.expect("a sound chain").last_seq, head);
+    *lock(&log.rewritten) = Some(Arc::new(forged));
+
+    actors.auditor.send(Recheck).await.expect("auditor");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let broken = loop {
+        if let Some(broken) = actors.auditor.send(GetAudit).await.expect("auditor").broken {
+            break broken;
+        }
+        assert!(Instant::now() < deadline, "the re-check never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(broken.seq, head, "{broken}");
+    assert!(
+        matches!(broken.fault, gantry_events::Fault::Rewritten { .. }),
+        "{broken}"
+    );
+    let refused = actors
+        .scheduler
+        .send(Submit {
+            request: request("echo never"),
+            by: None,
+            resolved: Default::default(),
+        })
+        .await
+        .expect("scheduler");
+    match refused {
+        Err(gantry_actors::actor::scheduler::CommandError::Unavailable(why)) => {
+            assert!(why.contains("appends stopped"), "{why}")
+        }
+        other => panic!("a submission after the rewrite was not refused: {other:?}"),
+    }
 }

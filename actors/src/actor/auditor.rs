@@ -1,6 +1,10 @@
-//! The Auditor: follows the log and re-verifies every entry as it arrives. It exposes the
-//! verified head, and a broken chain is reported loudly (an error log line naming the
-//! sequence, and health degraded), never silently. Every so often it records an
+//! The Auditor: follows the log and re-verifies every entry as it arrives, and on a schedule
+//! re-reads everything it verified before, from genesis, so damage to stored entries is found
+//! while gantry runs, not only at the next start: a re-check also catches a history rewritten
+//! with fresh hashes, since the entry it last verified must still have the hash it had. It
+//! exposes the verified head; a broken chain is reported loudly (an error log line naming the
+//! sequence, health degraded) and stops appends: the Scheduler refuses every command until an
+//! operator repairs the log and restarts gantry. Every so often it records an
 //! `audit.checkpointed` event naming how far the chain was verified.
 
 use std::sync::Arc;
@@ -11,7 +15,7 @@ use gantry_events::event::AuditCheckpointed;
 use gantry_events::{Break, Entry, EventLog, Hash, Verifier};
 use serde::Serialize;
 
-use crate::actor::scheduler::{Record, Scheduler};
+use crate::actor::scheduler::{Halt, Record, Scheduler};
 
 /// What the auditor knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,6 +33,12 @@ pub struct Auditor {
     checkpoint_every: Duration,
     checkpointed_seq: u64,
     restarts: u32,
+    /// How often everything verified so far is read and verified again.
+    recheck_every: Duration,
+    /// Whether a re-check is running.
+    rechecking: bool,
+    /// Re-checks finished without finding anything.
+    rechecks: u64,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -57,7 +67,92 @@ impl Auditor {
             checkpoint_every,
             checkpointed_seq: 0,
             restarts: 0,
+            recheck_every: DEFAULT_RECHECK_EVERY,
+            rechecking: false,
+            rechecks: 0,
         }
+    }
+
+    /// Re-checks everything verified every `every` instead of every hour.
+    pub fn recheck_every(mut self, every: Duration) -> Auditor {
+        self.recheck_every = every;
+        self
+    }
+
+    /// Records a break, loudly, and stops appends.
+    fn broken(&mut self, broken: Break) {
+        if self.status.broken.is_some() {
+            return;
+        }
+        tracing::error!(seq = broken.seq, fault = %broken.fault, "EVENT LOG CHAIN IS BROKEN; appends stopped");
+        self.scheduler.do_send(Halt(format!(
+            "the event log's chain is broken at sequence {}: {}",
+            broken.seq, broken.fault
+        )));
+        self.status.broken = Some(broken);
+    }
+
+    /// Reads and verifies again, from genesis, everything verified so far; the entry verified
+    /// last must still have the hash it had then.
+    fn recheck(&mut self, ctx: &mut Context<Self>) {
+        if self.rechecking || self.status.broken.is_some() || self.status.verified_seq == 0 {
+            return;
+        }
+        self.rechecking = true;
+        let (upto, head) = (self.status.verified_seq, self.status.verified_head);
+        let log = self.log.clone();
+        let check = async move {
+            let mut verifier = Verifier::from_genesis();
+            let mut next = 1;
+            while next <= upto {
+                let count = (upto - next + 1).min(4096) as usize;
+                let entries = match log.read(next, count).await {
+                    Ok(entries) => entries,
+                    Err(gantry_events::Error::Broken { seq, reason }) => {
+                        return Ok(Some(Break {
+                            seq,
+                            fault: gantry_events::Fault::Undecodable { reason },
+                        }));
+                    }
+                    Err(error) => return Err(error),
+                };
+                let Some(last) = entries.last().map(|e| e.seq) else {
+                    return Ok(Some(Break {
+                        seq: next,
+                        fault: gantry_events::Fault::Gap {
+                            expected: next,
+                            found: 0,
+                        },
+                    }));
+                };
+                for entry in &entries {
+                    if let Err(broken) = verifier.push(entry) {
+                        return Ok(Some(broken));
+                    }
+                }
+                next = last + 1;
+            }
+            let now = verifier.finish().map(|v| v.head).unwrap_or(Hash::GENESIS);
+            Ok((now != head).then_some(Break {
+                seq: upto,
+                fault: gantry_events::Fault::Rewritten { seen: head, now },
+            }))
+        };
+        ctx.spawn(check.into_actor(self).map(move |checked, act, _| {
+            act.rechecking = false;
+            match checked {
+                Ok(None) => {
+                    act.rechecks += 1;
+                    tracing::info!(
+                        through = upto,
+                        "auditor re-check: the stored chain still holds"
+                    );
+                }
+                Ok(Some(broken)) => act.broken(broken),
+                // Not damage: the log could not be read for now; the next re-check tries again.
+                Err(error) => tracing::warn!(%error, "auditor re-check could not read the log"),
+            }
+        }));
     }
 
     fn checkpoint(&mut self) {
@@ -103,6 +198,7 @@ impl Actor for Auditor {
             },
         ));
         ctx.run_interval(self.checkpoint_every, |act, _| act.checkpoint());
+        ctx.run_interval(self.recheck_every, |act, ctx| act.recheck(ctx));
     }
 }
 
@@ -136,11 +232,24 @@ impl StreamHandler<Result<Entry, gantry_events::Error>> for Auditor {
                     self.status.verified_head = v.head;
                 }
             }
-            Err(broken) => {
-                tracing::error!(seq = broken.seq, fault = %broken.fault, "EVENT LOG CHAIN IS BROKEN");
-                self.status.broken = Some(broken);
-            }
+            Err(broken) => self.broken(broken),
         }
+    }
+}
+
+/// How often the Auditor re-checks the stored chain unless told otherwise.
+pub const DEFAULT_RECHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// Re-checks the stored chain now (answers at once; the re-check runs in the background).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Recheck;
+
+impl Handler<Recheck> for Auditor {
+    type Result = ();
+
+    fn handle(&mut self, _: Recheck, ctx: &mut Context<Self>) {
+        self.recheck(ctx);
     }
 }
 

@@ -91,6 +91,8 @@ pub struct Scheduler {
     appending: bool,
     /// Where the state is saved, and when.
     snapshots: Option<Snapshots>,
+    /// Why appends are stopped (the Auditor found the chain broken), if they are.
+    halted: Option<String>,
 }
 
 /// Where and how often the scheduler saves its state (see [`crate::snapshot`]).
@@ -144,6 +146,7 @@ impl Scheduler {
         });
         Ok(Scheduler {
             snapshots,
+            halted: None,
             log,
             secrets: None,
             durable_seq: world.seq(),
@@ -219,6 +222,11 @@ impl Scheduler {
         reply: impl FnOnce(&mut Scheduler) -> R + 'static,
     ) -> ResponseActFuture<Self, Result<R, CommandError>> {
         self.stats.commands += 1;
+        if let Some(why) = &self.halted {
+            return Box::pin(fut::ready(Err(CommandError::Unavailable(format!(
+                "appends stopped: {why}; an operator must repair the log (`gantry log verify` names the entry) and restart gantry"
+            )))));
+        }
         let batch = stamp(events, &self.source);
         if let Err(error) = fits(&batch) {
             return Box::pin(fut::ready(Err(CommandError::Log(error))));
@@ -473,7 +481,7 @@ impl Scheduler {
         ctx: &mut Context<Self>,
         done: impl FnOnce(&mut Scheduler) + 'static,
     ) {
-        if events.is_empty() {
+        if events.is_empty() || self.halted.is_some() {
             return;
         }
         let batch = stamp(events, &self.source);
@@ -619,6 +627,23 @@ impl Actor for Scheduler {
         ctx.run_interval(TICK, |act, ctx| act.place(ctx));
         ctx.run_interval(LEASE_TICK, |act, ctx| act.expire(ctx));
         ctx.run_interval(SNAPSHOT_TICK, |act, ctx| act.snapshot(ctx));
+    }
+}
+
+/// Stops every append: the chain is broken (sent by the Auditor). Only a restart lifts it,
+/// and the Auditor checks the chain again then.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Halt(pub String);
+
+impl Handler<Halt> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: Halt, _: &mut Context<Self>) {
+        if self.halted.is_none() {
+            tracing::error!(reason = %msg.0, "scheduler: appends stopped");
+            self.halted = Some(msg.0);
+        }
     }
 }
 

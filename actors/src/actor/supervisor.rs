@@ -43,6 +43,8 @@ pub struct NodeOptions {
     /// Where the Scheduler saves its state, when this process runs it (`None`: every start
     /// replays the whole log).
     pub snapshots: Option<SnapshotOptions>,
+    /// How often the Auditor re-checks the whole stored chain, when this process runs it.
+    pub audit_recheck_every: Duration,
 }
 
 /// Addresses of the running actors.
@@ -118,6 +120,7 @@ pub async fn start_control_plane(
     checkpoint_every: Duration,
     secrets: Option<Arc<dyn SecretStore>>,
     snapshots: Option<SnapshotOptions>,
+    recheck_every: Duration,
 ) -> Result<ControlActors, gantry_events::Error> {
     let scheduler = Scheduler::rebuild(log.clone(), limits, source, snapshots)
         .await?
@@ -125,7 +128,9 @@ pub async fn start_control_plane(
         .start();
     let auditor = {
         let scheduler = scheduler.clone();
-        actix::Supervisor::start(move |_| Auditor::new(log, scheduler, checkpoint_every))
+        actix::Supervisor::start(move |_| {
+            Auditor::new(log, scheduler, checkpoint_every).recheck_every(recheck_every)
+        })
     };
     Ok(ControlActors { scheduler, auditor })
 }
@@ -251,6 +256,7 @@ impl Supervisor {
             options.checkpoint_every,
             secrets,
             options.snapshots.clone(),
+            options.audit_recheck_every,
         )
         .await?;
         let control: Arc<dyn Control> = Arc::new(Local(scheduler.clone()));
