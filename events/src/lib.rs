@@ -9,13 +9,15 @@
 //!   implements; [`embedded`]: the default backend, an append-only file with group commit.
 //! - [`file`]: the framed file format shared by the embedded store and exports.
 //! - [`merkle`]: the RFC 6962 Merkle tree over entry hashes, with inclusion and consistency
-//!   proofs and their verification (the ground signed checkpoints will stand on).
+//!   proofs and their verification; [`checkpoint`]: checkpoints (origin, size, root) as
+//!   Ed25519-signed notes in the transparency-log text format.
 //!
 //! The byte-level contract is `events/FORMAT.md`.
 //!
 //! This crate must not depend on any other gantry crate, and does no network IO: the JetStream
 //! backend lives in `gantry-nodes`. It knows nothing of actors, HTTP, Docker or GPUs.
 
+pub mod checkpoint;
 pub mod embedded;
 mod error;
 pub mod event;
