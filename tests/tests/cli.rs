@@ -190,3 +190,158 @@ async fn jetstream_verify_names_a_message_that_bypassed_the_chain() {
         Err(gantry_events::Error::Broken { seq: 31, .. })
     ));
 }
+
+/// A signed checkpoint catches what the chain alone cannot — a cut tail and a history
+/// rewritten with fresh hashes — and a checkpoint whose signature fails, or that another key
+/// signed, is refused; each named.
+#[tokio::test]
+async fn verify_against_a_signed_checkpoint_catches_a_cut_tail_and_a_rewrite() {
+    use gantry_events::checkpoint::{Checkpoint, NoteSigner};
+    use gantry_events::file::{Format, FrameReader, HEADER_LEN};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let log = EmbeddedLog::open(&data).await.expect("open");
+    // One event per append: every frame ends its batch, so any frame boundary is a clean end.
+    for i in 0..10 {
+        log.append(vec![event(0, i)]).await.expect("append");
+    }
+    let mut tree = gantry_events::merkle::MerkleTree::new();
+    for entry in log.read(1, 10).await.expect("read") {
+        tree.push(&entry.stored_hash().expect("hash"));
+    }
+    log.close().await.expect("close");
+    let signer = NoteSigner::new("gantry-test", &[3; 32]).expect("signer");
+    let key = signer.verifier_key();
+    let promised = Checkpoint {
+        origin: "gantry/cli-test".into(),
+        size: 10,
+        root: tree.root(),
+        extensions: Vec::new(),
+    };
+    let note = signer.sign(&promised);
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_str().expect("utf-8").to_owned()
+    };
+    let good = write("checkpoint", &note);
+    let data = data.to_str().expect("utf-8").to_owned();
+    let broken = ExitCode::from(EXIT_BROKEN);
+
+    let (code, out) = gantry(&[
+        "log",
+        "verify",
+        "--data",
+        &data,
+        "--checkpoint",
+        &good,
+        "--key",
+        &key,
+    ])
+    .await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    assert!(out.contains("checkpoint ok"), "{out}");
+
+    // A forged size under the real signature; a checkpoint another key signed.
+    let forged = write("forged", &note.replacen("\n10\n", "\n9\n", 1));
+    let (code, out) = gantry(&[
+        "log",
+        "verify",
+        "--data",
+        &data,
+        "--checkpoint",
+        &forged,
+        "--key",
+        &key,
+    ])
+    .await;
+    assert_eq!(code, broken, "{out}");
+    assert!(
+        out.contains("CHECKPOINT NOT MET") && out.contains("signature"),
+        "{out}"
+    );
+    let other_key = NoteSigner::new("gantry-test", &[4; 32]).expect("signer");
+    let foreign = write("foreign", &other_key.sign(&promised));
+    let (code, out) = gantry(&[
+        "log",
+        "verify",
+        "--data",
+        &data,
+        "--checkpoint",
+        &foreign,
+        "--key",
+        &key,
+    ])
+    .await;
+    assert_eq!(code, broken, "{out}");
+    assert!(out.contains("no signature by key gantry-test"), "{out}");
+
+    // The tail cut after entry 7: the chain alone still holds; the checkpoint does not.
+    let path = Path::new(&data).join(gantry_events::embedded::LOG_FILE);
+    let bytes = std::fs::read(&path).expect("read");
+    let mut frames = FrameReader::new(&bytes[HEADER_LEN..], HEADER_LEN as u64);
+    let mut end = 0;
+    for _ in 0..7 {
+        end = frames
+            .next_frame()
+            .expect("io")
+            .expect("frame")
+            .end(Format::CURRENT);
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open")
+        .set_len(end)
+        .expect("cut");
+    let (code, out) = gantry(&["log", "verify", "--data", &data]).await;
+    assert_eq!(
+        code,
+        ExitCode::SUCCESS,
+        "the chain alone cannot see a cut tail: {out}"
+    );
+    let (code, out) = gantry(&[
+        "log",
+        "verify",
+        "--data",
+        &data,
+        "--checkpoint",
+        &good,
+        "--key",
+        &key,
+    ])
+    .await;
+    assert_eq!(code, broken, "{out}");
+    assert!(
+        out.contains("ends at sequence 7") && out.contains("cut"),
+        "{out}"
+    );
+
+    // A whole history of the same length written again with fresh hashes: a sound chain.
+    let rewritten = dir.path().join("rewritten");
+    let log = EmbeddedLog::open(&rewritten).await.expect("open");
+    for i in 0..10 {
+        log.append(vec![event(1, i)]).await.expect("append");
+    }
+    log.close().await.expect("close");
+    let rewritten = rewritten.to_str().expect("utf-8");
+    let (code, out) = gantry(&["log", "verify", "--data", rewritten]).await;
+    assert_eq!(
+        code,
+        ExitCode::SUCCESS,
+        "the chain alone cannot see a rewrite: {out}"
+    );
+    let (code, out) = gantry(&[
+        "log",
+        "verify",
+        "--data",
+        rewritten,
+        "--checkpoint",
+        &good,
+        "--key",
+        &key,
+    ])
+    .await;
+    assert_eq!(code, broken, "{out}");
+    assert!(out.contains("rewritten"), "{out}");
+}

@@ -443,12 +443,26 @@ fn jobs_survive(client: &Client, disrupt: impl FnOnce()) {
     let late = submit(client, spec("late", "echo late", json!(null)));
     let mut all = ids.clone();
     all.push(late);
-    let events = wait_until("every job to end", Duration::from_secs(120), || {
-        let done = all.iter().all(|id| job(client, id)["state"] == "succeeded");
+    // A liveness bound, generous for a loaded 2-core machine where the cluster's elections
+    // and the control plane's catching up share the cores with the three servers.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let events = loop {
+        let states: Vec<String> = all
+            .iter()
+            .map(|id| job(client, id)["state"].as_str().unwrap_or("?").to_owned())
+            .collect();
         // A JetStream cluster electing a new stream leader answers 503 for a moment.
-        done.then(|| gantry_tests::system::try_all_events(client).ok())
-            .flatten()
-    });
+        if states.iter().all(|s| s == "succeeded")
+            && let Ok(events) = gantry_tests::system::try_all_events(client)
+        {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for every job to end; states now: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     for id in &all {
         assert_eq!(
             terminal_count(&events, id),

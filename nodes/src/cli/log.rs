@@ -64,6 +64,14 @@ pub struct VerifyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// A signed checkpoint the log was promised to hold: the log must reach its size and have
+    /// its Merkle root there (catches a cut tail and a history rewritten with fresh hashes,
+    /// which the chain alone cannot).
+    #[arg(long, conflicts_with = "file", requires = "key")]
+    pub checkpoint: Option<PathBuf>,
+    /// The verifier key the checkpoint must be signed with (`name+keyid+base64`).
+    #[arg(long, requires = "checkpoint")]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -173,13 +181,38 @@ pub(crate) async fn verify(
     args: VerifyArgs,
     out: &mut (dyn Write + Send),
 ) -> Result<ExitCode, Error> {
-    let verified = match &args.file {
-        Some(file) => verify_file(file, args.from, args.to)?,
+    let (verified, promised) = match &args.file {
+        Some(file) => (verify_file(file, args.from, args.to)?, None),
         None => {
             let log = open_log(&args.store, Access::ReadOnly).await?;
-            verify_log(&*log, args.from, args.to).await?
+            let promised = match (&args.checkpoint, &args.key) {
+                (Some(path), Some(key)) => Some(check_checkpoint(&*log, path, key).await?),
+                _ => None,
+            };
+            (verify_log(&*log, args.from, args.to).await?, promised)
         }
     };
+    if let Some(promised) = &promised {
+        match promised {
+            Ok(line) => write_out(
+                out,
+                format_args!(
+                    "checkpoint ok: {line}
+"
+                ),
+            )?,
+            Err(why) => write_out(
+                out,
+                format_args!(
+                    "CHECKPOINT NOT MET: {why}
+"
+                ),
+            )?,
+        }
+        if promised.is_err() {
+            return Ok(ExitCode::from(EXIT_BROKEN));
+        }
+    }
     if args.json {
         let json = match &verified {
             Ok(v) => serde_json::json!({ "ok": true, "count": v.count, "first_seq": v.first_seq,
@@ -204,6 +237,58 @@ pub(crate) async fn verify(
         }
     }
     Ok(exit_for(&verified))
+}
+
+/// Checks the log against a signed checkpoint: its signature by `key`, then that the log
+/// reaches its size and has its Merkle root there. `Ok(Ok(what held))`, `Ok(Err(what is
+/// wrong))`; `Err` only when the log cannot be read.
+async fn check_checkpoint(
+    log: &dyn EventLog,
+    path: &Path,
+    key: &str,
+) -> Result<Result<String, String>, Error> {
+    use gantry_events::checkpoint::NoteVerifier;
+    let note =
+        std::fs::read_to_string(path).map_err(io_context(format!("reading {}", path.display())))?;
+    let verifier = NoteVerifier::parse(key).map_err(|e| Error::Usage(format!("--key: {e}")))?;
+    let checkpoint = match verifier.open(&note) {
+        Ok(checkpoint) => checkpoint,
+        Err(error) => return Ok(Err(error.to_string())),
+    };
+    let head = log.head().await?;
+    if head.seq < checkpoint.size {
+        return Ok(Err(format!(
+            "the log ends at sequence {} but the signed checkpoint covers {} entries: its tail was cut",
+            head.seq, checkpoint.size
+        )));
+    }
+    let mut tree = gantry_events::merkle::MerkleTree::new();
+    let mut next = 1;
+    while next <= checkpoint.size {
+        let count = (checkpoint.size - next + 1).min(4096) as usize;
+        let entries = log.read(next, count).await?;
+        if entries.is_empty() {
+            break;
+        }
+        for entry in &entries {
+            match entry.stored_hash() {
+                Ok(hash) => tree.push(&hash),
+                Err(error) => return Ok(Err(format!("entry {}: {error}", entry.seq))),
+            }
+        }
+        next += entries.len() as u64;
+    }
+    let root = tree.root_at(checkpoint.size);
+    if root != Some(checkpoint.root) {
+        return Ok(Err(format!(
+            "the log's Merkle root at size {} is not the one the checkpoint signed: the history was rewritten",
+            checkpoint.size
+        )));
+    }
+    Ok(Ok(format!(
+        "the log holds the {} entries the checkpoint of {} covers, with its root",
+        checkpoint.size, checkpoint.origin
+    )))
 }
 
 /// Verifies an exported file (or a copy of an embedded store's `events.log`) offline.
