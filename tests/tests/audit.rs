@@ -8,6 +8,21 @@ use gantry_nodes::up::ExecutorChoice;
 use gantry_tests::system::Gantry;
 use serde_json::json;
 
+/// The store's bytes with one bit of entry 2's stored hash flipped and its frame sealed again,
+/// as a person editing the store (not a bad disk: the frame checksum would catch that) would;
+/// and where that frame starts.
+fn entry_2_edited(bytes: &[u8]) -> (Vec<u8>, usize) {
+    let mut frames = FrameReader::new(&bytes[HEADER_LEN..], HEADER_LEN as u64);
+    frames.next_frame().expect("io").expect("entry 1");
+    let second = frames.next_frame().expect("io").expect("entry 2");
+    let mut edited = bytes.to_vec();
+    let last = second.offset as usize + FRAME_OVERHEAD + second.entry.len() - 1;
+    edited[last] ^= 0x01;
+    let frame = second.offset as usize..second.end(Format::CURRENT) as usize;
+    seal_frame(&mut edited[frame], second.flags, Format::CURRENT);
+    (edited, second.offset as usize)
+}
+
 #[test]
 fn a_tampered_entry_degrades_health_and_names_the_sequence() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -19,18 +34,9 @@ fn a_tampered_entry_degrades_health_and_names_the_sequence() {
         assert_eq!(health["health"]["audit"]["ok"], true, "{health}");
     }
 
-    // Flip one bit of entry 2's stored hash and seal the frame again, as a person editing the
-    // store (not a bad disk: the frame checksum would catch that at open) would.
     let path = dir.path().join(gantry_events::embedded::LOG_FILE);
-    let mut bytes = std::fs::read(&path).expect("read log");
-    let mut frames = FrameReader::new(&bytes[HEADER_LEN..], HEADER_LEN as u64);
-    frames.next_frame().expect("io").expect("entry 1");
-    let second = frames.next_frame().expect("io").expect("entry 2");
-    let last = second.offset as usize + FRAME_OVERHEAD + second.entry.len() - 1;
-    bytes[last] ^= 0x01;
-    let frame = second.offset as usize..second.end(Format::CURRENT) as usize;
-    seal_frame(&mut bytes[frame], second.flags, Format::CURRENT);
-    std::fs::write(&path, &bytes).expect("write log");
+    let (edited, _) = entry_2_edited(&std::fs::read(&path).expect("read log"));
+    std::fs::write(&path, &edited).expect("write log");
 
     let gantry = Gantry::start_on(dir.path(), ExecutorChoice::Process, 1 << 20);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -67,22 +73,14 @@ fn an_entry_altered_while_gantry_runs_is_found_by_the_recheck_and_stops_appends(
     let health = gantry.client.get("/readyz").expect("ready");
     assert_eq!(health["health"]["audit"]["ok"], true, "{health}");
 
-    // Entry 2's stored hash, one bit flipped, its frame sealed again, written in place.
+    // Entry 2 edited, written in place (the running process keeps its file open).
     let path = dir.path().join(gantry_events::embedded::LOG_FILE);
-    let bytes = std::fs::read(&path).expect("read log");
-    let mut frames = FrameReader::new(&bytes[HEADER_LEN..], HEADER_LEN as u64);
-    frames.next_frame().expect("io").expect("entry 1");
-    let second = frames.next_frame().expect("io").expect("entry 2");
-    let range = second.offset as usize..second.end(Format::CURRENT) as usize;
-    let mut frame = bytes[range.clone()].to_vec();
-    let last = FRAME_OVERHEAD + second.entry.len() - 1;
-    frame[last] ^= 0x01;
-    seal_frame(&mut frame, second.flags, Format::CURRENT);
+    let (edited, at) = entry_2_edited(&std::fs::read(&path).expect("read log"));
     std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
         .expect("open log")
-        .write_all_at(&frame, second.offset)
+        .write_all_at(&edited[at..], at as u64)
         .expect("write");
 
     let deadline = Instant::now() + Duration::from_secs(30);

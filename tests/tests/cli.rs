@@ -191,6 +191,21 @@ async fn jetstream_verify_names_a_message_that_bypassed_the_chain() {
     ));
 }
 
+/// `gantry log verify` of the store in `data` against the signed checkpoint in `checkpoint`.
+async fn verify_against(data: &str, checkpoint: &str, key: &str) -> (ExitCode, String) {
+    gantry(&[
+        "log",
+        "verify",
+        "--data",
+        data,
+        "--checkpoint",
+        checkpoint,
+        "--key",
+        key,
+    ])
+    .await
+}
+
 /// A signed checkpoint catches what the chain alone cannot — a cut tail and a history
 /// rewritten with fresh hashes — and a checkpoint whose signature fails, or that another key
 /// signed, is refused; each named.
@@ -228,33 +243,13 @@ async fn verify_against_a_signed_checkpoint_catches_a_cut_tail_and_a_rewrite() {
     let data = data.to_str().expect("utf-8").to_owned();
     let broken = ExitCode::from(EXIT_BROKEN);
 
-    let (code, out) = gantry(&[
-        "log",
-        "verify",
-        "--data",
-        &data,
-        "--checkpoint",
-        &good,
-        "--key",
-        &key,
-    ])
-    .await;
+    let (code, out) = verify_against(&data, &good, &key).await;
     assert_eq!(code, ExitCode::SUCCESS, "{out}");
     assert!(out.contains("checkpoint ok"), "{out}");
 
     // A forged size under the real signature; a checkpoint another key signed.
     let forged = write("forged", &note.replacen("\n10\n", "\n9\n", 1));
-    let (code, out) = gantry(&[
-        "log",
-        "verify",
-        "--data",
-        &data,
-        "--checkpoint",
-        &forged,
-        "--key",
-        &key,
-    ])
-    .await;
+    let (code, out) = verify_against(&data, &forged, &key).await;
     assert_eq!(code, broken, "{out}");
     assert!(
         out.contains("CHECKPOINT NOT MET") && out.contains("signature"),
@@ -262,17 +257,7 @@ async fn verify_against_a_signed_checkpoint_catches_a_cut_tail_and_a_rewrite() {
     );
     let other_key = NoteSigner::new("gantry-test", &[4; 32]).expect("signer");
     let foreign = write("foreign", &other_key.sign(&promised));
-    let (code, out) = gantry(&[
-        "log",
-        "verify",
-        "--data",
-        &data,
-        "--checkpoint",
-        &foreign,
-        "--key",
-        &key,
-    ])
-    .await;
+    let (code, out) = verify_against(&data, &foreign, &key).await;
     assert_eq!(code, broken, "{out}");
     assert!(out.contains("no signature by key gantry-test"), "{out}");
 
@@ -300,17 +285,7 @@ async fn verify_against_a_signed_checkpoint_catches_a_cut_tail_and_a_rewrite() {
         ExitCode::SUCCESS,
         "the chain alone cannot see a cut tail: {out}"
     );
-    let (code, out) = gantry(&[
-        "log",
-        "verify",
-        "--data",
-        &data,
-        "--checkpoint",
-        &good,
-        "--key",
-        &key,
-    ])
-    .await;
+    let (code, out) = verify_against(&data, &good, &key).await;
     assert_eq!(code, broken, "{out}");
     assert!(
         out.contains("ends at sequence 7") && out.contains("cut"),
@@ -331,17 +306,7 @@ async fn verify_against_a_signed_checkpoint_catches_a_cut_tail_and_a_rewrite() {
         ExitCode::SUCCESS,
         "the chain alone cannot see a rewrite: {out}"
     );
-    let (code, out) = gantry(&[
-        "log",
-        "verify",
-        "--data",
-        rewritten,
-        "--checkpoint",
-        &good,
-        "--key",
-        &key,
-    ])
-    .await;
+    let (code, out) = verify_against(rewritten, &good, &key).await;
     assert_eq!(code, broken, "{out}");
     assert!(out.contains("rewritten"), "{out}");
 }
