@@ -23,6 +23,29 @@ fn entry_2_edited(bytes: &[u8]) -> (Vec<u8>, usize) {
     (edited, second.offset as usize)
 }
 
+/// Waits (30 s at most) for the Auditor to report entry 2's hash mismatch in `/readyz`, and
+/// returns that answer.
+fn audit_names_entry_2(gantry: &Gantry) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = gantry.client.get("/readyz").expect("ready");
+        let audit = &ready["health"]["audit"];
+        if audit["ok"] == false {
+            let detail = audit["detail"].as_str().unwrap_or("");
+            assert!(
+                detail.contains("sequence 2") && detail.contains("hash mismatch"),
+                "{detail}"
+            );
+            return ready;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the auditor never noticed: {ready}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_tampered_entry_degrades_health_and_names_the_sequence() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -39,25 +62,8 @@ fn a_tampered_entry_degrades_health_and_names_the_sequence() {
     std::fs::write(&path, &edited).expect("write log");
 
     let gantry = Gantry::start_on(dir.path(), ExecutorChoice::Process, 1 << 20);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = gantry.client.get("/readyz").expect("ready");
-        let audit = &ready["health"]["audit"];
-        if audit["ok"] == false {
-            assert_eq!(ready["health"]["status"], "degraded");
-            let detail = audit["detail"].as_str().unwrap_or("");
-            assert!(
-                detail.contains("sequence 2") && detail.contains("hash mismatch"),
-                "{detail}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the auditor never noticed: {ready}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let ready = audit_names_entry_2(&gantry);
+    assert_eq!(ready["health"]["status"], "degraded");
 }
 
 /// An entry altered on disk while gantry runs — after the Auditor verified it as it arrived —
@@ -83,24 +89,7 @@ fn an_entry_altered_while_gantry_runs_is_found_by_the_recheck_and_stops_appends(
         .write_all_at(&edited[at..], at as u64)
         .expect("write");
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = gantry.client.get("/readyz").expect("ready");
-        let audit = &ready["health"]["audit"];
-        if audit["ok"] == false {
-            let detail = audit["detail"].as_str().unwrap_or("");
-            assert!(
-                detail.contains("sequence 2") && detail.contains("hash mismatch"),
-                "{detail}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the re-check never noticed: {ready}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    audit_names_entry_2(&gantry);
     let refused = gantry
         .client
         .post(

@@ -102,40 +102,27 @@ impl Auditor {
         let (upto, head) = (self.status.verified_seq, self.status.verified_head);
         let log = self.log.clone();
         let check = async move {
-            let mut verifier = Verifier::from_genesis();
-            let mut next = 1;
-            while next <= upto {
-                let count = (upto - next + 1).min(4096) as usize;
-                let entries = match log.read(next, count).await {
-                    Ok(entries) => entries,
-                    Err(gantry_events::Error::Broken { seq, reason }) => {
-                        return Ok(Some(Break {
-                            seq,
-                            fault: gantry_events::Fault::Undecodable { reason },
-                        }));
-                    }
-                    Err(error) => return Err(error),
-                };
-                let Some(last) = entries.last().map(|e| e.seq) else {
-                    return Ok(Some(Break {
-                        seq: next,
-                        fault: gantry_events::Fault::Gap {
-                            expected: next,
-                            found: 0,
-                        },
-                    }));
-                };
-                for entry in &entries {
-                    if let Err(broken) = verifier.push(entry) {
-                        return Ok(Some(broken));
-                    }
-                }
-                next = last + 1;
+            let verified = match gantry_events::verify_log(&*log, 1, Some(upto)).await? {
+                Ok(verified) => verified,
+                Err(broken) => return Ok(Some(broken)),
+            };
+            if verified.last_seq < upto {
+                // Entries it verified before are gone: the tail was cut.
+                let missing = verified.last_seq + 1;
+                return Ok(Some(Break {
+                    seq: missing,
+                    fault: gantry_events::Fault::Gap {
+                        expected: missing,
+                        found: 0,
+                    },
+                }));
             }
-            let now = verifier.finish().map(|v| v.head).unwrap_or(Hash::GENESIS);
-            Ok((now != head).then_some(Break {
+            Ok::<_, gantry_events::Error>((verified.head != head).then_some(Break {
                 seq: upto,
-                fault: gantry_events::Fault::Rewritten { seen: head, now },
+                fault: gantry_events::Fault::Rewritten {
+                    seen: head,
+                    now: verified.head,
+                },
             }))
         };
         ctx.spawn(check.into_actor(self).map(move |checked, act, _| {
