@@ -169,6 +169,21 @@ impl NoteSigner {
         )
     }
 
+    /// The name it signs as.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What checks its signatures.
+    pub fn verifier(&self) -> NoteVerifier {
+        let key = self.key.verifying_key();
+        NoteVerifier {
+            name: self.name.clone(),
+            id: key_id(&self.name, &key),
+            key,
+        }
+    }
+
     /// The checkpoint as a signed note.
     pub fn sign(&self, checkpoint: &Checkpoint) -> String {
         let body = checkpoint.body();

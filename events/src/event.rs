@@ -688,6 +688,14 @@ pub struct AuditCheckpointed {
     pub through_hash: Hash,
     /// Events verified since the previous checkpoint.
     pub events_verified: u64,
+    /// The Merkle root of entries 1 to `through_seq` (`events/FORMAT.md` §6). Absent from
+    /// checkpoints recorded before gantry kept the tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<Hash>,
+    /// The checkpoint (origin, size `through_seq`, `root`) as a note signed by the Auditor's
+    /// key, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,10 @@
 //! proofs (the tree of size `m` is a prefix of the tree of size `n`). [`verify_inclusion`] and
 //! [`verify_consistency`] check them with nothing but the hashes.
 //!
-//! It keeps every complete subtree's hash: 64 bytes per entry in memory.
+//! [`MerkleTree`] keeps every complete subtree's hash (64 bytes per entry in memory); the
+//! functions [`root`], [`inclusion_proof`] and [`consistency_proof`] work on any [`Nodes`], so
+//! gantry's views keep only the upper levels on disk and read the lowest ones back from the
+//! log. [`Frontier`] keeps only the right edge: enough for the root as entries arrive.
 
 use sha2::{Digest, Sha256};
 
@@ -42,11 +45,163 @@ fn split(n: u64) -> u64 {
     1 << (63 - (n - 1).leading_zeros())
 }
 
-/// The tree, grown one leaf at a time.
+/// Where the hashes of complete subtrees come from when a root or a proof is computed: the
+/// whole tree in memory ([`MerkleTree`]), or a store that keeps only the upper levels and reads
+/// leaves back from the log (gantry's views).
+pub trait Nodes {
+    type Error;
+    /// The hash of the complete subtree of leaves `index·2^level .. (index+1)·2^level`.
+    /// Asked only for subtrees inside the tree the proof is about.
+    fn node(&self, level: u32, index: u64) -> Result<Hash, Self::Error>;
+}
+
+/// The hash of leaves `start..end` (`start < end`).
+fn subtree<N: Nodes + ?Sized>(nodes: &N, start: u64, end: u64) -> Result<Hash, N::Error> {
+    let n = end - start;
+    if n.is_power_of_two() && start.is_multiple_of(n) {
+        let level = n.trailing_zeros();
+        return nodes.node(level, start >> level);
+    }
+    let k = split(n);
+    Ok(node_hash(
+        &subtree(nodes, start, start + k)?,
+        &subtree(nodes, start + k, end)?,
+    ))
+}
+
+/// The root of the tree of the first `size` leaves.
+pub fn root<N: Nodes + ?Sized>(nodes: &N, size: u64) -> Result<Hash, N::Error> {
+    match size {
+        0 => Ok(empty_root()),
+        n => subtree(nodes, 0, n),
+    }
+}
+
+/// The audit path of leaf `index` (0-based: sequence `index + 1`) in the tree of `size`
+/// leaves, nearest the leaf first (RFC 9162 §2.1.3.1). Empty when `index ≥ size`.
+pub fn inclusion_proof<N: Nodes + ?Sized>(
+    nodes: &N,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, N::Error> {
+    let mut proof = Vec::new();
+    if index < size {
+        path(nodes, index, 0, size, &mut proof)?;
+    }
+    Ok(proof)
+}
+
+fn path<N: Nodes + ?Sized>(
+    nodes: &N,
+    m: u64,
+    start: u64,
+    end: u64,
+    out: &mut Vec<Hash>,
+) -> Result<(), N::Error> {
+    let n = end - start;
+    if n == 1 {
+        return Ok(());
+    }
+    let k = split(n);
+    if m < k {
+        path(nodes, m, start, start + k, out)?;
+        out.push(subtree(nodes, start + k, end)?);
+    } else {
+        path(nodes, m - k, start + k, end, out)?;
+        out.push(subtree(nodes, start, start + k)?);
+    }
+    Ok(())
+}
+
+/// The proof that the tree of `from` leaves is a prefix of the tree of `to` leaves
+/// (RFC 9162 §2.1.4.1); empty when `from` is 0, `from ≥ to`.
+pub fn consistency_proof<N: Nodes + ?Sized>(
+    nodes: &N,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Hash>, N::Error> {
+    let mut proof = Vec::new();
+    if from > 0 && from < to {
+        subproof(nodes, from, 0, to, true, &mut proof)?;
+    }
+    Ok(proof)
+}
+
+fn subproof<N: Nodes + ?Sized>(
+    nodes: &N,
+    m: u64,
+    start: u64,
+    end: u64,
+    whole: bool,
+    out: &mut Vec<Hash>,
+) -> Result<(), N::Error> {
+    let n = end - start;
+    if m == n {
+        if !whole {
+            out.push(subtree(nodes, start, end)?);
+        }
+        return Ok(());
+    }
+    let k = split(n);
+    if m <= k {
+        subproof(nodes, m, start, start + k, whole, out)?;
+        out.push(subtree(nodes, start + k, end)?);
+    } else {
+        subproof(nodes, m - k, start + k, end, false, out)?;
+        out.push(subtree(nodes, start, start + k)?);
+    }
+    Ok(())
+}
+
+/// The root of a complete subtree given its leaves (`leaves.len()` a power of two), or of the
+/// tree of those leaves in general.
+pub fn root_of_leaves(leaves: &[Hash]) -> Hash {
+    match root(&Leaves(leaves), leaves.len() as u64) {
+        Ok(hash) => hash,
+        Err(never) => match never {},
+    }
+}
+
+/// Leaves in a slice, as [`Nodes`].
+struct Leaves<'a>(&'a [Hash]);
+
+impl Nodes for Leaves<'_> {
+    type Error = std::convert::Infallible;
+
+    fn node(&self, level: u32, index: u64) -> Result<Hash, Self::Error> {
+        let width = 1usize << level;
+        let start = index as usize * width;
+        let leaves = &self.0[start..start + width];
+        Ok(if width == 1 {
+            leaves[0]
+        } else {
+            let half = width / 2;
+            node_hash(&root_of_leaves(&leaves[..half]), &root_of_leaves(&leaves[half..]))
+        })
+    }
+}
+
+/// The tree, grown one leaf at a time, every complete subtree kept.
 #[derive(Debug, Clone, Default)]
 pub struct MerkleTree {
     /// `levels[h][i]`: the hash of the complete subtree of leaves `i·2^h .. (i+1)·2^h`.
     levels: Vec<Vec<Hash>>,
+}
+
+impl Nodes for MerkleTree {
+    type Error = std::convert::Infallible;
+
+    fn node(&self, level: u32, index: u64) -> Result<Hash, Self::Error> {
+        Ok(self.levels[level as usize][index as usize])
+    }
+}
+
+/// Unwraps what cannot fail.
+fn sure<T>(result: Result<T, std::convert::Infallible>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(never) => match never {},
+    }
 }
 
 impl MerkleTree {
@@ -83,89 +238,73 @@ impl MerkleTree {
 
     /// The root now.
     pub fn root(&self) -> Hash {
-        self.root_at(self.size()).unwrap_or_else(empty_root)
+        sure(root(self, self.size()))
     }
 
     /// The root the tree had at `size` leaves (`None` past its size).
     pub fn root_at(&self, size: u64) -> Option<Hash> {
-        match size {
-            0 => Some(empty_root()),
-            n if n <= self.size() => Some(self.subtree(0, n)),
-            _ => None,
-        }
+        (size <= self.size()).then(|| sure(root(self, size)))
     }
 
-    /// The hash of leaves `start..end` (`start < end ≤ size`).
-    fn subtree(&self, start: u64, end: u64) -> Hash {
-        let n = end - start;
-        if n.is_power_of_two() && start.is_multiple_of(n) {
-            let level = n.trailing_zeros() as usize;
-            return self.levels[level][(start >> level) as usize];
-        }
-        let k = split(n);
-        node_hash(
-            &self.subtree(start, start + k),
-            &self.subtree(start + k, end),
-        )
-    }
-
-    /// The audit path of leaf `index` (0-based: sequence `index + 1`) in the tree of `size`
-    /// leaves, nearest the leaf first (RFC 9162 §2.1.3.1). `None` when `index ≥ size` or the
-    /// tree has not reached `size`.
+    /// The audit path of leaf `index` in the tree of `size` leaves (see [`inclusion_proof`]).
+    /// `None` when `index ≥ size` or the tree has not reached `size`.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<Hash>> {
-        if index >= size || size > self.size() {
-            return None;
-        }
-        let mut proof = Vec::new();
-        self.path(index, 0, size, &mut proof);
-        Some(proof)
+        (index < size && size <= self.size()).then(|| sure(inclusion_proof(self, index, size)))
     }
 
-    fn path(&self, m: u64, start: u64, end: u64, out: &mut Vec<Hash>) {
-        let n = end - start;
-        if n == 1 {
-            return;
-        }
-        let k = split(n);
-        if m < k {
-            self.path(m, start, start + k, out);
-            out.push(self.subtree(start + k, end));
-        } else {
-            self.path(m - k, start + k, end, out);
-            out.push(self.subtree(start, start + k));
-        }
-    }
-
-    /// The proof that the tree of `from` leaves is a prefix of the tree of `to` leaves
-    /// (RFC 9162 §2.1.4.1); empty when `from` is 0 or equals `to`. `None` when `from > to`
-    /// or the tree has not reached `to`.
+    /// The proof that the tree of `from` leaves is a prefix of the tree of `to` leaves (see
+    /// [`consistency_proof`]). `None` when `from > to` or the tree has not reached `to`.
     pub fn consistency_proof(&self, from: u64, to: u64) -> Option<Vec<Hash>> {
-        if from > to || to > self.size() {
-            return None;
-        }
-        let mut proof = Vec::new();
-        if from > 0 && from < to {
-            self.subproof(from, 0, to, true, &mut proof);
-        }
-        Some(proof)
+        (from <= to && to <= self.size()).then(|| sure(consistency_proof(self, from, to)))
+    }
+}
+
+/// The right edge of the tree: the roots of its complete subtrees, largest first (at most
+/// 64). Enough to compute the root as leaves are added, in constant memory; what the Auditor
+/// keeps while it verifies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    /// `(level, hash)` of each complete subtree along the right edge, largest first.
+    edge: Vec<(u32, Hash)>,
+}
+
+impl Frontier {
+    pub fn new() -> Frontier {
+        Frontier::default()
     }
 
-    fn subproof(&self, m: u64, start: u64, end: u64, whole: bool, out: &mut Vec<Hash>) {
-        let n = end - start;
-        if m == n {
-            if !whole {
-                out.push(self.subtree(start, end));
+    /// Adds the next entry, by its entry hash.
+    pub fn push(&mut self, entry_hash: &Hash) {
+        let mut hash = leaf_hash(&entry_hash.0);
+        let mut level = 0;
+        while let Some(&(last, left)) = self.edge.last() {
+            if last != level {
+                break;
             }
-            return;
+            self.edge.pop();
+            hash = node_hash(&left, &hash);
+            level += 1;
         }
-        let k = split(n);
-        if m <= k {
-            self.subproof(m, start, start + k, whole, out);
-            out.push(self.subtree(start + k, end));
-        } else {
-            self.subproof(m - k, start + k, end, false, out);
-            out.push(self.subtree(start, start + k));
+        self.edge.push((level, hash));
+        self.size += 1;
+    }
+
+    /// How many leaves it holds.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The root of the tree of all its leaves.
+    pub fn root(&self) -> Hash {
+        let mut nodes = self.edge.iter().rev();
+        let Some(&(_, mut hash)) = nodes.next() else {
+            return empty_root();
+        };
+        for (_, left) in nodes {
+            hash = node_hash(left, &hash);
         }
+        hash
     }
 }
 
@@ -393,5 +532,68 @@ mod tests {
         }
         assert_eq!(tree.inclusion_proof(5, 5), None);
         assert_eq!(tree.consistency_proof(3, 200), None);
+    }
+
+    /// Keeps only levels ≥ 3 and computes lower ones from chunks of 8 leaves, as the views do.
+    struct Floored {
+        upper: MerkleTree,
+        leaves: Vec<Hash>,
+    }
+
+    impl Nodes for Floored {
+        type Error = u64;
+
+        fn node(&self, level: u32, index: u64) -> Result<Hash, u64> {
+            if level >= 3 {
+                return Ok(self.upper.node(level, index).expect("infallible"));
+            }
+            let start = (index << level) as usize;
+            // A chunk not handed over: the caller must fetch it (here: chunk 2 is never
+            // handed over, to check that the error names it).
+            if start / 8 == 2 {
+                return Err(2);
+            }
+            Ok(root_of_leaves(&self.leaves[start..start + (1 << level)]))
+        }
+    }
+
+    #[test]
+    fn the_frontier_and_a_floored_store_agree_with_the_whole_tree() {
+        let leaves: Vec<Hash> = (0..150u32).map(|i| Hash::of(&i.to_le_bytes())).collect();
+        let mut tree = MerkleTree::new();
+        let mut frontier = Frontier::new();
+        assert_eq!(frontier.root(), empty_root());
+        for leaf in &leaves {
+            tree.push(leaf);
+            frontier.push(leaf);
+            assert_eq!(frontier.root(), tree.root(), "size {}", tree.size());
+            assert_eq!(frontier.size(), tree.size());
+        }
+        let floored = Floored {
+            upper: tree.clone(),
+            leaves: leaves.iter().map(|l| leaf_hash(&l.0)).collect(),
+        };
+        for size in [1u64, 7, 8, 9, 33, 64, 100, 150] {
+            for index in (0..size).filter(|i| i / 8 != 2) {
+                match inclusion_proof(&floored, index, size) {
+                    Ok(proof) => assert_eq!(Some(proof), tree.inclusion_proof(index, size)),
+                    // Leaf 16..24 are needed only when the proof passes through them.
+                    Err(chunk) => assert_eq!(chunk, 2),
+                }
+            }
+            for from in 0..=size {
+                match consistency_proof(&floored, from, size) {
+                    Ok(proof) => assert_eq!(Some(proof), tree.consistency_proof(from, size)),
+                    Err(chunk) => assert_eq!(chunk, 2),
+                }
+            }
+        }
+        // Entry 100 in the tree of 150: the proof needs no leaves but its own chunk's and the
+        // last (partial) chunk's.
+        assert_eq!(
+            inclusion_proof(&floored, 100, 150).ok(),
+            tree.inclusion_proof(100, 150)
+        );
+        assert_eq!(root(&floored, 20), Err(2));
     }
 }

@@ -24,6 +24,15 @@ pub enum Fault {
     /// the history up to it was rewritten with fresh hashes (found by the Auditor's re-checks,
     /// never by a single pass).
     Rewritten { seen: Hash, now: Hash },
+    /// The log ends before the size a signed checkpoint published outside it covers: entries
+    /// it promised are gone (the tail was cut, or an older copy was put back).
+    ShorterThanCheckpoint { head: u64, size: u64 },
+    /// The log's Merkle root at a signed checkpoint's size is not the signed one: the history
+    /// that checkpoint covers was rewritten.
+    RootMismatch { size: u64, signed: Hash, computed: Hash },
+    /// The signed checkpoint published outside the log cannot be read or is not this log's
+    /// (another key, another origin): nothing can be checked against it.
+    BadCheckpoint { reason: String },
 }
 
 impl fmt::Display for Fault {
@@ -42,6 +51,21 @@ impl fmt::Display for Fault {
             Fault::Rewritten { seen, now } => write!(
                 f,
                 "rewritten: the entry's hash is now {now}, and it was {seen} when verified"
+            ),
+            Fault::BadCheckpoint { reason } => {
+                write!(f, "the published checkpoint cannot be trusted: {reason}")
+            }
+            Fault::ShorterThanCheckpoint { head, size } => write!(
+                f,
+                "cut: the log ends at sequence {head}, but a signed checkpoint covers {size} entries"
+            ),
+            Fault::RootMismatch {
+                size,
+                signed,
+                computed,
+            } => write!(
+                f,
+                "rewritten: the Merkle root of the first {size} entries is {computed}, but a signed checkpoint says {signed}"
             ),
         }
     }

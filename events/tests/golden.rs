@@ -197,6 +197,8 @@ fn samples() -> Vec<Event> {
             through_seq: 1000,
             through_hash: Hash::of(b"head"),
             events_verified: 1000,
+            root: None,
+            note: None,
         }
         .into(),
         // Added after the first golden files: new samples go last, so earlier files keep

@@ -101,13 +101,13 @@ pub struct Edge {
     pub bootstrap_file: Option<PathBuf>,
 }
 
-/// Where the secret key lives by default: the user's config dir, never the data dir.
-fn default_secret_key_file() -> PathBuf {
+/// Where a key file lives by default: the user's config dir, never the data dir.
+pub(crate) fn default_key_file(name: &str) -> PathBuf {
     let config = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
         .unwrap_or_else(|| PathBuf::from("/etc"));
-    config.join("gantry").join("secret.key")
+    config.join("gantry").join(name)
 }
 
 /// Writes `contents` to a new file only its owner may read.
@@ -128,40 +128,42 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 /// Reads the secret key (hex, at least 32 bytes), creating it when missing.
 pub fn secret_key(path: Option<&Path>) -> Result<Vec<u8>, Error> {
-    let path = path.map_or_else(default_secret_key_file, Path::to_path_buf);
-    let failed = |reason: String| Error::SecretKey {
-        path: path.clone(),
-        reason,
-    };
-    match std::fs::read_to_string(&path) {
+    let path = path.map_or_else(|| default_key_file("secret.key"), Path::to_path_buf);
+    key_file(&path, "the server's secret key").map_err(|reason| Error::SecretKey { path, reason })
+}
+
+/// Reads a key file (hex, at least 32 bytes), creating it with 32 random bytes, readable by
+/// its owner only, when missing.
+pub(crate) fn key_file(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    match std::fs::read_to_string(path) {
         Ok(text) => {
-            let key = hex::decode(text.trim()).map_err(|e| failed(format!("not hex: {e}")))?;
+            let key = hex::decode(text.trim()).map_err(|e| format!("not hex: {e}"))?;
             if key.len() < 32 {
-                return Err(failed(format!("{} bytes; at least 32", key.len())));
+                return Err(format!("{} bytes; at least 32", key.len()));
             }
             Ok(key)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut key = vec![0u8; 32];
-            getrandom::fill(&mut key).map_err(|e| failed(e.to_string()))?;
+            getrandom::fill(&mut key).map_err(|e| e.to_string())?;
             // Written whole beside it, then linked into place: two processes starting at once
             // never read a half-written key, and the second one uses the first one's.
             let mut tag = [0u8; 8];
-            getrandom::fill(&mut tag).map_err(|e| failed(e.to_string()))?;
+            getrandom::fill(&mut tag).map_err(|e| e.to_string())?;
             let tmp = path.with_extension(format!("tmp.{}", hex::encode(tag)));
-            write_private(&tmp, &(hex::encode(&key) + "\n")).map_err(|e| failed(e.to_string()))?;
-            let linked = std::fs::hard_link(&tmp, &path);
+            write_private(&tmp, &(hex::encode(&key) + "\n")).map_err(|e| e.to_string())?;
+            let linked = std::fs::hard_link(&tmp, path);
             let _ = std::fs::remove_file(&tmp);
             match linked {
                 Ok(()) => {
-                    tracing::info!(path = %path.display(), "created the server's secret key");
+                    tracing::info!(path = %path.display(), "created {what}");
                     Ok(key)
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => secret_key(Some(&path)),
-                Err(e) => Err(failed(e.to_string())),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => key_file(path, what),
+                Err(e) => Err(e.to_string()),
             }
         }
-        Err(e) => Err(failed(e.to_string())),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -65,6 +65,9 @@ pub struct ControlPlaneOptions {
     pub snapshot_every: u64,
     /// How much of the views is kept in memory.
     pub views_cache_bytes: u64,
+    /// The Auditor's key, checkpoints and re-checks (signed checkpoints also go to the NATS
+    /// KV bucket `gantry_checkpoints`).
+    pub audit: crate::audit::AuditOptions,
 }
 
 /// Settings of a worker node.
@@ -202,6 +205,13 @@ pub async fn control_plane(
             .await
             .map_err(setup)?,
     );
+    let checkpoints = crate::audit::KvSink::open(&js, options.replicas)
+        .await
+        .map_err(|e| Error::Setup(format!("the checkpoint bucket: {e}")))?;
+    let audit = options
+        .audit
+        .settings(vec![Arc::new(checkpoints)])
+        .map_err(setup)?;
     let edge = crate::edge::build(
         &options.edge,
         secret_key,
@@ -275,6 +285,7 @@ pub async fn control_plane(
         },
         leading_tx,
         crate::up::scheduler_snapshots(&data, options.snapshot_every),
+        audit,
     );
     tokio::pin!(campaign);
     tokio::select! {
@@ -301,6 +312,7 @@ async fn lead(
     limits: Limits,
     leading: watch::Sender<bool>,
     snapshots: Option<gantry_actors::actor::scheduler::SnapshotOptions>,
+    audit: gantry_actors::actor::auditor::AuditSettings,
 ) -> Result<(), Error> {
     loop {
         let held = lease.acquire().await;
@@ -313,10 +325,9 @@ async fn lead(
             fenced,
             limits.clone(),
             Source::new(name, "scheduler"),
-            Duration::from_secs(60),
+            audit.clone(),
             Some(secrets.clone()),
             snapshots.clone(),
-            gantry_actors::actor::auditor::DEFAULT_RECHECK_EVERY,
         )
         .await
         {
@@ -406,12 +417,11 @@ pub async fn node(
             logs_dir: logs_dir.clone(),
             limits: Limits::default(),
             gpu_probe_every: Duration::from_secs(30),
-            checkpoint_every: Duration::from_secs(60),
             join_patience: Duration::from_secs(60),
             artifacts: crate::up::artifact_store(&options.s3, None).await?,
             // A worker node runs no Scheduler and no Auditor.
             snapshots: None,
-            audit_recheck_every: gantry_actors::actor::auditor::DEFAULT_RECHECK_EVERY,
+            audit: Default::default(),
         },
         None,
     )

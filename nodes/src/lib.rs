@@ -11,6 +11,7 @@
 //! integration tests.
 
 pub mod artifacts;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod edge;

@@ -58,8 +58,8 @@ pub struct UpOptions {
     pub snapshot_every: u64,
     /// How much of the views is kept in memory.
     pub views_cache_bytes: u64,
-    /// How often the Auditor re-checks the whole stored chain.
-    pub audit_recheck_every: Duration,
+    /// The Auditor's key, checkpoints and re-checks.
+    pub audit: crate::audit::AuditOptions,
 }
 
 /// The artifact store `s3` names, or, without a bucket, `local` when given.
@@ -214,6 +214,10 @@ pub async fn up(
     let (views_tx, views_seq) = watch::channel(0u64);
     actix_rt::spawn(project(log.clone(), views.clone(), views_tx));
 
+    let audit = options
+        .audit
+        .settings(Vec::new())
+        .map_err(|e| Error::Setup(e.to_string()))?;
     let executor = choose_executor(options.executor, &data).await?;
     let inventory: Arc<dyn GpuInventory> = match options.fake_gpus.clone() {
         Some(gpus) => Arc::new(FakeInventory::new(gpus)),
@@ -242,11 +246,10 @@ pub async fn up(
                 ..Limits::default()
             },
             gpu_probe_every: Duration::from_secs(30),
-            checkpoint_every: Duration::from_secs(60),
             join_patience: Duration::from_secs(30),
             artifacts: artifacts.clone(),
             snapshots: scheduler_snapshots(&data, options.snapshot_every),
-            audit_recheck_every: options.audit_recheck_every,
+            audit,
         },
         Some(secrets.clone()),
     )

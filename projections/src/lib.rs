@@ -12,18 +12,22 @@
 //!
 //! Must not depend on: `gantry-gateway`, `gantry-nodes`.
 
+mod merkle;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use gantry_actors::job::Job;
 use gantry_events::event::{
-    ArtifactEvent, FailureCause, Gpu, JobEvent, JobId, JobSpec, KeyEvent, NodeEvent, PendingReason,
+    ArtifactEvent, AuditEvent, FailureCause, Gpu, JobEvent, JobId, JobSpec, KeyEvent, NodeEvent, PendingReason,
     PipelineEvent, PipelineId, RunIf, StageInput, StageOf, WebhookEvent,
 };
 use gantry_events::{Entry, Envelope, Event, EventLog, Hash};
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+
+pub use merkle::{CheckpointView, FLOOR as TREE_FLOOR, ProofError};
 
 /// What can go wrong with the views.
 #[derive(Debug, thiserror::Error)]
@@ -535,8 +539,9 @@ const CHECKPOINT: &[u8] = b"mcheckpoint";
 /// The key of the layout version of the stored views.
 const FORMAT: &[u8] = b"mformat";
 /// The layout of the stored views; views of another layout are rebuilt. 2: jobs stored as a
-/// domain job with its attempt history. 7: jobs indexed by node.
-const VIEWS_FORMAT: u32 = 7;
+/// domain job with its attempt history. 7: jobs indexed by node. 8: the Merkle tree over the
+/// log and the Auditor's checkpoints.
+const VIEWS_FORMAT: u32 = 8;
 
 fn key_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 1);
@@ -615,6 +620,7 @@ struct Overlay {
     keys: HashMap<String, KeyView>,
     webhooks: HashMap<String, WebhookView>,
     counts: HashMap<Vec<u8>, i64>,
+    tree: merkle::TreeOverlay,
     batch: sled::Batch,
 }
 
@@ -669,6 +675,7 @@ impl Projections {
             let env = entry
                 .open()
                 .map_err(|err| Error::Corrupt(format!("seq {}: {err}", entry.seq)))?;
+            overlay.tree.push(self, env.seq, &env.hash)?;
             match &env.event {
                 Event::Job(e) => self.apply_job(&env, e, &mut overlay)?,
                 Event::Node(e) => self.apply_node(&env, e, &mut overlay)?,
@@ -739,7 +746,10 @@ impl Projections {
                         overlay.webhooks.insert(view.id.clone(), view);
                     }
                 }
-                Event::Audit(_) | Event::Secret(_) => {}
+                Event::Audit(AuditEvent::Checkpointed(c)) => {
+                    overlay.tree.checkpointed(env.seq, c);
+                }
+                Event::Secret(_) => {}
             }
             checkpoint = Checkpoint {
                 seq: env.seq,
@@ -754,8 +764,10 @@ impl Projections {
             keys,
             webhooks,
             counts,
+            tree,
             mut batch,
         } = overlay;
+        tree.write(&mut batch)?;
         for (id, view) in &webhooks {
             let mut key = vec![kind::WEBHOOK];
             key.extend_from_slice(id.as_bytes());

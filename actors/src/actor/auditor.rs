@@ -4,37 +4,116 @@
 //! with fresh hashes, since the entry it last verified must still have the hash it had. It
 //! exposes the verified head; a broken chain is reported loudly (an error log line naming the
 //! sequence, health degraded) and stops appends: the Scheduler refuses every command until an
-//! operator repairs the log and restarts gantry. Every so often it records an
-//! `audit.checkpointed` event naming how far the chain was verified.
+//! operator repairs the log and restarts gantry.
+//!
+//! It keeps the right edge of the Merkle tree over what it verified (`gantry_events::merkle`)
+//! and, each time the log has grown by [`AuditSettings::checkpoint_events`] events or every
+//! [`AuditSettings::checkpoint_every`], records an `audit.checkpointed` event with the size and
+//! root — signed, as a note, when it has a key — and publishes the signed note to places a
+//! writer of the log cannot rewrite ([`CheckpointSink`]: a file, a NATS KV bucket). At start it
+//! reads the last checkpoint published there back: a log shorter than that checkpoint, or
+//! whose root at its size differs, is a broken chain (a cut tail, a rewritten history).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::future::BoxFuture;
+use gantry_events::checkpoint::{Checkpoint, NoteSigner};
 use gantry_events::event::AuditCheckpointed;
-use gantry_events::{Break, Entry, EventLog, Hash, Verifier};
+use gantry_events::merkle::Frontier;
+use gantry_events::{Break, Entry, EventLog, Fault, Hash, Verifier};
 use serde::Serialize;
 
 use crate::actor::scheduler::{Halt, Record, Scheduler};
+
+/// A place signed checkpoints are published to besides the log, which a writer of the log
+/// cannot rewrite.
+pub trait CheckpointSink: Send + Sync + 'static {
+    /// Names it in log lines and faults (`file /var/lib/…`, `NATS KV gantry_checkpoints`).
+    fn describe(&self) -> String;
+    /// The last signed note published here, if any.
+    fn last(&self) -> BoxFuture<'_, Result<Option<String>, String>>;
+    /// Publishes a signed note (replacing the last one).
+    fn publish(&self, note: String) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// How the Auditor checkpoints, signs and re-checks.
+#[derive(Clone)]
+pub struct AuditSettings {
+    /// How often a checkpoint is made, when the log has grown since the last one.
+    pub checkpoint_every: Duration,
+    /// A checkpoint is made as soon as the log has grown by this many events.
+    pub checkpoint_events: u64,
+    /// How often everything verified so far is read and verified again.
+    pub recheck_every: Duration,
+    /// Signs checkpoints (`None`: checkpoints carry the root, unsigned, and nothing is
+    /// published).
+    pub signer: Option<Arc<NoteSigner>>,
+    /// Where signed checkpoints go besides the log.
+    pub sinks: Vec<Arc<dyn CheckpointSink>>,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            checkpoint_every: Duration::from_secs(10),
+            checkpoint_events: 10_000,
+            recheck_every: DEFAULT_RECHECK_EVERY,
+            signer: None,
+            sinks: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AuditSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSettings")
+            .field("checkpoint_every", &self.checkpoint_every)
+            .field("checkpoint_events", &self.checkpoint_events)
+            .field("recheck_every", &self.recheck_every)
+            .field("signer", &self.signer)
+            .field(
+                "sinks",
+                &self.sinks.iter().map(|s| s.describe()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
 
 /// What the auditor knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditStatus {
     pub verified_seq: u64,
     pub verified_head: Hash,
+    /// The Merkle root of entries 1 to `verified_seq`.
+    pub root: Hash,
     pub broken: Option<Break>,
+    /// The last checkpoint it made, as a signed note (`None` before the first, or unsigned).
+    pub checkpoint: Option<String>,
+}
+
+/// A signed checkpoint published outside the log, which the log must meet.
+#[derive(Debug, Clone)]
+struct Promise {
+    checkpoint: Checkpoint,
+    from: String,
 }
 
 pub struct Auditor {
     log: Arc<dyn EventLog>,
     scheduler: Addr<Scheduler>,
     verifier: Verifier,
+    tree: Frontier,
     status: AuditStatus,
-    checkpoint_every: Duration,
+    settings: AuditSettings,
     checkpointed_seq: u64,
     restarts: u32,
-    /// How often everything verified so far is read and verified again.
-    recheck_every: Duration,
+    /// The last checkpoint published outside the log, until the log has met it.
+    promise: Option<Promise>,
+    /// The log's head when it started: until it has verified that far, it checkpoints only on
+    /// its timer (not every `checkpoint_events` of the history it re-reads).
+    started_head: u64,
     /// Whether a re-check is running.
     rechecking: bool,
     /// Re-checks finished without finding anything.
@@ -50,33 +129,27 @@ impl std::fmt::Debug for Auditor {
 }
 
 impl Auditor {
-    pub fn new(
-        log: Arc<dyn EventLog>,
-        scheduler: Addr<Scheduler>,
-        checkpoint_every: Duration,
-    ) -> Auditor {
+    pub fn new(log: Arc<dyn EventLog>, scheduler: Addr<Scheduler>, settings: AuditSettings) -> Auditor {
         Auditor {
             log,
             scheduler,
             verifier: Verifier::from_genesis(),
+            tree: Frontier::new(),
             status: AuditStatus {
                 verified_seq: 0,
                 verified_head: Hash::GENESIS,
+                root: Frontier::new().root(),
                 broken: None,
+                checkpoint: None,
             },
-            checkpoint_every,
+            settings,
             checkpointed_seq: 0,
             restarts: 0,
-            recheck_every: DEFAULT_RECHECK_EVERY,
+            promise: None,
+            started_head: u64::MAX,
             rechecking: false,
             rechecks: 0,
         }
-    }
-
-    /// Re-checks everything verified every `every` instead of every hour.
-    pub fn recheck_every(mut self, every: Duration) -> Auditor {
-        self.recheck_every = every;
-        self
     }
 
     /// Records a break, loudly, and stops appends.
@@ -111,7 +184,7 @@ impl Auditor {
                 let missing = verified.last_seq + 1;
                 return Ok(Some(Break {
                     seq: missing,
-                    fault: gantry_events::Fault::Gap {
+                    fault: Fault::Gap {
                         expected: missing,
                         found: 0,
                     },
@@ -119,7 +192,7 @@ impl Auditor {
             }
             Ok::<_, gantry_events::Error>((verified.head != head).then_some(Break {
                 seq: upto,
-                fault: gantry_events::Fault::Rewritten {
+                fault: Fault::Rewritten {
                     seen: head,
                     now: verified.head,
                 },
@@ -142,22 +215,149 @@ impl Auditor {
         }));
     }
 
-    fn checkpoint(&mut self) {
+    /// Checkpoints what it has verified: records it in the log and publishes the signed note.
+    fn checkpoint(&mut self, ctx: &mut Context<Self>) {
         let seq = self.status.verified_seq;
-        // Nothing new but (perhaps) our own last checkpoint: stay quiet.
-        if self.status.broken.is_some() || seq <= self.checkpointed_seq + 1 {
+        // Nothing new but (perhaps) our own last checkpoint: stay quiet. Nor before it has
+        // re-read the history there was at its start, nor before the log has met what was
+        // published: a restart never checkpoints less than was checkpointed before.
+        if self.status.broken.is_some()
+            || seq <= self.checkpointed_seq + 1
+            || self.promise.is_some()
+            || seq < self.started_head
+        {
             return;
         }
         let events_verified = seq - self.checkpointed_seq;
         self.checkpointed_seq = seq;
+        let root = self.tree.root();
+        self.status.root = root;
+        let note = self.settings.signer.as_ref().map(|signer| {
+            let time = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            signer.sign(&Checkpoint {
+                origin: signer.name().to_owned(),
+                size: seq,
+                root,
+                extensions: vec![format!("time {time}")],
+            })
+        });
+        self.status.checkpoint = note.clone().or(self.status.checkpoint.take());
         self.scheduler.do_send(Record(
             AuditCheckpointed {
                 through_seq: seq,
                 through_hash: self.status.verified_head,
                 events_verified,
+                root: Some(root),
+                note: note.clone(),
             }
             .into(),
         ));
+        let Some(note) = note else { return };
+        for sink in self.settings.sinks.clone() {
+            let note = note.clone();
+            ctx.spawn(
+                async move {
+                    if let Err(error) = sink.publish(note).await {
+                        tracing::warn!(to = %sink.describe(), %error, size = seq, "could not publish the signed checkpoint");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
+    /// Reads back the last checkpoint published outside the log: the log must reach its size
+    /// with its root. One that is not signed by this Auditor's key, or names another log, is
+    /// a fault too: the operator pointed gantry at it.
+    fn read_promises(&mut self, ctx: &mut Context<Self>) {
+        let signer = self.settings.signer.clone();
+        let sinks = self.settings.sinks.clone();
+        let log = self.log.clone();
+        let read = async move {
+            let mut promise: Option<Promise> = None;
+            for (sink, signer) in signer.iter().flat_map(|signer| sinks.iter().map(move |sink| (sink, signer))) {
+                let verifier = signer.verifier();
+                let note = match sink.last().await {
+                    Ok(Some(note)) => note,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        return Err(format!("cannot read the checkpoint published to {}: {error}", sink.describe()));
+                    }
+                };
+                let checkpoint = verifier.open(&note).map_err(|e| {
+                    format!("the checkpoint published to {}: {e}", sink.describe())
+                })?;
+                if checkpoint.origin != signer.name() {
+                    return Err(format!(
+                        "the checkpoint published to {} is of log {:?}, not {:?}",
+                        sink.describe(),
+                        checkpoint.origin,
+                        signer.name()
+                    ));
+                }
+                if promise.as_ref().is_none_or(|p| checkpoint.size > p.checkpoint.size) {
+                    promise = Some(Promise {
+                        checkpoint,
+                        from: sink.describe(),
+                    });
+                }
+            }
+            let head = log.head().await.map_err(|e| e.to_string())?;
+            Ok((promise, head.seq))
+        };
+        ctx.wait(read.into_actor(self).map(|read, act, _| match read {
+            Ok((None, head)) => act.started_head = head,
+            Ok((Some(promise), head)) => {
+                act.started_head = head;
+                let size = promise.checkpoint.size;
+                if head < size {
+                    tracing::error!(head, size, from = %promise.from, "the log is shorter than the checkpoint published outside it");
+                    act.broken(Break {
+                        seq: head + 1,
+                        fault: Fault::ShorterThanCheckpoint { head, size },
+                    });
+                } else {
+                    tracing::info!(size, from = %promise.from, "the log must meet the published checkpoint");
+                    act.promise = Some(promise);
+                    act.met(); // The log may already be verified that far (a restart).
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "the published checkpoint cannot be checked");
+                act.broken(Break {
+                    seq: 0,
+                    fault: Fault::BadCheckpoint { reason: error },
+                });
+            }
+        }));
+    }
+
+    /// Whether the log has reached the published checkpoint, and with its root.
+    fn met(&mut self) {
+        let Some(promise) = &self.promise else { return };
+        let size = promise.checkpoint.size;
+        if self.status.verified_seq < size {
+            return;
+        }
+        let signed = promise.checkpoint.root;
+        self.promise = None;
+        self.status.root = self.tree.root();
+        if self.status.root != signed {
+            self.broken(Break {
+                seq: size,
+                fault: Fault::RootMismatch {
+                    size,
+                    signed,
+                    computed: self.status.root,
+                },
+            });
+        } else {
+            tracing::info!(size, "the log meets the checkpoint published outside it");
+            // Checkpoints carry on from here.
+            self.checkpointed_seq = self.checkpointed_seq.max(size);
+        }
     }
 }
 
@@ -172,6 +372,12 @@ impl Actor for Auditor {
             )));
         }
         self.verifier = Verifier::from_genesis();
+        self.tree = Frontier::new();
+        self.status.verified_seq = 0;
+        self.status.verified_head = Hash::GENESIS;
+        self.checkpointed_seq = 0;
+        self.promise = None;
+        self.read_promises(ctx);
         let log = self.log.clone();
         ctx.wait(async move { log.subscribe(1).await }.into_actor(self).map(
             |subscription, _act, ctx| match subscription {
@@ -184,8 +390,8 @@ impl Actor for Auditor {
                 }
             },
         ));
-        ctx.run_interval(self.checkpoint_every, |act, _| act.checkpoint());
-        ctx.run_interval(self.recheck_every, |act, ctx| act.recheck(ctx));
+        ctx.run_interval(self.settings.checkpoint_every, |act, ctx| act.checkpoint(ctx));
+        ctx.run_interval(self.settings.recheck_every, |act, ctx| act.recheck(ctx));
     }
 }
 
@@ -197,12 +403,15 @@ impl Supervised for Auditor {
 }
 
 impl StreamHandler<Result<Entry, gantry_events::Error>> for Auditor {
-    fn handle(&mut self, item: Result<Entry, gantry_events::Error>, _: &mut Context<Self>) {
+    fn handle(&mut self, item: Result<Entry, gantry_events::Error>, ctx: &mut Context<Self>) {
         if self.status.broken.is_some() {
             return;
         }
         let result = match item {
-            Ok(entry) => self.verifier.push(&entry).map(|()| entry.seq),
+            Ok(entry) => self
+                .verifier
+                .push(&entry)
+                .map(|()| (entry.seq, entry.stored_hash().unwrap_or(Hash::GENESIS), checkpointed(&entry))),
             Err(gantry_events::Error::Broken { seq, reason }) => Err(Break {
                 seq,
                 fault: gantry_events::Fault::Undecodable { reason },
@@ -213,14 +422,37 @@ impl StreamHandler<Result<Entry, gantry_events::Error>> for Auditor {
             }
         };
         match result {
-            Ok(seq) => {
+            Ok((seq, hash, checkpointed)) => {
                 self.status.verified_seq = seq;
-                if let Ok(v) = self.verifier.finish() {
-                    self.status.verified_head = v.head;
+                self.status.verified_head = hash;
+                self.tree.push(&hash);
+                if let Some(through) = checkpointed {
+                    // A checkpoint already recorded (before a restart): not made again.
+                    self.checkpointed_seq = self.checkpointed_seq.max(through);
+                }
+                self.met();
+                if seq >= self.started_head
+                    && seq >= self.checkpointed_seq + self.settings.checkpoint_events
+                {
+                    self.checkpoint(ctx);
                 }
             }
             Err(broken) => self.broken(broken),
         }
+    }
+}
+
+/// The sequence an `audit.checkpointed` entry covers (`None` for other entries).
+fn checkpointed(entry: &Entry) -> Option<u64> {
+    let view = entry.view().ok()?;
+    if view.type_name != "audit.checkpointed" {
+        return None;
+    }
+    match entry.open().ok()?.event {
+        gantry_events::Event::Audit(gantry_events::event::AuditEvent::Checkpointed(c)) => {
+            Some(c.through_seq)
+        }
+        _ => None,
     }
 }
 
@@ -249,6 +481,7 @@ impl Handler<GetAudit> for Auditor {
     type Result = MessageResult<GetAudit>;
 
     fn handle(&mut self, _: GetAudit, _: &mut Context<Self>) -> Self::Result {
+        self.status.root = self.tree.root();
         MessageResult(self.status.clone())
     }
 }

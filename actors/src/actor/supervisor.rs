@@ -12,7 +12,7 @@ use gantry_events::event::{NodeDrained, NodeJoined};
 use gantry_events::{Event, EventLog, Source};
 use serde::Serialize;
 
-use crate::actor::auditor::{AuditStatus, Auditor, GetAudit};
+use crate::actor::auditor::{AuditSettings, AuditStatus, Auditor, GetAudit};
 use crate::actor::gpu_probe::GpuProbe;
 use crate::actor::scheduler::{CommandError, Scheduler, SnapshotOptions};
 use crate::actor::worker::{Rejoin, Worker};
@@ -35,7 +35,6 @@ pub struct NodeOptions {
     pub logs_dir: PathBuf,
     pub limits: Limits,
     pub gpu_probe_every: Duration,
-    pub checkpoint_every: Duration,
     /// How long joining waits for a control plane to answer.
     pub join_patience: Duration,
     /// Where attempts' outputs are stored (`None`: outputs are not collected on this node).
@@ -43,8 +42,8 @@ pub struct NodeOptions {
     /// Where the Scheduler saves its state, when this process runs it (`None`: every start
     /// replays the whole log).
     pub snapshots: Option<SnapshotOptions>,
-    /// How often the Auditor re-checks the whole stored chain, when this process runs it.
-    pub audit_recheck_every: Duration,
+    /// How the Auditor checkpoints, signs and re-checks, when this process runs it.
+    pub audit: AuditSettings,
 }
 
 /// Addresses of the running actors.
@@ -117,10 +116,9 @@ pub async fn start_control_plane(
     log: Arc<dyn EventLog>,
     limits: Limits,
     source: Source,
-    checkpoint_every: Duration,
+    audit: AuditSettings,
     secrets: Option<Arc<dyn SecretStore>>,
     snapshots: Option<SnapshotOptions>,
-    recheck_every: Duration,
 ) -> Result<ControlActors, gantry_events::Error> {
     let scheduler = Scheduler::rebuild(log.clone(), limits, source, snapshots)
         .await?
@@ -129,7 +127,7 @@ pub async fn start_control_plane(
     let auditor = {
         let scheduler = scheduler.clone();
         actix::Supervisor::start(move |_| {
-            Auditor::new(log, scheduler, checkpoint_every).recheck_every(recheck_every)
+            Auditor::new(log, scheduler, audit)
         })
     };
     Ok(ControlActors { scheduler, auditor })
@@ -253,10 +251,9 @@ impl Supervisor {
             log.clone(),
             options.limits.clone(),
             source,
-            options.checkpoint_every,
+            options.audit.clone(),
             secrets,
             options.snapshots.clone(),
-            options.audit_recheck_every,
         )
         .await?;
         let control: Arc<dyn Control> = Arc::new(Local(scheduler.clone()));

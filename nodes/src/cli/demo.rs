@@ -45,7 +45,7 @@ pub async fn demo(
         retention: Default::default(),
         snapshot_every: crate::up::SNAPSHOT_EVERY_EVENTS,
         views_cache_bytes: gantry_projections::DEFAULT_CACHE_BYTES,
-        audit_recheck_every: gantry_actors::actor::auditor::DEFAULT_RECHECK_EVERY,
+        audit: Default::default(),
     };
     let system = actix_rt::spawn(async move {
         up(options, Some(started_tx), async {

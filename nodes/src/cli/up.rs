@@ -62,10 +62,9 @@ pub struct UpArgs {
     /// MiB of the views kept in memory (more: faster reads of many jobs, more memory).
     #[arg(long, env = "GANTRY_VIEWS_CACHE_MB", default_value_t = gantry_projections::DEFAULT_CACHE_BYTES >> 20)]
     pub views_cache_mb: u64,
-    /// How often the Auditor reads and verifies the whole stored log again (a broken chain
-    /// stops appends until an operator repairs it).
-    #[arg(long, env = "GANTRY_AUDIT_RECHECK_EVERY", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub audit_recheck_every: std::time::Duration,
+    /// The Auditor's signing key, checkpoints and re-checks.
+    #[command(flatten)]
+    pub audit: crate::audit::AuditOptions,
 }
 
 /// Reads `--profiles`: a JSON map of profile names to resources.
@@ -112,6 +111,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
             retention: args.retention.clone(),
             snapshot_every: args.snapshot_every,
             views_cache_bytes: args.views_cache_mb << 20,
+            audit: args.audit,
         };
         crate::fleet::control_plane(options, None, crate::up::shutdown_signal())
             .await
@@ -131,7 +131,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<ExitCode, Error> {
         retention: args.retention,
         snapshot_every: args.snapshot_every,
         views_cache_bytes: args.views_cache_mb << 20,
-        audit_recheck_every: args.audit_recheck_every,
+        audit: args.audit,
     };
     crate::up::up(options, None, crate::up::shutdown_signal())
         .await
