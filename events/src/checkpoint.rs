@@ -6,7 +6,7 @@
 //! gantry/<log id>            origin: names the log
 //! 1234                       size: entries covered
 //! <base64 root>              the RFC 6962 root of those entries (see [`crate::merkle`])
-//! [extension lines]          e.g. `time 1764400000000`
+//! [extension lines]          e.g. `time 1764400000` (Unix seconds)
 //!
 //! — <key name> <base64(key id ‖ Ed25519 signature)>
 //! ```
@@ -207,10 +207,15 @@ pub struct NoteVerifier {
 }
 
 impl NoteVerifier {
+    /// The name of the key it checks.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Reads a verifier key (`name+keyid+base64`).
     pub fn parse(text: &str) -> Result<NoteVerifier, CheckpointError> {
         let bad = |why: &str| CheckpointError::BadKey(why.to_owned());
-        let mut parts = text.trim().split('+');
+        let mut parts = text.trim().splitn(3, '+');
         let (Some(name), Some(id), Some(key), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
@@ -320,7 +325,7 @@ mod tests {
         );
         // A verifier key whose id does not match its key.
         let key = signer.verifier_key();
-        let mut parts: Vec<&str> = key.split('+').collect();
+        let mut parts: Vec<&str> = key.splitn(3, '+').collect();
         parts[1] = "00000000";
         assert!(matches!(
             NoteVerifier::parse(&parts.join("+")),
@@ -340,5 +345,16 @@ mod tests {
                 verifier.open(bad)
             );
         }
+    }
+
+    #[test]
+    fn a_verifier_key_whose_base64_holds_a_plus_reads_back() {
+        // The standard base64 alphabet has `+`: only the first two separate the fields.
+        let signer = (0u8..=255)
+            .map(|seed| NoteSigner::new("gantry", &[seed; 32]).expect("signer"))
+            .find(|s| s.verifier_key().splitn(3, '+').nth(2).is_some_and(|k| k.contains('+')))
+            .expect("some seed's key has a + in its base64");
+        let verifier = NoteVerifier::parse(&signer.verifier_key()).expect("parses");
+        assert_eq!(verifier.open(&signer.sign(&checkpoint())), Ok(checkpoint()));
     }
 }

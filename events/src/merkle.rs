@@ -176,7 +176,10 @@ impl Nodes for Leaves<'_> {
             leaves[0]
         } else {
             let half = width / 2;
-            node_hash(&root_of_leaves(&leaves[..half]), &root_of_leaves(&leaves[half..]))
+            node_hash(
+                &root_of_leaves(&leaves[..half]),
+                &root_of_leaves(&leaves[half..]),
+            )
         })
     }
 }

@@ -29,7 +29,11 @@ pub enum Fault {
     ShorterThanCheckpoint { head: u64, size: u64 },
     /// The log's Merkle root at a signed checkpoint's size is not the signed one: the history
     /// that checkpoint covers was rewritten.
-    RootMismatch { size: u64, signed: Hash, computed: Hash },
+    RootMismatch {
+        size: u64,
+        signed: Hash,
+        computed: Hash,
+    },
     /// The signed checkpoint published outside the log cannot be read or is not this log's
     /// (another key, another origin): nothing can be checked against it.
     BadCheckpoint { reason: String },

@@ -20,6 +20,7 @@
 //! Must not depend on: `gantry-nodes` (no Docker, NVML, S3 or NATS clients here).
 
 mod artifacts;
+pub mod audit;
 pub mod auth;
 mod body;
 mod dashboard;
@@ -57,6 +58,7 @@ use tokio::sync::watch;
 pub use auth::{Auth, AuthOptions, Caller, Role};
 pub use error::ApiError;
 pub use events::{Rendered, SEND_TIMEOUT, StreamSlots};
+pub use receipt::receipt_fact;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -259,6 +261,13 @@ pub fn routes(cfg: &mut web::ServiceConfig, gateway: Gateway) {
             resource("/v1/nodes/{id}/{action}", "POST").route(web::post().to(nodes::change_node)),
         )
         .service(resource("/v1/queues", "GET").route(web::get().to(nodes::queues)))
+        .service(resource("/v1/audit/checkpoint", "GET").route(web::get().to(audit::checkpoint)))
+        .service(
+            resource("/v1/audit/proof/inclusion", "GET").route(web::get().to(audit::inclusion)),
+        )
+        .service(
+            resource("/v1/audit/proof/consistency", "GET").route(web::get().to(audit::consistency)),
+        )
         .service(resource("/v1/events", "GET").route(web::get().to(events::events)))
         .service(resource("/v1/events/ws", "GET").route(web::get().to(events::events_ws)))
         .service(resource("/v1/events/sse", "GET").route(web::get().to(events::events_sse)))

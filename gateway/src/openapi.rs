@@ -136,6 +136,13 @@ pub struct ReceiptFact {
     /// What the event states about the job (fields per type).
     #[schema(value_type = Object)]
     pub fact: serde_json::Value,
+    /// The stored entry (record ‖ hash, `events/FORMAT.md` §1), base64: the fact and its hash
+    /// can be checked from it alone.
+    pub entry: String,
+    /// The entry's inclusion proof (hex, RFC 9162) against the receipt's `checkpoint`; absent
+    /// until the Auditor has signed a checkpoint covering every fact.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub proof: Option<Vec<Hash>>,
 }
 
 /// The GPUs one attempt held.
@@ -154,6 +161,8 @@ pub struct Receipt {
     pub state: String,
     pub facts: Vec<ReceiptFact>,
     pub gpus: Vec<ReceiptGpus>,
+    /// The checkpoint signed by the Auditor that the facts' proofs are against (a signed note).
+    pub checkpoint: Option<String>,
 }
 
 /// `POST /v1/pipelines` answer.
@@ -434,6 +443,9 @@ pub struct LogEnd {
         crate::nodes::nodes,
         crate::nodes::change_node,
         crate::nodes::queues,
+        crate::audit::checkpoint,
+        crate::audit::inclusion,
+        crate::audit::consistency,
         crate::events::events,
         crate::events::events_ws,
         crate::events::events_sse,

@@ -1,8 +1,12 @@
 //! `GET /v1/jobs/{id}/receipt`: how a job's results were made, each fact with the sequence and
 //! hash of the event that records it, so anyone can check the facts against the log
-//! (`gantry receipt ID --verify` does, and re-hashes the stored outputs).
+//! (`gantry receipt ID --verify` does, and re-hashes the stored outputs). Each fact carries its
+//! whole stored entry and, once the Auditor has signed a checkpoint covering it, the entry's
+//! inclusion proof against that checkpoint, which the receipt carries too: with the Auditor's
+//! public key alone, `gantry receipt --verify --offline` checks every fact without the server.
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine;
 use gantry_events::event::{ArtifactEvent, JobEvent};
 use gantry_events::{Event, Hash};
 use serde_json::{Value, json};
@@ -12,8 +16,9 @@ use crate::error::ApiError;
 use crate::jobs::readable_job;
 use crate::openapi::{Receipt, ReceiptFact, ReceiptGpus};
 
-/// The fact an event states about its job, as the receipt shows it.
-fn fact(event: &Event) -> Value {
+/// The fact an event states about its job, as the receipt shows it (`gantry receipt --verify
+/// --offline` derives it again from the event to check it).
+pub fn receipt_fact(event: &Event) -> Value {
     match event {
         Event::Job(JobEvent::Submitted(s)) => json!({
             // The spec as JSON, fields in their declared order.
@@ -77,7 +82,9 @@ pub(crate) async fn receipt(
         facts.push(ReceiptFact {
             seq: envelope.seq,
             hash: envelope.hash,
-            fact: fact(&envelope.event),
+            fact: receipt_fact(&envelope.event),
+            entry: base64::engine::general_purpose::STANDARD.encode(&entries[0].bytes),
+            proof: None,
             type_name: envelope.type_name,
             time_ns: envelope.time_ns,
         });
@@ -93,10 +100,29 @@ pub(crate) async fn receipt(
             gpus: a.gpus,
         })
         .collect();
+    // Proofs against the latest signed checkpoint, when it covers every fact.
+    let last = facts.iter().map(|f| f.seq).max().unwrap_or(0);
+    let signed = gateway
+        .views
+        .signed_checkpoints(64)?
+        .into_iter()
+        .next()
+        .filter(|c| c.size >= last);
+    if let Some(signed) = &signed {
+        for f in &mut facts {
+            let (proof, _) = gateway
+                .views
+                .inclusion_proof(&*gateway.log, f.seq, signed.size)
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            f.proof = Some(proof);
+        }
+    }
     Ok(HttpResponse::Ok().json(Receipt {
         job: id,
         state: view.state,
         facts,
         gpus,
+        checkpoint: signed.and_then(|c| c.note),
     }))
 }

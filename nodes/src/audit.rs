@@ -74,11 +74,12 @@ impl AuditOptions {
     /// The signer, with its key read (or created).
     pub fn signer(&self) -> Result<NoteSigner, Error> {
         let path = self.key_path();
-        let key = crate::edge::key_file(&path, "the Auditor's signing key")
-            .map_err(|reason| Error::Key {
+        let key = crate::edge::key_file(&path, "the Auditor's signing key").map_err(|reason| {
+            Error::Key {
                 path: path.clone(),
                 reason,
-            })?;
+            }
+        })?;
         let seed: [u8; 32] = key[..32].try_into().map_err(|_| Error::Key {
             path: path.clone(),
             reason: "shorter than 32 bytes".into(),
@@ -108,7 +109,8 @@ impl AuditOptions {
 pub struct FileSink(pub PathBuf);
 
 impl FileSink {
-    fn write(path: &Path, note: &str) -> std::io::Result<()> {
+    /// Replaces the file's contents with `note`, durably.
+    pub fn write_now(path: &Path, note: &str) -> std::io::Result<()> {
         use std::io::Write;
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
         if let Some(dir) = dir {
@@ -143,7 +145,7 @@ impl CheckpointSink for FileSink {
     fn publish(&self, note: String) -> BoxFuture<'_, Result<(), String>> {
         let path = self.0.clone();
         async move {
-            tokio::task::spawn_blocking(move || FileSink::write(&path, &note))
+            tokio::task::spawn_blocking(move || FileSink::write_now(&path, &note))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())
@@ -196,7 +198,12 @@ impl CheckpointSink for KvSink {
 
     fn last(&self) -> BoxFuture<'_, Result<Option<String>, String>> {
         async move {
-            match self.0.get(CHECKPOINT_KEY).await.map_err(|e| e.to_string())? {
+            match self
+                .0
+                .get(CHECKPOINT_KEY)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 Some(bytes) => String::from_utf8(bytes.to_vec())
                     .map(Some)
                     .map_err(|_| "not UTF-8".to_owned()),

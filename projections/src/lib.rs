@@ -19,8 +19,8 @@ use std::path::Path;
 
 use gantry_actors::job::Job;
 use gantry_events::event::{
-    ArtifactEvent, AuditEvent, FailureCause, Gpu, JobEvent, JobId, JobSpec, KeyEvent, NodeEvent, PendingReason,
-    PipelineEvent, PipelineId, RunIf, StageInput, StageOf, WebhookEvent,
+    ArtifactEvent, AuditEvent, FailureCause, Gpu, JobEvent, JobId, JobSpec, KeyEvent, NodeEvent,
+    PendingReason, PipelineEvent, PipelineId, RunIf, StageInput, StageOf, WebhookEvent,
 };
 use gantry_events::{Entry, Envelope, Event, EventLog, Hash};
 use std::collections::HashMap;

@@ -129,13 +129,19 @@ impl TreeOverlay {
     /// Writes what it gathered into the batch.
     pub(crate) fn write(self, batch: &mut sled::Batch) -> Result<(), Error> {
         if let Some(pending) = self.pending {
-            batch.insert(PENDING, pending.iter().flat_map(|h| h.0).collect::<Vec<u8>>());
+            batch.insert(
+                PENDING,
+                pending.iter().flat_map(|h| h.0).collect::<Vec<u8>>(),
+            );
         }
         for ((level, index), hash) in self.nodes {
             batch.insert(&node_key(level, index), &hash.0);
         }
         for checkpoint in self.checkpoints {
-            batch.insert(&checkpoint_key(checkpoint.size), crate::encode(&checkpoint)?);
+            batch.insert(
+                &checkpoint_key(checkpoint.size),
+                crate::encode(&checkpoint)?,
+            );
         }
         Ok(())
     }
@@ -176,7 +182,9 @@ impl Nodes for ViewNodes<'_> {
         leaves
             .get(start..start + (1 << level))
             .map(merkle::root_of_leaves)
-            .ok_or_else(|| Miss::Views(Error::Corrupt(format!("the log ends inside chunk {chunk}"))))
+            .ok_or_else(|| {
+                Miss::Views(Error::Corrupt(format!("the log ends inside chunk {chunk}")))
+            })
     }
 }
 
@@ -199,9 +207,26 @@ impl Projections {
     pub fn audit_checkpoint(&self, size: Option<u64>) -> Result<Option<CheckpointView>, Error> {
         let raw = match size {
             Some(size) => self.tree.get(checkpoint_key(size))?,
-            None => self.tree.scan_prefix([CHECKPOINT]).next_back().transpose()?.map(|(_, v)| v),
+            None => self
+                .tree
+                .scan_prefix([CHECKPOINT])
+                .next_back()
+                .transpose()?
+                .map(|(_, v)| v),
         };
         raw.map(|raw| crate::decode(&raw)).transpose()
+    }
+
+    /// The signed checkpoints among the last `lookback` recorded, latest first.
+    pub fn signed_checkpoints(&self, lookback: usize) -> Result<Vec<CheckpointView>, Error> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix([CHECKPOINT]).rev().take(lookback) {
+            let view: CheckpointView = crate::decode(&item?.1)?;
+            if view.note.is_some() {
+                out.push(view);
+            }
+        }
+        Ok(out)
     }
 
     /// Runs `make` over the stored nodes, reading from the log the chunks of leaves it needs.
@@ -365,13 +390,23 @@ mod tests {
             );
             for seq in [1, size / 2 + 1, size] {
                 let (proof, root) = views.inclusion_proof(&log, seq, size).await.expect("proof");
-                assert_eq!(Some(proof), tree.inclusion_proof(seq - 1, size), "{seq} in {size}");
+                assert_eq!(
+                    Some(proof),
+                    tree.inclusion_proof(seq - 1, size),
+                    "{seq} in {size}"
+                );
                 assert_eq!(Some(root), tree.root_at(size));
             }
             for from in [0, 1, size / 3, size - 1, size] {
-                let (proof, from_root, to_root) =
-                    views.consistency_proof(&log, from, size).await.expect("proof");
-                assert_eq!(Some(proof), tree.consistency_proof(from, size), "{from} → {size}");
+                let (proof, from_root, to_root) = views
+                    .consistency_proof(&log, from, size)
+                    .await
+                    .expect("proof");
+                assert_eq!(
+                    Some(proof),
+                    tree.consistency_proof(from, size),
+                    "{from} → {size}"
+                );
                 assert_eq!(Some(from_root), tree.root_at(from));
                 assert_eq!(Some(to_root), tree.root_at(size));
             }
@@ -392,7 +427,10 @@ mod tests {
         // Checkpoints by size, the latest last.
         let latest = views.audit_checkpoint(None).expect("read").expect("latest");
         assert_eq!((latest.size, latest.recorded_seq), (299, 300));
-        let signed = views.audit_checkpoint(Some(199)).expect("read").expect("at 199");
+        let signed = views
+            .audit_checkpoint(Some(199))
+            .expect("read")
+            .expect("at 199");
         assert_eq!(signed.note.as_deref(), Some("a note"));
         assert_eq!(views.audit_checkpoint(Some(150)).expect("read"), None);
     }

@@ -204,11 +204,13 @@ async fn start_nodes(url: &str, count: usize, executor: Arc<NoopExecutor>, dir: 
                 logs_dir: dir.join(&name),
                 limits: Limits::default(),
                 gpu_probe_every: Duration::from_secs(3600),
-                checkpoint_every: Duration::from_secs(3600),
                 join_patience: Duration::from_secs(60),
                 artifacts: None,
                 snapshots: None,
-                audit_recheck_every: Duration::from_secs(3600),
+                audit: gantry_actors::actor::auditor::AuditSettings {
+                    checkpoint_every: Duration::from_secs(60),
+                    ..Default::default()
+                },
             },
             None,
         )

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gantry_events::event::Gpu;
+use gantry_nodes::audit::AuditOptions;
 use gantry_nodes::client::{Client, ClientError};
 use gantry_nodes::edge::EdgeOptions;
 use gantry_nodes::up::{ExecutorChoice, UpOptions, up};
@@ -20,6 +21,16 @@ pub struct Gantry {
     _dir: Option<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The audit settings of tests: re-checks every second, so tests see damage found while gantry
+/// runs; checkpoints every minute (tests that look at checkpoints ask for them sooner).
+pub fn test_audit() -> AuditOptions {
+    AuditOptions {
+        audit_recheck_every: Duration::from_secs(1),
+        checkpoint_every: Duration::from_secs(60),
+        ..AuditOptions::default()
+    }
 }
 
 impl Gantry {
@@ -37,7 +48,7 @@ impl Gantry {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().to_owned();
         let edge = EdgeOptions::default();
-        let mut gantry = Gantry::launch(&data, executor, 64 << 10, Some(gpus), edge);
+        let mut gantry = Gantry::launch(&data, executor, 64 << 10, Some(gpus), edge, test_audit());
         gantry._dir = Some(dir);
         gantry
     }
@@ -50,14 +61,34 @@ impl Gantry {
         if edge.secret_key_file.is_none() {
             edge.secret_key_file = Some(dir.path().join("secret.key"));
         }
-        let mut gantry = Gantry::launch(&data, executor, 64 << 10, None, edge);
+        let mut gantry = Gantry::launch(&data, executor, 64 << 10, None, edge, test_audit());
         gantry._dir = Some(dir);
         gantry
     }
 
+    /// Starts gantry on `data` (kept after drop) with these audit settings (its key, the
+    /// checkpoint file, how often it checkpoints and re-checks).
+    pub fn start_with_audit(data: &Path, audit: AuditOptions) -> Gantry {
+        Gantry::launch(
+            data,
+            ExecutorChoice::Process,
+            64 << 10,
+            None,
+            EdgeOptions::default(),
+            audit,
+        )
+    }
+
     /// Starts gantry on `data` (kept after drop), with a request body limit.
     pub fn start_on(data: &Path, executor: ExecutorChoice, max_body_bytes: usize) -> Gantry {
-        Gantry::launch(data, executor, max_body_bytes, None, EdgeOptions::default())
+        Gantry::launch(
+            data,
+            executor,
+            max_body_bytes,
+            None,
+            EdgeOptions::default(),
+            test_audit(),
+        )
     }
 
     fn launch(
@@ -66,7 +97,12 @@ impl Gantry {
         max_body_bytes: usize,
         fake_gpus: Option<Vec<Gpu>>,
         edge: EdgeOptions,
+        mut audit: AuditOptions,
     ) -> Gantry {
+        // Tests keep the Auditor's key with the data (gantry's default is the config dir).
+        if audit.audit_key_file.is_none() {
+            audit.audit_key_file = Some(data.join("audit.key"));
+        }
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let options = UpOptions {
@@ -85,8 +121,7 @@ impl Gantry {
             },
             snapshot_every: gantry_nodes::up::SNAPSHOT_EVERY_EVENTS,
             views_cache_bytes: gantry_projections::DEFAULT_CACHE_BYTES,
-            // Every second, so tests see damage found while gantry runs.
-            audit_recheck_every: Duration::from_secs(1),
+            audit,
         };
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {

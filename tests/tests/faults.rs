@@ -183,11 +183,13 @@ fn options(dir: &std::path::Path, limits: Limits) -> NodeOptions {
         logs_dir: dir.join("logs"),
         limits,
         gpu_probe_every: Duration::from_secs(60),
-        checkpoint_every: Duration::from_secs(60),
         join_patience: Duration::from_secs(30),
         artifacts: None,
         snapshots: None,
-        audit_recheck_every: Duration::from_secs(3600),
+        audit: gantry_actors::actor::auditor::AuditSettings {
+            checkpoint_every: Duration::from_secs(60),
+            ..Default::default()
+        },
     }
 }
 

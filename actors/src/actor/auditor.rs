@@ -129,7 +129,11 @@ impl std::fmt::Debug for Auditor {
 }
 
 impl Auditor {
-    pub fn new(log: Arc<dyn EventLog>, scheduler: Addr<Scheduler>, settings: AuditSettings) -> Auditor {
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        scheduler: Addr<Scheduler>,
+        settings: AuditSettings,
+    ) -> Auditor {
         Auditor {
             log,
             scheduler,
@@ -277,18 +281,24 @@ impl Auditor {
         let log = self.log.clone();
         let read = async move {
             let mut promise: Option<Promise> = None;
-            for (sink, signer) in signer.iter().flat_map(|signer| sinks.iter().map(move |sink| (sink, signer))) {
+            for (sink, signer) in signer
+                .iter()
+                .flat_map(|signer| sinks.iter().map(move |sink| (sink, signer)))
+            {
                 let verifier = signer.verifier();
                 let note = match sink.last().await {
                     Ok(Some(note)) => note,
                     Ok(None) => continue,
                     Err(error) => {
-                        return Err(format!("cannot read the checkpoint published to {}: {error}", sink.describe()));
+                        return Err(format!(
+                            "cannot read the checkpoint published to {}: {error}",
+                            sink.describe()
+                        ));
                     }
                 };
-                let checkpoint = verifier.open(&note).map_err(|e| {
-                    format!("the checkpoint published to {}: {e}", sink.describe())
-                })?;
+                let checkpoint = verifier
+                    .open(&note)
+                    .map_err(|e| format!("the checkpoint published to {}: {e}", sink.describe()))?;
                 if checkpoint.origin != signer.name() {
                     return Err(format!(
                         "the checkpoint published to {} is of log {:?}, not {:?}",
@@ -297,7 +307,10 @@ impl Auditor {
                         signer.name()
                     ));
                 }
-                if promise.as_ref().is_none_or(|p| checkpoint.size > p.checkpoint.size) {
+                if promise
+                    .as_ref()
+                    .is_none_or(|p| checkpoint.size > p.checkpoint.size)
+                {
                     promise = Some(Promise {
                         checkpoint,
                         from: sink.describe(),
@@ -390,7 +403,9 @@ impl Actor for Auditor {
                 }
             },
         ));
-        ctx.run_interval(self.settings.checkpoint_every, |act, ctx| act.checkpoint(ctx));
+        ctx.run_interval(self.settings.checkpoint_every, |act, ctx| {
+            act.checkpoint(ctx)
+        });
         ctx.run_interval(self.settings.recheck_every, |act, ctx| act.recheck(ctx));
     }
 }
@@ -408,10 +423,13 @@ impl StreamHandler<Result<Entry, gantry_events::Error>> for Auditor {
             return;
         }
         let result = match item {
-            Ok(entry) => self
-                .verifier
-                .push(&entry)
-                .map(|()| (entry.seq, entry.stored_hash().unwrap_or(Hash::GENESIS), checkpointed(&entry))),
+            Ok(entry) => self.verifier.push(&entry).map(|()| {
+                (
+                    entry.seq,
+                    entry.stored_hash().unwrap_or(Hash::GENESIS),
+                    checkpointed(&entry),
+                )
+            }),
             Err(gantry_events::Error::Broken { seq, reason }) => Err(Break {
                 seq,
                 fault: gantry_events::Fault::Undecodable { reason },

@@ -126,9 +126,7 @@ pub async fn start_control_plane(
         .start();
     let auditor = {
         let scheduler = scheduler.clone();
-        actix::Supervisor::start(move |_| {
-            Auditor::new(log, scheduler, audit)
-        })
+        actix::Supervisor::start(move |_| Auditor::new(log, scheduler, audit))
     };
     Ok(ControlActors { scheduler, auditor })
 }

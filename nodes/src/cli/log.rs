@@ -8,10 +8,13 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use futures::StreamExt;
+use gantry_events::checkpoint::{Checkpoint, NoteVerifier};
 use gantry_events::file::{FLAG_BATCH_END, FrameEnd, FrameReader, HEADER_LEN, Header};
 use gantry_events::{
     Break, EmbeddedLog, Entry, EventLog, Fault, Hash, Verified, Verifier, verify_log,
 };
+
+use gantry_events::merkle::Frontier;
 
 use super::EXIT_BROKEN;
 use super::error::{Error, io_context};
@@ -67,7 +70,8 @@ pub struct VerifyArgs {
     /// A signed checkpoint the log was promised to hold: the log must reach its size and have
     /// its Merkle root there (catches a cut tail and a history rewritten with fresh hashes,
     /// which the chain alone cannot).
-    #[arg(long, conflicts_with = "file", requires = "key")]
+    /// With `--file`, the export must start at entry 1.
+    #[arg(long, requires = "key")]
     pub checkpoint: Option<PathBuf>,
     /// The verifier key the checkpoint must be signed with (`name+keyid+base64`).
     #[arg(long, requires = "checkpoint")]
@@ -182,11 +186,23 @@ pub(crate) async fn verify(
     out: &mut (dyn Write + Send),
 ) -> Result<ExitCode, Error> {
     let (verified, promised) = match &args.file {
-        Some(file) => (verify_file(file, args.from, args.to)?, None),
+        Some(file) => {
+            let promised = match (&args.checkpoint, &args.key) {
+                (Some(path), Some(key)) => Some(match open_checkpoint(path, key)? {
+                    Ok(checkpoint) => file_meets(file, &checkpoint)?,
+                    Err(why) => Err(why),
+                }),
+                _ => None,
+            };
+            (verify_file(file, args.from, args.to)?, promised)
+        }
         None => {
             let log = open_log(&args.store, Access::ReadOnly).await?;
             let promised = match (&args.checkpoint, &args.key) {
-                (Some(path), Some(key)) => Some(check_checkpoint(&*log, path, key).await?),
+                (Some(path), Some(key)) => Some(match open_checkpoint(path, key)? {
+                    Ok(checkpoint) => log_meets(&*log, &checkpoint).await?,
+                    Err(why) => Err(why),
+                }),
                 _ => None,
             };
             (verify_log(&*log, args.from, args.to).await?, promised)
@@ -239,30 +255,44 @@ pub(crate) async fn verify(
     Ok(exit_for(&verified))
 }
 
-/// Checks the log against a signed checkpoint: its signature by `key`, then that the log
-/// reaches its size and has its Merkle root there. `Ok(Ok(what held))`, `Ok(Err(what is
-/// wrong))`; `Err` only when the log cannot be read.
-async fn check_checkpoint(
-    log: &dyn EventLog,
-    path: &Path,
-    key: &str,
-) -> Result<Result<String, String>, Error> {
-    use gantry_events::checkpoint::NoteVerifier;
+/// Reads a signed checkpoint and checks its signature by `key`: `Ok(Err(why))` when it is not
+/// signed by that key; `Err` when the file or the key cannot be read.
+fn open_checkpoint(path: &Path, key: &str) -> Result<Result<Checkpoint, String>, Error> {
     let note =
         std::fs::read_to_string(path).map_err(io_context(format!("reading {}", path.display())))?;
     let verifier = NoteVerifier::parse(key).map_err(|e| Error::Usage(format!("--key: {e}")))?;
-    let checkpoint = match verifier.open(&note) {
-        Ok(checkpoint) => checkpoint,
-        Err(error) => return Ok(Err(error.to_string())),
-    };
-    let head = log.head().await?;
-    if head.seq < checkpoint.size {
-        return Ok(Err(format!(
-            "the log ends at sequence {} but the signed checkpoint covers {} entries: its tail was cut",
-            head.seq, checkpoint.size
-        )));
+    Ok(verifier.open(&note).map_err(|e| e.to_string()))
+}
+
+/// Whether a log of which `count` entries were read from entry 1 (at most the checkpoint's
+/// size), their tree being `tree`, meets the checkpoint: as many as it covers, with its root.
+fn meets(checkpoint: &Checkpoint, count: u64, tree: &Frontier) -> Result<String, String> {
+    if count < checkpoint.size {
+        return Err(format!(
+            "the log ends at sequence {count} but the signed checkpoint covers {} entries: its tail was cut",
+            checkpoint.size
+        ));
     }
-    let mut tree = gantry_events::merkle::MerkleTree::new();
+    if tree.root() != checkpoint.root {
+        return Err(format!(
+            "the log's Merkle root at size {} is not the one the checkpoint signed: the history was rewritten",
+            checkpoint.size
+        ));
+    }
+    Ok(format!(
+        "the log holds the {} entries the checkpoint of {} covers, with its root",
+        checkpoint.size, checkpoint.origin
+    ))
+}
+
+/// Checks a log against a signed checkpoint: it must reach its size and have its Merkle root
+/// there. `Ok(Ok(what held))`, `Ok(Err(what is wrong))`; `Err` only when the log cannot be
+/// read.
+async fn log_meets(
+    log: &dyn EventLog,
+    checkpoint: &Checkpoint,
+) -> Result<Result<String, String>, Error> {
+    let mut tree = Frontier::new();
     let mut next = 1;
     while next <= checkpoint.size {
         let count = (checkpoint.size - next + 1).min(4096) as usize;
@@ -278,17 +308,49 @@ async fn check_checkpoint(
         }
         next += entries.len() as u64;
     }
-    let root = tree.root_at(checkpoint.size);
-    if root != Some(checkpoint.root) {
+    Ok(meets(checkpoint, tree.size(), &tree))
+}
+
+/// Checks an export against a signed checkpoint (the export must start at entry 1).
+fn file_meets(path: &Path, checkpoint: &Checkpoint) -> Result<Result<String, String>, Error> {
+    let file =
+        std::fs::File::open(path).map_err(io_context(format!("opening {}", path.display())))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut header = [0u8; HEADER_LEN];
+    std::io::Read::read_exact(&mut reader, &mut header).map_err(io_context(format!(
+        "reading the header of {}",
+        path.display()
+    )))?;
+    let (header, format) =
+        Header::decode_any(&header).map_err(|reason| gantry_events::Error::NotALog {
+            path: path.to_owned(),
+            reason,
+        })?;
+    if header.first_seq != 1 {
         return Ok(Err(format!(
-            "the log's Merkle root at size {} is not the one the checkpoint signed: the history was rewritten",
-            checkpoint.size
+            "the export starts at entry {}: a checkpoint's root covers the log from entry 1",
+            header.first_seq
         )));
     }
-    Ok(Ok(format!(
-        "the log holds the {} entries the checkpoint of {} covers, with its root",
-        checkpoint.size, checkpoint.origin
-    )))
+    let mut frames = FrameReader::with_format(reader, HEADER_LEN as u64, format);
+    let mut tree = Frontier::new();
+    while tree.size() < checkpoint.size {
+        let Some(frame) = frames
+            .next_frame()
+            .map_err(io_context(format!("reading {}", path.display())))?
+        else {
+            break;
+        };
+        let entry = Entry {
+            seq: tree.size() + 1,
+            bytes: frame.entry,
+        };
+        match entry.stored_hash() {
+            Ok(hash) => tree.push(&hash),
+            Err(error) => return Ok(Err(format!("entry {}: {error}", entry.seq))),
+        }
+    }
+    Ok(meets(checkpoint, tree.size(), &tree))
 }
 
 /// Verifies an exported file (or a copy of an embedded store's `events.log`) offline.

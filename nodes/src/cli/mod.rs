@@ -6,6 +6,7 @@
 //! return the process exit status.
 
 mod artifacts;
+mod audit;
 mod cancel;
 mod demo;
 mod error;
@@ -131,6 +132,17 @@ pub enum Command {
         id: String,
         #[arg(long)]
         verify: bool,
+        /// With `--verify`: check every fact against its stored entry and its inclusion proof
+        /// against the checkpoint the Auditor signed, with `--key` alone (no server when
+        /// `--file` is given).
+        #[arg(long, requires = "verify", requires = "key")]
+        offline: bool,
+        /// The Auditor's verifier key (`gantry audit key`).
+        #[arg(long)]
+        key: Option<String>,
+        /// A receipt saved earlier (`gantry receipt ID --json > FILE`) instead of the server's.
+        #[arg(long, requires = "offline")]
+        file: Option<PathBuf>,
     },
     /// Submit, show and cancel pipelines: stages of jobs that run in dependency order and
     /// pass outputs to inputs.
@@ -179,6 +191,9 @@ pub enum Command {
     /// Inspect, verify and export the event log.
     #[command(subcommand)]
     Log(LogCommand),
+    /// The provable history: the Auditor's key, signed checkpoints and Merkle proofs.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// Runs a parsed command.
@@ -202,7 +217,17 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Err
             id,
         } => logs::logs(&server, id, follow, attempt, out).await,
         Command::Cancel { server, reason, id } => cancel::cancel(&server, id, reason, out).await,
-        Command::Receipt { server, id, verify } => receipt::receipt(&server, id, verify, out).await,
+        Command::Receipt {
+            server,
+            id,
+            verify: _,
+            offline: true,
+            key,
+            file,
+        } => receipt::offline(&server, id, key.unwrap_or_default(), file, out).await,
+        Command::Receipt {
+            server, id, verify, ..
+        } => receipt::receipt(&server, id, verify, out).await,
         Command::Artifacts {
             server,
             id,
@@ -236,6 +261,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Err
         Command::Log(LogCommand::Verify(args)) => log::verify(args, out).await,
         Command::Log(LogCommand::Tail(args)) => log::tail(args, out).await,
         Command::Log(LogCommand::Export(args)) => log::export(args, out).await,
+        Command::Audit(command) => audit::audit(command, out).await,
     }
 }
 
