@@ -338,7 +338,7 @@ fn check_consistency_json(
 /// Where `watch` reads checkpoints from.
 enum Source {
     Gateway,
-    Kv(crate::audit::KvSink),
+    Kv(Box<crate::audit::KvSink>),
 }
 
 async fn watch(args: WatchArgs, out: &mut (dyn Write + Send)) -> Result<ExitCode, Error> {
@@ -356,7 +356,7 @@ async fn watch(args: WatchArgs, out: &mut (dyn Write + Send)) -> Result<ExitCode
                 .get_key_value(crate::audit::CHECKPOINT_BUCKET)
                 .await
                 .map_err(|e| Error::Usage(format!("the checkpoint bucket: {e}")))?;
-            Source::Kv(crate::audit::KvSink(kv))
+            Source::Kv(Box::new(crate::audit::KvSink(kv)))
         }
         None => Source::Gateway,
     };
