@@ -352,7 +352,12 @@ mod tests {
         // The standard base64 alphabet has `+`: only the first two separate the fields.
         let signer = (0u8..=255)
             .map(|seed| NoteSigner::new("gantry", &[seed; 32]).expect("signer"))
-            .find(|s| s.verifier_key().splitn(3, '+').nth(2).is_some_and(|k| k.contains('+')))
+            .find(|s| {
+                s.verifier_key()
+                    .splitn(3, '+')
+                    .nth(2)
+                    .is_some_and(|k| k.contains('+'))
+            })
             .expect("some seed's key has a + in its base64");
         let verifier = NoteVerifier::parse(&signer.verifier_key()).expect("parses");
         assert_eq!(verifier.open(&signer.sign(&checkpoint())), Ok(checkpoint()));
