@@ -23,8 +23,10 @@ RUN apt-get update \
 COPY --from=builder /usr/local/bin/gantry /usr/local/bin/gantry
 # A named volume mounted here starts with this directory's owner, so gantry can write it.
 ENV GANTRY_DATA=/var/lib/gantry
-# The server's secret key (API key hashes) lives outside the data dir; created on first start.
+# The server's secret key (API key hashes) and the Auditor's signing key (checkpoints) live
+# outside the data dir; created on first start.
 ENV GANTRY_SECRET_KEY_FILE=/etc/gantry/secret.key
+ENV GANTRY_AUDIT_KEY_FILE=/etc/gantry/audit.key
 WORKDIR /var/lib/gantry
 USER gantry
 EXPOSE 7700
