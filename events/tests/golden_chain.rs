@@ -184,6 +184,10 @@ fn the_golden_chain_its_checkpoint_and_its_proofs_hold() {
     ));
     // And gantry still writes every file byte for byte.
     for (name, bytes) in files() {
-        assert_eq!(read(&name), bytes, "{name}: gantry writes it differently now");
+        assert_eq!(
+            read(&name),
+            bytes,
+            "{name}: gantry writes it differently now"
+        );
     }
 }

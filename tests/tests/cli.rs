@@ -94,6 +94,21 @@ async fn embedded_verify_export_and_offline_check() {
     assert_eq!(json["count"], 41);
     assert_eq!(json["first_seq"], 60);
     assert_eq!(json["head"].as_str(), Some(head.as_str()));
+    // Its anchor is the file's own claim until checked against a hash from a trusted log: an
+    // invented one (a forged header) is named.
+    let (code, out) = gantry(&["log", "verify", "--file", tail]).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    assert!(out.contains("is the file's own claim"), "{out}");
+    let (_, out) = gantry(&["log", "verify", "--data", data, "--to", "59", "--json"]).await;
+    let entry_59: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let entry_59 = entry_59["head"].as_str().expect("hash").to_owned();
+    let (code, out) = gantry(&["log", "verify", "--file", tail, "--anchor", &entry_59]).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    assert!(!out.contains("own claim"), "{out}");
+    let invented = "11".repeat(32);
+    let (code, out) = gantry(&["log", "verify", "--file", tail, "--anchor", &invented]).await;
+    assert_eq!(code, ExitCode::from(EXIT_BROKEN), "{out}");
+    assert!(out.starts_with("ANCHOR NOT MET"), "{out}");
 
     // Tampering with the export is found offline, at the right sequence.
     flip_byte_of_frame(Path::new(export), 37);

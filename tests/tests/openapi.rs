@@ -574,6 +574,34 @@ fn every_documented_operation_answers_as_the_document_says() {
     c.check("post", "/v1/keys/{id}/revoke", status, &ct, &answer);
     assert_eq!(status, 202, "{answer}");
 
+    // Provable history. The first signed checkpoint comes within a minute in tests: before it,
+    // 404 `no_checkpoint`; proofs of sizes named answer either way.
+    let (status, body) = get(&mut c, "/v1/audit/checkpoint", "/v1/audit/checkpoint");
+    assert!(
+        status == 200 || (status == 404 && body["error"]["code"] == "no_checkpoint"),
+        "{status} {body}"
+    );
+    let (status, body) = get(
+        &mut c,
+        "/v1/audit/proof/inclusion",
+        "/v1/audit/proof/inclusion?seq=1&size=2",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["proof"].as_array().map(Vec::len), Some(1), "{body}");
+    let (status, body) = get(
+        &mut c,
+        "/v1/audit/proof/consistency",
+        "/v1/audit/proof/consistency?from=1&to=2",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(
+        &mut c,
+        "/v1/audit/proof/inclusion",
+        "/v1/audit/proof/inclusion?seq=5&size=2",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "seq", "{body}");
+
     let missed: Vec<_> = c.operations().difference(&c.called).cloned().collect();
     assert!(missed.is_empty(), "operations not exercised: {missed:?}");
 }

@@ -440,3 +440,164 @@ fn signed_checkpoints_prove_entries_and_catch_a_cut_tail_or_a_rewrite_at_restart
     appends_stop_naming(&gantry, &["rewritten", "Merkle root"]);
     gantry.stop();
 }
+
+/// Runs `f` in a fresh actix System on its own thread: every actor it starts stops with it.
+fn in_system<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || actix_rt::System::new().block_on(f()))
+        .join()
+        .expect("system thread")
+}
+
+/// Replaces the JetStream event stream with `count` fresh events of writer `writer` (as an
+/// attacker with the server's credentials would: a sound chain of another history).
+async fn replace_stream(url: &str, writer: usize, count: usize) {
+    use gantry_nodes::jetstream::{JetStreamLog, JetStreamOptions};
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let _ = js.delete_stream("GANTRY_EVENTS").await;
+    let log = JetStreamLog::connect(JetStreamOptions {
+        url: url.to_owned(),
+        ..JetStreamOptions::default()
+    })
+    .await
+    .expect("connect");
+    for i in 0..count {
+        log.append(vec![gantry_tests::conformance::event(writer, i)])
+            .await
+            .expect("append");
+    }
+}
+
+/// Starts the control plane's actors on the JetStream log with checkpoints published to the
+/// KV bucket; returns the Auditor's status once `done` holds (30 s at most).
+async fn audit_on_jetstream(
+    url: String,
+    done: impl Fn(&gantry_actors::actor::auditor::AuditStatus) -> bool,
+) -> gantry_actors::actor::auditor::AuditStatus {
+    use gantry_actors::actor::auditor::{AuditSettings, GetAudit};
+    use gantry_actors::actor::supervisor::start_control_plane;
+    use gantry_nodes::jetstream::{JetStreamLog, JetStreamOptions};
+    let log = JetStreamLog::connect(JetStreamOptions {
+        url: url.clone(),
+        ..JetStreamOptions::default()
+    })
+    .await
+    .expect("connect");
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.expect("connect"));
+    let kv = gantry_nodes::audit::KvSink::open(&js, 1)
+        .await
+        .expect("bucket");
+    let settings = AuditSettings {
+        checkpoint_every: Duration::from_millis(100),
+        checkpoint_events: 10,
+        recheck_every: Duration::from_secs(3600),
+        signer: Some(std::sync::Arc::new(
+            gantry_events::checkpoint::NoteSigner::new("gantry", &[1; 32]).expect("signer"),
+        )),
+        sinks: vec![std::sync::Arc::new(kv)],
+    };
+    let actors = start_control_plane(
+        std::sync::Arc::new(log),
+        Default::default(),
+        gantry_events::Source::new("cp", "scheduler"),
+        settings,
+        None,
+        None,
+    )
+    .await
+    .expect("control plane");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = actors.auditor.send(GetAudit).await.expect("auditor");
+        if done(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "never: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn on_jetstream_the_checkpoint_in_the_kv_bucket_catches_a_replaced_stream() {
+    use gantry_actors::actor::auditor::CheckpointSink;
+    use gantry_events::Fault;
+    let Some(server) = gantry_tests::services::NatsServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let key = gantry_events::checkpoint::NoteSigner::new("gantry", &[1; 32])
+        .expect("signer")
+        .verifier();
+    // 30 events; the Auditor checkpoints them and publishes the note to the bucket.
+    let u = url.clone();
+    in_system(move || async move {
+        replace_stream(&u, 0, 30).await;
+        audit_on_jetstream(u, |s| s.checkpoint.is_some() && s.verified_seq >= 30).await
+    });
+    let published = in_system({
+        let url = url.clone();
+        move || async move {
+            let js = async_nats::jetstream::new(async_nats::connect(&url).await.expect("nats"));
+            let kv = gantry_nodes::audit::KvSink::open(&js, 1)
+                .await
+                .expect("bucket");
+            kv.last()
+                .await
+                .expect("read")
+                .expect("a published checkpoint")
+        }
+    });
+    let checkpoint = key.open(&published).expect("signed by the Auditor's key");
+    assert!(checkpoint.size >= 30, "{published}");
+    // A restart on the same stream meets it.
+    let u = url.clone();
+    let status = in_system(move || async move {
+        audit_on_jetstream(u, |s| s.verified_seq > checkpoint.size).await
+    });
+    assert_eq!(status.broken, None);
+
+    // The stream replaced by a longer history of fresh hashes: the root differs.
+    let u = url.clone();
+    let status = in_system(move || async move {
+        replace_stream(&u, 1, 50).await;
+        audit_on_jetstream(u, |s| s.broken.is_some()).await
+    });
+    let broken = status.broken.expect("broken");
+    assert!(
+        matches!(broken.fault, Fault::RootMismatch { size, .. } if size == checkpoint.size),
+        "{broken}"
+    );
+    // The stream replaced by a shorter one: named as cut.
+    let u = url.clone();
+    let status = in_system(move || async move {
+        replace_stream(&u, 2, 5).await;
+        audit_on_jetstream(u, |s| s.broken.is_some()).await
+    });
+    let broken = status.broken.expect("broken");
+    assert!(
+        matches!(broken.fault, Fault::ShorterThanCheckpoint { head: 5, size } if size == checkpoint.size),
+        "{broken}"
+    );
+    // `gantry log verify --nats` against the published note names it too.
+    let note = tempfile::NamedTempFile::new().expect("temp");
+    std::fs::write(note.path(), &published).expect("write");
+    let (code, out) = gantry_cli(&[
+        "log",
+        "verify",
+        "--nats",
+        &url,
+        "--checkpoint",
+        note.path().to_str().expect("utf-8"),
+        "--key",
+        &gantry_events::checkpoint::NoteSigner::new("gantry", &[1; 32])
+            .expect("signer")
+            .verifier_key(),
+    ]);
+    assert_eq!(code, ExitCode::from(EXIT_BROKEN), "{out}");
+    assert!(out.contains("tail was cut"), "{out}");
+}

@@ -76,6 +76,11 @@ pub struct VerifyArgs {
     /// The verifier key the checkpoint must be signed with (`name+keyid+base64`).
     #[arg(long, requires = "checkpoint")]
     pub key: Option<String>,
+    /// With `--file`, for an export that starts after entry 1: the hash of the entry before
+    /// it, taken from a log you trust. The export's own anchor must be that hash; without
+    /// it, the anchor is only the file's claim (said in the output).
+    #[arg(long, requires = "file")]
+    pub anchor: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +199,16 @@ pub(crate) async fn verify(
                 }),
                 _ => None,
             };
+            let anchored = check_anchor(file, args.anchor.as_deref())?;
+            if let Err(why) = &anchored {
+                write_out(out, format_args!("ANCHOR NOT MET: {why}\n"))?;
+                return Ok(ExitCode::from(EXIT_BROKEN));
+            }
+            if let Ok(Some(note)) = &anchored
+                && !args.json
+            {
+                write_out(out, format_args!("note: {note}\n"))?;
+            }
             (verify_file(file, args.from, args.to)?, promised)
         }
         None => {
@@ -351,6 +366,51 @@ fn file_meets(path: &Path, checkpoint: &Checkpoint) -> Result<Result<String, Str
         }
     }
     Ok(meets(checkpoint, tree.size(), &tree))
+}
+
+/// Checks an export's anchor: an export from entry 1 must be anchored at genesis; a later one
+/// at `trusted` when given. `Ok(Ok(Some(note)))`: the anchor could not be checked (said).
+fn check_anchor(
+    path: &Path,
+    trusted: Option<&str>,
+) -> Result<Result<Option<String>, String>, Error> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut file =
+        std::fs::File::open(path).map_err(io_context(format!("opening {}", path.display())))?;
+    std::io::Read::read_exact(&mut file, &mut header).map_err(io_context(format!(
+        "reading the header of {}",
+        path.display()
+    )))?;
+    let (header, _) =
+        Header::decode_any(&header).map_err(|reason| gantry_events::Error::NotALog {
+            path: path.to_owned(),
+            reason,
+        })?;
+    if header.first_seq <= 1 {
+        return Ok(if header.anchor == Hash::GENESIS {
+            Ok(None)
+        } else {
+            Err(format!(
+                "the export starts at entry 1 but claims the anchor {}: an export from entry 1 is anchored at genesis",
+                header.anchor
+            ))
+        });
+    }
+    let before = header.first_seq - 1;
+    Ok(match trusted {
+        None => Ok(Some(format!(
+            "the export starts at entry {}; its anchor, the hash of entry {before} ({}), is the file's own claim: pass --anchor with entry {before}'s hash from a log you trust",
+            header.first_seq, header.anchor
+        ))),
+        Some(text) => match Hash::from_hex(text.trim()) {
+            Some(hash) if hash == header.anchor => Ok(None),
+            Some(hash) => Err(format!(
+                "the export's anchor is {}, but entry {before} of the trusted log is {hash}: the export was forged or is of another log",
+                header.anchor
+            )),
+            None => return Err(Error::Usage("--anchor: a 64-digit hex hash".into())),
+        },
+    })
 }
 
 /// Verifies an exported file (or a copy of an embedded store's `events.log`) offline.
