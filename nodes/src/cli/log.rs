@@ -328,26 +328,13 @@ async fn log_meets(
 
 /// Checks an export against a signed checkpoint (the export must start at entry 1).
 fn file_meets(path: &Path, checkpoint: &Checkpoint) -> Result<Result<String, String>, Error> {
-    let file =
-        std::fs::File::open(path).map_err(io_context(format!("opening {}", path.display())))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut header = [0u8; HEADER_LEN];
-    std::io::Read::read_exact(&mut reader, &mut header).map_err(io_context(format!(
-        "reading the header of {}",
-        path.display()
-    )))?;
-    let (header, format) =
-        Header::decode_any(&header).map_err(|reason| gantry_events::Error::NotALog {
-            path: path.to_owned(),
-            reason,
-        })?;
+    let (header, mut frames) = open_export(path)?;
     if header.first_seq != 1 {
         return Ok(Err(format!(
             "the export starts at entry {}: a checkpoint's root covers the log from entry 1",
             header.first_seq
         )));
     }
-    let mut frames = FrameReader::with_format(reader, HEADER_LEN as u64, format);
     let mut tree = Frontier::new();
     while tree.size() < checkpoint.size {
         let Some(frame) = frames
@@ -368,24 +355,35 @@ fn file_meets(path: &Path, checkpoint: &Checkpoint) -> Result<Result<String, Str
     Ok(meets(checkpoint, tree.size(), &tree))
 }
 
+/// Opens an export (or a copy of a store's `events.log`): its header, and a reader of the
+/// frames after it. Exports written before frame checksums (format 1) still read.
+fn open_export(path: &Path) -> Result<(Header, FrameReader<BufReader<std::fs::File>>), Error> {
+    let file =
+        std::fs::File::open(path).map_err(io_context(format!("opening {}", path.display())))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut header = [0u8; HEADER_LEN];
+    std::io::Read::read_exact(&mut reader, &mut header).map_err(io_context(format!(
+        "reading the header of {}",
+        path.display()
+    )))?;
+    let (header, format) =
+        Header::decode_any(&header).map_err(|reason| gantry_events::Error::NotALog {
+            path: path.to_owned(),
+            reason,
+        })?;
+    Ok((
+        header,
+        FrameReader::with_format(reader, HEADER_LEN as u64, format),
+    ))
+}
+
 /// Checks an export's anchor: an export from entry 1 must be anchored at genesis; a later one
 /// at `trusted` when given. `Ok(Ok(Some(note)))`: the anchor could not be checked (said).
 fn check_anchor(
     path: &Path,
     trusted: Option<&str>,
 ) -> Result<Result<Option<String>, String>, Error> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut file =
-        std::fs::File::open(path).map_err(io_context(format!("opening {}", path.display())))?;
-    std::io::Read::read_exact(&mut file, &mut header).map_err(io_context(format!(
-        "reading the header of {}",
-        path.display()
-    )))?;
-    let (header, _) =
-        Header::decode_any(&header).map_err(|reason| gantry_events::Error::NotALog {
-            path: path.to_owned(),
-            reason,
-        })?;
+    let (header, _) = open_export(path)?;
     if header.first_seq <= 1 {
         return Ok(if header.anchor == Hash::GENESIS {
             Ok(None)
@@ -419,21 +417,7 @@ pub fn verify_file(
     from: u64,
     to: Option<u64>,
 ) -> Result<Result<Verified, Break>, Error> {
-    let file =
-        std::fs::File::open(path).map_err(io_context(format!("opening {}", path.display())))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut header = [0u8; HEADER_LEN];
-    std::io::Read::read_exact(&mut reader, &mut header).map_err(io_context(format!(
-        "reading the header of {}",
-        path.display()
-    )))?;
-    // Exports written before frame checksums (format 1) still verify.
-    let (header, format) =
-        Header::decode_any(&header).map_err(|reason| gantry_events::Error::NotALog {
-            path: path.to_owned(),
-            reason,
-        })?;
-    let mut frames = FrameReader::with_format(reader, HEADER_LEN as u64, format);
+    let (header, mut frames) = open_export(path)?;
     let to = to.unwrap_or(u64::MAX);
     // Entries before `from` are skipped; the last one skipped anchors the check.
     let mut anchor = header.anchor;
