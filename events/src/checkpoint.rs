@@ -3,7 +3,7 @@
 //! outside gantry can check them with the public key alone:
 //!
 //! ```text
-//! gantry/<log id>            origin: names the log
+//! gantry                     origin: names the log (`gantry up --log-name`)
 //! 1234                       size: entries covered
 //! <base64 root>              the RFC 6962 root of those entries (see [`crate::merkle`])
 //! [extension lines]          e.g. `time 1764400000` (Unix seconds)
@@ -15,8 +15,8 @@
 //! key id is the first 4 bytes of `SHA-256(key name ‖ "\n" ‖ 0x01 ‖ public key)`; a verifier
 //! key is written `<name>+<key id, 8 hex digits>+<base64(0x01 ‖ public key)>`.
 //!
-//! Planned, not built yet: the Auditor signing them and publishing them outside the log, and
-//! the commands and endpoints that use them.
+//! The Auditor signs them (`gantry_actors::actor::auditor`); `gantry audit` and
+//! `gantry log verify --checkpoint` check them.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

@@ -191,19 +191,19 @@ pub struct MerkleTree {
     levels: Vec<Vec<Hash>>,
 }
 
+/// A node asked of a [`MerkleTree`] past the leaves it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfTree;
+
 impl Nodes for MerkleTree {
-    type Error = std::convert::Infallible;
+    type Error = OutOfTree;
 
-    fn node(&self, level: u32, index: u64) -> Result<Hash, Self::Error> {
-        Ok(self.levels[level as usize][index as usize])
-    }
-}
-
-/// Unwraps what cannot fail.
-fn sure<T>(result: Result<T, std::convert::Infallible>) -> T {
-    match result {
-        Ok(value) => value,
-        Err(never) => match never {},
+    fn node(&self, level: u32, index: u64) -> Result<Hash, OutOfTree> {
+        self.levels
+            .get(level as usize)
+            .and_then(|nodes| nodes.get(usize::try_from(index).ok()?))
+            .copied()
+            .ok_or(OutOfTree)
     }
 }
 
@@ -241,24 +241,33 @@ impl MerkleTree {
 
     /// The root now.
     pub fn root(&self) -> Hash {
-        sure(root(self, self.size()))
+        root(self, self.size()).unwrap_or_else(|OutOfTree| empty_root())
     }
 
     /// The root the tree had at `size` leaves (`None` past its size).
     pub fn root_at(&self, size: u64) -> Option<Hash> {
-        (size <= self.size()).then(|| sure(root(self, size)))
+        if size > self.size() {
+            return None;
+        }
+        root(self, size).ok()
     }
 
     /// The audit path of leaf `index` in the tree of `size` leaves (see [`inclusion_proof`]).
     /// `None` when `index ≥ size` or the tree has not reached `size`.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<Hash>> {
-        (index < size && size <= self.size()).then(|| sure(inclusion_proof(self, index, size)))
+        if index >= size || size > self.size() {
+            return None;
+        }
+        inclusion_proof(self, index, size).ok()
     }
 
     /// The proof that the tree of `from` leaves is a prefix of the tree of `to` leaves (see
     /// [`consistency_proof`]). `None` when `from > to` or the tree has not reached `to`.
     pub fn consistency_proof(&self, from: u64, to: u64) -> Option<Vec<Hash>> {
-        (from <= to && to <= self.size()).then(|| sure(consistency_proof(self, from, to)))
+        if from > to || to > self.size() {
+            return None;
+        }
+        consistency_proof(self, from, to).ok()
     }
 }
 
@@ -558,6 +567,18 @@ mod tests {
             }
             Ok(root_of_leaves(&self.leaves[start..start + (1 << level)]))
         }
+    }
+
+    #[test]
+    fn the_free_functions_on_a_tree_too_small_refuse_instead_of_panicking() {
+        let mut tree = MerkleTree::new();
+        for i in 0..5u8 {
+            tree.push(&Hash::of(&[i]));
+        }
+        assert_eq!(root(&tree, 9), Err(OutOfTree));
+        assert_eq!(inclusion_proof(&tree, 2, 9), Err(OutOfTree));
+        assert_eq!(consistency_proof(&tree, 3, 9), Err(OutOfTree));
+        assert_eq!(tree.root_at(6), None);
     }
 
     #[test]

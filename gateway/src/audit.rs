@@ -17,9 +17,9 @@ use crate::query;
 /// How many recorded checkpoints back the latest signed one is looked for.
 const SIGNED_LOOKBACK: usize = 64;
 
-fn proof_error(error: ProofError, field: &str) -> ApiError {
+fn proof_error(error: ProofError) -> ApiError {
     match error {
-        ProofError::OutOfRange(message) => {
+        ProofError::OutOfRange { field, message } => {
             ApiError::new(400, "out_of_range", message, Some(field.into()))
         }
         ProofError::Views(error) => error.into(),
@@ -134,7 +134,7 @@ pub(crate) async fn inclusion(
         .views
         .inclusion_proof(&*gateway.log, q.seq, size)
         .await
-        .map_err(|e| proof_error(e, "seq"))?;
+        .map_err(proof_error)?;
     let entry_hash = gateway
         .log
         .read(q.seq, 1)
@@ -193,7 +193,7 @@ pub(crate) async fn consistency(
         .views
         .consistency_proof(&*gateway.log, q.from, to)
         .await
-        .map_err(|e| proof_error(e, "from"))?;
+        .map_err(proof_error)?;
     Ok(HttpResponse::Ok().json(ConsistencyProof {
         from: q.from,
         to,

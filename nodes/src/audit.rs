@@ -24,9 +24,10 @@ pub struct AuditOptions {
     /// The log's name in its checkpoints (their first line, and the key's name).
     #[arg(long, env = "GANTRY_LOG_NAME", default_value = "gantry")]
     pub log_name: String,
-    /// A file the latest signed checkpoint is written to (kept where a writer of the data dir
-    /// cannot rewrite it). At start the log must reach that checkpoint's size with its Merkle
-    /// root, or appends stop: a cut tail or a rewritten history.
+    /// A file the latest signed checkpoint is written to: keep it where a writer of the data
+    /// dir cannot rewrite it. At start the log must reach that checkpoint's size with its
+    /// Merkle root (appends wait until it is checked), or appends stop: a cut tail or a
+    /// rewritten history. Without it (and outside a fleet) checkpoints are only in the log.
     #[arg(long, env = "GANTRY_CHECKPOINT_FILE")]
     pub checkpoint_file: Option<PathBuf>,
     /// How often the Auditor checkpoints the log, when it has grown.
@@ -92,7 +93,7 @@ impl AuditOptions {
     pub fn settings(&self, more: Vec<Arc<dyn CheckpointSink>>) -> Result<AuditSettings, Error> {
         let mut sinks = more;
         if let Some(path) = &self.checkpoint_file {
-            sinks.insert(0, Arc::new(FileSink(path.clone())));
+            sinks.insert(0, Arc::new(FileSink::new(path.clone())));
         }
         Ok(AuditSettings {
             checkpoint_every: self.checkpoint_every,
@@ -104,11 +105,28 @@ impl AuditOptions {
     }
 }
 
-/// The latest signed checkpoint in a file, replaced whole (written beside it, synced, renamed).
+/// The size a signed note states (its second line), unchecked: used only to never replace a
+/// published checkpoint with a smaller one.
+fn note_size(note: &str) -> Option<u64> {
+    note.lines().nth(1)?.parse().ok()
+}
+
+/// The latest signed checkpoint in a file, replaced whole (written beside it, synced,
+/// renamed), one write at a time and never by a smaller checkpoint.
 #[derive(Debug, Clone)]
-pub struct FileSink(pub PathBuf);
+pub struct FileSink {
+    path: PathBuf,
+    writing: Arc<std::sync::Mutex<()>>,
+}
 
 impl FileSink {
+    pub fn new(path: PathBuf) -> FileSink {
+        FileSink {
+            path,
+            writing: Arc::default(),
+        }
+    }
+
     /// Replaces the file's contents with `note`, durably.
     pub fn write_now(path: &Path, note: &str) -> std::io::Result<()> {
         use std::io::Write;
@@ -116,22 +134,47 @@ impl FileSink {
         if let Some(dir) = dir {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(note.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        let mut tag = [0u8; 8];
+        getrandom::fill(&mut tag).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension(format!("tmp.{}", hex::encode(tag)));
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(note.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
         std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
+    }
+
+    /// Writes `note` unless the file already holds a checkpoint at least as large.
+    fn replace(&self, note: &str) -> std::io::Result<()> {
+        let _one_at_a_time = self
+            .writing
+            .lock()
+            .map_err(|_| std::io::Error::other("an earlier write panicked"))?;
+        let current = match std::fs::read_to_string(&self.path) {
+            Ok(text) => note_size(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if current.is_some_and(|size| Some(size) >= note_size(note)) {
+            return Ok(());
+        }
+        FileSink::write_now(&self.path, note)
     }
 }
 
 impl CheckpointSink for FileSink {
     fn describe(&self) -> String {
-        format!("file {}", self.0.display())
+        format!("file {}", self.path.display())
     }
 
     fn last(&self) -> BoxFuture<'_, Result<Option<String>, String>> {
-        let path = self.0.clone();
+        let path = self.path.clone();
         async move {
             match tokio::fs::read_to_string(&path).await {
                 Ok(note) => Ok(Some(note)),
@@ -143,9 +186,9 @@ impl CheckpointSink for FileSink {
     }
 
     fn publish(&self, note: String) -> BoxFuture<'_, Result<(), String>> {
-        let path = self.0.clone();
+        let sink = self.clone();
         async move {
-            tokio::task::spawn_blocking(move || FileSink::write_now(&path, &note))
+            tokio::task::spawn_blocking(move || sink.replace(&note))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())
@@ -213,13 +256,46 @@ impl CheckpointSink for KvSink {
         .boxed()
     }
 
+    /// Publishes `note` unless the bucket already holds a checkpoint at least as large: a
+    /// compare-and-set on the key's revision, so two control planes (a leader and one that
+    /// has just lost the lease) never move it back.
     fn publish(&self, note: String) -> BoxFuture<'_, Result<(), String>> {
         async move {
-            self.0
-                .put(CHECKPOINT_KEY, note.into_bytes().into())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            for _ in 0..5 {
+                let current = self
+                    .0
+                    .entry(CHECKPOINT_KEY)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let written = match current {
+                    Some(entry) if entry.operation == async_nats::jetstream::kv::Operation::Put => {
+                        let held = std::str::from_utf8(&entry.value).ok().and_then(note_size);
+                        if held.is_some_and(|size| Some(size) >= note_size(&note)) {
+                            return Ok(());
+                        }
+                        self.0
+                            .update(
+                                CHECKPOINT_KEY,
+                                note.clone().into_bytes().into(),
+                                entry.revision,
+                            )
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                    _ => self
+                        .0
+                        .create(CHECKPOINT_KEY, note.clone().into_bytes().into())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                };
+                if written.is_ok() {
+                    return Ok(());
+                }
+                // Another writer got there first: read again.
+            }
+            Err("the bucket kept changing under five attempts".into())
         }
         .boxed()
     }

@@ -365,6 +365,7 @@ async fn lead(
         }
         tracker.abort();
         scheduler.do_send(Stop);
+        auditor.do_send(gantry_actors::actor::auditor::Retire);
         drop(auditor);
     }
 }

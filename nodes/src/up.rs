@@ -218,6 +218,11 @@ pub async fn up(
         .audit
         .settings(Vec::new())
         .map_err(|e| Error::Setup(e.to_string()))?;
+    if options.audit.checkpoint_file.is_none() {
+        tracing::info!(
+            "signed checkpoints go into the log only: --checkpoint-file also publishes them outside it, where a cut or rewritten log is caught at the next start"
+        );
+    }
     let executor = choose_executor(options.executor, &data).await?;
     let inventory: Arc<dyn GpuInventory> = match options.fake_gpus.clone() {
         Some(gpus) => Arc::new(FakeInventory::new(gpus)),

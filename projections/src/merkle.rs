@@ -150,9 +150,12 @@ impl TreeOverlay {
 /// Why a proof could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ProofError {
-    /// The request names sizes or entries the views do not have. 400/404.
-    #[error("{0}")]
-    OutOfRange(String),
+    /// The request names sizes or entries the views do not have (`field`: which). 400.
+    #[error("{message}")]
+    OutOfRange {
+        field: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Views(#[from] Error),
 }
@@ -233,14 +236,15 @@ impl Projections {
     async fn with_nodes<T>(
         &self,
         log: &dyn EventLog,
-        size: u64,
+        (field, size): (&'static str, u64),
         make: impl Fn(&ViewNodes<'_>) -> Result<T, Miss>,
     ) -> Result<T, ProofError> {
         let have = self.tree_size()?;
         if size > have {
-            return Err(ProofError::OutOfRange(format!(
-                "the views cover {have} entries, not {size}"
-            )));
+            return Err(ProofError::OutOfRange {
+                field,
+                message: format!("the views cover {have} entries, not {size}"),
+            });
         }
         let mut nodes = ViewNodes {
             views: self,
@@ -285,7 +289,7 @@ impl Projections {
 
     /// The Merkle root of the first `size` entries.
     pub async fn tree_root(&self, log: &dyn EventLog, size: u64) -> Result<Hash, ProofError> {
-        self.with_nodes(log, size, |nodes| merkle::root(nodes, size))
+        self.with_nodes(log, ("size", size), |nodes| merkle::root(nodes, size))
             .await
     }
 
@@ -298,11 +302,12 @@ impl Projections {
         size: u64,
     ) -> Result<(Vec<Hash>, Hash), ProofError> {
         if seq == 0 || seq > size {
-            return Err(ProofError::OutOfRange(format!(
-                "entry {seq} is not among the first {size}"
-            )));
+            return Err(ProofError::OutOfRange {
+                field: "seq",
+                message: format!("entry {seq} is not among the first {size}"),
+            });
         }
-        self.with_nodes(log, size, |nodes| {
+        self.with_nodes(log, ("size", size), |nodes| {
             Ok((
                 merkle::inclusion_proof(nodes, seq - 1, size)?,
                 merkle::root(nodes, size)?,
@@ -319,11 +324,12 @@ impl Projections {
         to: u64,
     ) -> Result<(Vec<Hash>, Hash, Hash), ProofError> {
         if from > to {
-            return Err(ProofError::OutOfRange(format!(
-                "from ({from}) is past to ({to})"
-            )));
+            return Err(ProofError::OutOfRange {
+                field: "from",
+                message: format!("from ({from}) is past to ({to})"),
+            });
         }
-        self.with_nodes(log, to, |nodes| {
+        self.with_nodes(log, ("to", to), |nodes| {
             Ok((
                 merkle::consistency_proof(nodes, from, to)?,
                 merkle::root(nodes, from)?,
@@ -414,15 +420,15 @@ mod tests {
         // Out of range: named, never a panic.
         assert!(matches!(
             views.inclusion_proof(&log, 301, 301).await,
-            Err(ProofError::OutOfRange(_))
+            Err(ProofError::OutOfRange { .. })
         ));
         assert!(matches!(
             views.inclusion_proof(&log, 0, 10).await,
-            Err(ProofError::OutOfRange(_))
+            Err(ProofError::OutOfRange { .. })
         ));
         assert!(matches!(
             views.consistency_proof(&log, 20, 10).await,
-            Err(ProofError::OutOfRange(_))
+            Err(ProofError::OutOfRange { .. })
         ));
         // Checkpoints by size, the latest last.
         let latest = views.audit_checkpoint(None).expect("read").expect("latest");

@@ -302,7 +302,7 @@ fn signed_checkpoints_prove_entries_and_catch_a_cut_tail_or_a_rewrite_at_restart
     let second =
         gantry.submit(json!({ "name": "b", "image": "busybox", "command": ["echo", "b"] }));
     gantry.wait_for(&second, &["succeeded"], Duration::from_secs(30));
-    let (_, new_size, new_root) = signed_note(&gantry, last_seq_of(&gantry, &second), &key);
+    let (new_note, new_size, new_root) = signed_note(&gantry, last_seq_of(&gantry, &second), &key);
     assert!(new_size > old_size);
     let proof = gantry
         .client
@@ -320,6 +320,38 @@ fn signed_checkpoints_prove_entries_and_catch_a_cut_tail_or_a_rewrite_at_restart
         ),
         Some((old_root, new_root)),
         "{proof}"
+    );
+    // The proof checks offline against the checkpoint kept earlier; one that starts from the
+    // empty log (which every history extends) does not stand in for it.
+    let old_file = dir.path().join("old.note");
+    std::fs::write(&old_file, &old_note).expect("write");
+    let verify_proof = |proof: &Value| {
+        let file = dir.path().join("proof.json");
+        std::fs::write(&file, proof.to_string()).expect("write");
+        gantry_cli(&[
+            "audit",
+            "verify-proof",
+            file.to_str().expect("utf-8"),
+            "--key",
+            &key,
+            "--from-checkpoint",
+            old_file.to_str().expect("utf-8"),
+        ])
+    };
+    let mut signed = proof.clone();
+    signed["to_checkpoint"] = json!(new_note);
+    let (code, out) = verify_proof(&signed);
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    let from_nothing = json!({
+        "from": 0, "to": new_size,
+        "from_root": hex::encode(Sha256::digest([])), "to_root": proof["to_root"],
+        "proof": [], "from_checkpoint": null, "to_checkpoint": new_note,
+    });
+    let (code, out) = verify_proof(&from_nothing);
+    assert_eq!(code, ExitCode::from(EXIT_BROKEN), "{out}");
+    assert!(
+        out.contains(&format!("not the trusted one of {old_size}")),
+        "{out}"
     );
     let (code, out) = watch(&state);
     assert_eq!(code, ExitCode::SUCCESS, "{out}");
@@ -397,6 +429,25 @@ fn signed_checkpoints_prove_entries_and_catch_a_cut_tail_or_a_rewrite_at_restart
     let (code, out) = offline(&saved);
     assert_eq!(code, ExitCode::from(EXIT_BROKEN), "{out}");
     assert!(out.contains("states something its entry does not"), "{out}");
+    gantry.stop();
+
+    // A restart on the same log meets the published checkpoint; appends wait until it is
+    // checked (503 "appends held"), then go on.
+    let mut gantry = Gantry::start_with_audit(&data, audit.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let third = loop {
+        match gantry.try_submit(&json!({ "name": "c", "image": "busybox", "command": ["true"] })) {
+            Ok(reply) => break reply["id"].as_str().expect("id").to_owned(),
+            Err(error) => {
+                assert!(error.to_string().contains("appends held"), "{error}");
+                assert!(Instant::now() < deadline, "appends still held: {error}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    gantry.wait_for(&third, &["succeeded"], Duration::from_secs(30));
+    let (_, published_after, _) = signed_note(&gantry, last_seq_of(&gantry, &third), &key);
+    assert!(published_after > new_size);
     gantry.stop();
 
     // The same history written again with fresh hashes (the same events, appended anew: a

@@ -9,10 +9,13 @@
 //! It keeps the right edge of the Merkle tree over what it verified (`gantry_events::merkle`)
 //! and, each time the log has grown by [`AuditSettings::checkpoint_events`] events or every
 //! [`AuditSettings::checkpoint_every`], records an `audit.checkpointed` event with the size and
-//! root — signed, as a note, when it has a key — and publishes the signed note to places a
-//! writer of the log cannot rewrite ([`CheckpointSink`]: a file, a NATS KV bucket). At start it
-//! reads the last checkpoint published there back: a log shorter than that checkpoint, or
-//! whose root at its size differs, is a broken chain (a cut tail, a rewritten history).
+//! root — signed, as a note, when it has a key — and publishes the signed note outside the log
+//! ([`CheckpointSink`]: a file, a NATS KV bucket), never a smaller one than it published. At
+//! start it reads the last checkpoint published there back, and appends wait (`Hold`) until
+//! the log has been checked against it: a log shorter than that checkpoint, or whose root at
+//! its size differs, is a broken chain (a cut tail, a rewritten history). Only entries it has
+//! verified are checkpointed, and nothing before it has re-read the history there was at its
+//! start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,10 +28,10 @@ use gantry_events::merkle::Frontier;
 use gantry_events::{Break, Entry, EventLog, Fault, Hash, Verifier};
 use serde::Serialize;
 
-use crate::actor::scheduler::{Halt, Record, Scheduler};
+use crate::actor::scheduler::{Halt, Hold, Record, Scheduler};
 
-/// A place signed checkpoints are published to besides the log, which a writer of the log
-/// cannot rewrite.
+/// A place signed checkpoints are published to besides the log, kept where a writer of the
+/// log's store cannot rewrite it (another disk or host, a bucket with its own permissions).
 pub trait CheckpointSink: Send + Sync + 'static {
     /// Names it in log lines and faults (`file /var/lib/…`, `NATS KV gantry_checkpoints`).
     fn describe(&self) -> String;
@@ -100,6 +103,16 @@ struct Promise {
     from: String,
 }
 
+/// What reading the published checkpoint found.
+enum PromiseRead {
+    /// The largest published checkpoint (none published yet: `None`), and the log's head.
+    Read(Option<Promise>, u64),
+    /// A sink or the log could not be read for now.
+    Unreadable(String),
+    /// A published note that cannot be trusted: not signed by this key, another log.
+    Bad(String),
+}
+
 pub struct Auditor {
     log: Arc<dyn EventLog>,
     scheduler: Addr<Scheduler>,
@@ -111,9 +124,15 @@ pub struct Auditor {
     restarts: u32,
     /// The last checkpoint published outside the log, until the log has met it.
     promise: Option<Promise>,
-    /// The log's head when it started: until it has verified that far, it checkpoints only on
-    /// its timer (not every `checkpoint_events` of the history it re-reads).
+    /// The log's head when it started: until it has verified that far, it does not checkpoint
+    /// (the history it re-reads was checkpointed before).
     started_head: u64,
+    /// Reads of the published checkpoint so far (since the last start).
+    promise_reads: u32,
+    /// Whether the published checkpoint is still being read or checked (checkpoints wait).
+    promise_pending: bool,
+    /// Whether it was told to stop for good (its control plane no longer leads).
+    retired: bool,
     /// Whether a re-check is running.
     rechecking: bool,
     /// Re-checks finished without finding anything.
@@ -151,6 +170,9 @@ impl Auditor {
             restarts: 0,
             promise: None,
             started_head: u64::MAX,
+            promise_reads: 0,
+            promise_pending: false,
+            retired: false,
             rechecking: false,
             rechecks: 0,
         }
@@ -226,8 +248,10 @@ impl Auditor {
         // re-read the history there was at its start, nor before the log has met what was
         // published: a restart never checkpoints less than was checkpointed before.
         if self.status.broken.is_some()
-            || seq <= self.checkpointed_seq + 1
+            || self.retired
+            || seq <= self.checkpointed_seq.saturating_add(1)
             || self.promise.is_some()
+            || self.promise_pending
             || seq < self.started_head
         {
             return;
@@ -273,8 +297,10 @@ impl Auditor {
     }
 
     /// Reads back the last checkpoint published outside the log: the log must reach its size
-    /// with its root. One that is not signed by this Auditor's key, or names another log, is
-    /// a fault too: the operator pointed gantry at it.
+    /// with its root, and appends wait until it is checked. One that is not signed by this
+    /// Auditor's key, or names another log, is a fault: the operator pointed gantry at it. One
+    /// that cannot be read for now (the bucket's server restarting) is read again shortly,
+    /// appends waiting meanwhile.
     fn read_promises(&mut self, ctx: &mut Context<Self>) {
         let signer = self.settings.signer.clone();
         let sinks = self.settings.sinks.clone();
@@ -285,22 +311,27 @@ impl Auditor {
                 .iter()
                 .flat_map(|signer| sinks.iter().map(move |sink| (sink, signer)))
             {
-                let verifier = signer.verifier();
                 let note = match sink.last().await {
                     Ok(Some(note)) => note,
                     Ok(None) => continue,
                     Err(error) => {
-                        return Err(format!(
-                            "cannot read the checkpoint published to {}: {error}",
+                        return PromiseRead::Unreadable(format!(
+                            "the checkpoint published to {} cannot be read: {error}",
                             sink.describe()
                         ));
                     }
                 };
-                let checkpoint = verifier
-                    .open(&note)
-                    .map_err(|e| format!("the checkpoint published to {}: {e}", sink.describe()))?;
+                let checkpoint = match signer.verifier().open(&note) {
+                    Ok(checkpoint) => checkpoint,
+                    Err(e) => {
+                        return PromiseRead::Bad(format!(
+                            "the checkpoint published to {}: {e}",
+                            sink.describe()
+                        ));
+                    }
+                };
                 if checkpoint.origin != signer.name() {
-                    return Err(format!(
+                    return PromiseRead::Bad(format!(
                         "the checkpoint published to {} is of log {:?}, not {:?}",
                         sink.describe(),
                         checkpoint.origin,
@@ -317,59 +348,138 @@ impl Auditor {
                     });
                 }
             }
-            let head = log.head().await.map_err(|e| e.to_string())?;
-            Ok((promise, head.seq))
+            match log.head().await {
+                Ok(head) => PromiseRead::Read(promise, head.seq),
+                Err(error) => PromiseRead::Unreadable(format!("the log's head: {error}")),
+            }
         };
-        ctx.wait(read.into_actor(self).map(|read, act, _| match read {
-            Ok((None, head)) => act.started_head = head,
-            Ok((Some(promise), head)) => {
-                act.started_head = head;
+        let first = self.promise_reads == 0;
+        self.promise_reads += 1;
+        let handle = move |read: PromiseRead, act: &mut Auditor, ctx: &mut Context<Auditor>| {
+            act.read_promise(read, ctx);
+        };
+        // The first read holds the entries back, so the root at the promised size is seen on
+        // the way; a later one runs beside them (a late promise is checked by reading back).
+        if first {
+            ctx.wait(read.into_actor(self).map(handle));
+        } else {
+            ctx.spawn(read.into_actor(self).map(handle));
+        }
+    }
+
+    fn read_promise(&mut self, read: PromiseRead, ctx: &mut Context<Self>) {
+        match read {
+            PromiseRead::Read(promise, head) => {
+                self.started_head = self.started_head.min(head);
+                self.promise_pending = false;
+                let Some(promise) = promise else {
+                    self.scheduler.do_send(Hold(None));
+                    return;
+                };
                 let size = promise.checkpoint.size;
                 if head < size {
                     tracing::error!(head, size, from = %promise.from, "the log is shorter than the checkpoint published outside it");
-                    act.broken(Break {
+                    self.broken(Break {
                         seq: head + 1,
                         fault: Fault::ShorterThanCheckpoint { head, size },
                     });
-                } else {
-                    tracing::info!(size, from = %promise.from, "the log must meet the published checkpoint");
-                    act.promise = Some(promise);
-                    act.met(); // The log may already be verified that far (a restart).
+                    return;
                 }
+                tracing::info!(size, from = %promise.from, "the log must meet the published checkpoint");
+                self.scheduler.do_send(Hold(Some(format!(
+                    "the Auditor is checking the log against the checkpoint of {size} entries published to {}",
+                    promise.from
+                ))));
+                self.promise = Some(promise);
+                self.met(ctx);
             }
-            Err(error) => {
-                tracing::error!(%error, "the published checkpoint cannot be checked");
-                act.broken(Break {
-                    seq: 0,
-                    fault: Fault::BadCheckpoint { reason: error },
+            PromiseRead::Unreadable(error) => {
+                tracing::warn!(%error, "the published checkpoint cannot be read yet; appends wait, trying again");
+                self.promise_pending = true;
+                self.scheduler.do_send(Hold(Some(error)));
+                let pause = Duration::from_millis(500 * u64::from(self.promise_reads.min(20)));
+                ctx.run_later(pause, |act, ctx| act.read_promises(ctx));
+            }
+            PromiseRead::Bad(reason) => {
+                tracing::error!(%reason, "the published checkpoint cannot be trusted");
+                self.broken(Break {
+                    seq: self.status.verified_seq + 1,
+                    fault: Fault::BadCheckpoint { reason },
                 });
             }
+        }
+    }
+
+    /// Whether the log has reached the published checkpoint, and with its root. Reached on the
+    /// way, the root is the frontier's; reached before the promise was read (a late read),
+    /// the entries up to its size are read back.
+    fn met(&mut self, ctx: &mut Context<Self>) {
+        let Some(promise) = &self.promise else { return };
+        let size = promise.checkpoint.size;
+        let signed = promise.checkpoint.root;
+        if self.status.verified_seq < size || self.promise_pending {
+            return;
+        }
+        if self.status.verified_seq == size {
+            let computed = self.tree.root();
+            self.promise_checked(size, signed, Ok(computed), ctx);
+            return;
+        }
+        let log = self.log.clone();
+        let root = async move {
+            let mut tree = Frontier::new();
+            let mut next = 1;
+            while next <= size {
+                let entries = log.read(next, (size - next + 1).min(4096) as usize).await?;
+                if entries.is_empty() {
+                    break;
+                }
+                for entry in &entries {
+                    tree.push(&entry.stored_hash().map_err(|e| {
+                        gantry_events::Error::backend("reading back", e.to_string())
+                    })?);
+                }
+                next += entries.len() as u64;
+            }
+            Ok::<_, gantry_events::Error>(tree.root())
+        };
+        self.promise_pending = true;
+        ctx.spawn(root.into_actor(self).map(move |root, act, ctx| {
+            act.promise_pending = false;
+            act.promise_checked(size, signed, root.map_err(|e| e.to_string()), ctx);
         }));
     }
 
-    /// Whether the log has reached the published checkpoint, and with its root.
-    fn met(&mut self) {
-        let Some(promise) = &self.promise else { return };
-        let size = promise.checkpoint.size;
-        if self.status.verified_seq < size {
-            return;
+    fn promise_checked(
+        &mut self,
+        size: u64,
+        signed: Hash,
+        computed: Result<Hash, String>,
+        ctx: &mut Context<Self>,
+    ) {
+        if computed.is_ok() {
+            self.promise = None;
         }
-        let signed = promise.checkpoint.root;
-        self.promise = None;
-        self.status.root = self.tree.root();
-        if self.status.root != signed {
-            self.broken(Break {
+        match computed {
+            Ok(computed) if computed == signed => {
+                tracing::info!(size, "the log meets the checkpoint published outside it");
+                // Checkpoints carry on from here.
+                self.checkpointed_seq = self.checkpointed_seq.max(size);
+                self.scheduler.do_send(Hold(None));
+            }
+            Ok(computed) => self.broken(Break {
                 seq: size,
                 fault: Fault::RootMismatch {
                     size,
                     signed,
-                    computed: self.status.root,
+                    computed,
                 },
-            });
-        } else {
-            tracing::info!(size, "the log meets the checkpoint published outside it");
-            // Checkpoints carry on from here.
-            self.checkpointed_seq = self.checkpointed_seq.max(size);
+            }),
+            Err(error) => {
+                // Not damage: tried again shortly, appends waiting meanwhile.
+                tracing::warn!(%error, "could not read the log back to check the published checkpoint");
+                ctx.run_later(Duration::from_secs(1), |act, ctx| act.met(ctx));
+            }
         }
     }
 }
@@ -390,6 +500,13 @@ impl Actor for Auditor {
         self.status.verified_head = Hash::GENESIS;
         self.checkpointed_seq = 0;
         self.promise = None;
+        self.promise_reads = 0;
+        self.promise_pending = false;
+        self.started_head = u64::MAX;
+        if self.retired {
+            ctx.stop();
+            return;
+        }
         self.read_promises(ctx);
         let log = self.log.clone();
         ctx.wait(async move { log.subscribe(1).await }.into_actor(self).map(
@@ -444,13 +561,17 @@ impl StreamHandler<Result<Entry, gantry_events::Error>> for Auditor {
                 self.status.verified_seq = seq;
                 self.status.verified_head = hash;
                 self.tree.push(&hash);
-                if let Some(through) = checkpointed {
-                    // A checkpoint already recorded (before a restart): not made again.
+                // A checkpoint already recorded (before a restart) is not made again. Only one
+                // of entries before its own counts: the field is the log's, not signed.
+                if let Some(through) = checkpointed.filter(|&t| t < seq) {
                     self.checkpointed_seq = self.checkpointed_seq.max(through);
                 }
-                self.met();
+                self.met(ctx);
                 if seq >= self.started_head
-                    && seq >= self.checkpointed_seq + self.settings.checkpoint_events
+                    && seq
+                        >= self
+                            .checkpointed_seq
+                            .saturating_add(self.settings.checkpoint_events)
                 {
                     self.checkpoint(ctx);
                 }
@@ -476,6 +597,21 @@ fn checkpointed(entry: &Entry) -> Option<u64> {
 
 /// How often the Auditor re-checks the stored chain unless told otherwise.
 pub const DEFAULT_RECHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// Stops the Auditor for good: its control plane no longer leads, so it must neither check
+/// nor publish anything more (the next leader's Auditor does).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+impl Handler<Retire> for Auditor {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        self.retired = true;
+        ctx.stop();
+    }
+}
 
 /// Re-checks the stored chain now (answers at once; the re-check runs in the background).
 #[derive(Debug, Message)]

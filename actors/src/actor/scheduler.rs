@@ -93,6 +93,9 @@ pub struct Scheduler {
     snapshots: Option<Snapshots>,
     /// Why appends are stopped (the Auditor found the chain broken), if they are.
     halted: Option<String>,
+    /// Why appends wait (the Auditor has not yet checked the log against the checkpoint
+    /// published outside it), if they do.
+    held: Option<String>,
 }
 
 /// Where and how often the scheduler saves its state (see [`crate::snapshot`]).
@@ -147,6 +150,7 @@ impl Scheduler {
         Ok(Scheduler {
             snapshots,
             halted: None,
+            held: None,
             log,
             secrets: None,
             durable_seq: world.seq(),
@@ -225,6 +229,11 @@ impl Scheduler {
         if let Some(why) = &self.halted {
             return Box::pin(fut::ready(Err(CommandError::Unavailable(format!(
                 "appends stopped: {why}; an operator must repair the log (`gantry log verify` names the entry) and restart gantry"
+            )))));
+        }
+        if let Some(why) = &self.held {
+            return Box::pin(fut::ready(Err(CommandError::Unavailable(format!(
+                "appends held: {why}; try again shortly"
             )))));
         }
         let batch = stamp(events, &self.source);
@@ -481,7 +490,7 @@ impl Scheduler {
         ctx: &mut Context<Self>,
         done: impl FnOnce(&mut Scheduler) + 'static,
     ) {
-        if events.is_empty() || self.halted.is_some() {
+        if events.is_empty() || self.halted.is_some() || self.held.is_some() {
             return;
         }
         let batch = stamp(events, &self.source);
@@ -644,6 +653,25 @@ impl Handler<Halt> for Scheduler {
             tracing::error!(reason = %msg.0, "scheduler: appends stopped");
             self.halted = Some(msg.0);
         }
+    }
+}
+
+/// Holds appends until the Auditor has checked the log against the checkpoint published
+/// outside it (`Some(why)`), or lets them go again (`None`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Hold(pub Option<String>);
+
+impl Handler<Hold> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: Hold, _: &mut Context<Self>) {
+        match (&self.held, &msg.0) {
+            (None, Some(why)) => tracing::warn!(reason = %why, "scheduler: appends held"),
+            (Some(_), None) => tracing::info!("scheduler: appends go on"),
+            _ => {}
+        }
+        self.held = msg.0;
     }
 }
 

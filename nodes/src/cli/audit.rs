@@ -294,16 +294,24 @@ pub(crate) fn check_consistency(
             proof.to, proof.to_root, to.size, to.root
         ));
     }
-    if proof.from > 0 {
+    // A checkpoint the caller trusts binds the proof's start, whatever size the proof
+    // names (a proof "from 0" extends every history, so it must not stand in for one).
+    if trusted.is_some() || proof.from > 0 {
         let from = open(
             verifier,
             trusted.or(proof.from_checkpoint.as_deref()),
             "`from`",
         )?;
-        if from.size != proof.from || from.root != proof.from_root {
+        if from.size != proof.from {
             return Err(format!(
-                "the trusted log of {} entries has root {}, the proof starts from {} entries with root {}: the history was rewritten",
-                from.size, from.root, proof.from, proof.from_root
+                "the proof starts from a log of {} entries, not the trusted one of {}",
+                proof.from, from.size
+            ));
+        }
+        if from.root != proof.from_root {
+            return Err(format!(
+                "the trusted log of {} entries has root {}, the proof starts from root {}: the history was rewritten",
+                from.size, from.root, proof.from_root
             ));
         }
     }
@@ -382,24 +390,29 @@ async fn watch(args: WatchArgs, out: &mut (dyn Write + Send)) -> Result<ExitCode
                 .map_err(Error::Usage)?
                 .ok_or_else(|| Error::Usage("no checkpoint in the bucket yet".into())),
         };
-        match note {
-            Ok(note) => {
-                let checked = check_next(&args.server, &verifier, last.as_ref(), &note).await?;
-                match checked {
-                    Ok((line, checkpoint)) => {
-                        out_line(out, line)?;
-                        if let Some(path) = &args.state {
-                            crate::audit::FileSink::write_now(path, &note)
-                                .map_err(io_context(format!("writing {}", path.display())))?;
-                        }
-                        last = Some((note, checkpoint));
+        // A proof the gateway cannot give yet (its views behind the bucket, a restart) is
+        // waited for like a checkpoint: `last` stays as it is.
+        let checked = match note {
+            Ok(note) => check_next(&args.server, &verifier, last.as_ref(), &note)
+                .await
+                .map(|checked| (note, checked)),
+            Err(error) => Err(error),
+        };
+        match checked {
+            Ok((note, checked)) => match checked {
+                Ok((line, checkpoint)) => {
+                    out_line(out, line)?;
+                    if let Some(path) = &args.state {
+                        crate::audit::FileSink::write_now(path, &note)
+                            .map_err(io_context(format!("writing {}", path.display())))?;
                     }
-                    Err(why) => {
-                        out_line(out, format!("CHECKPOINT REFUSED: {why}"))?;
-                        return Ok(ExitCode::from(EXIT_BROKEN));
-                    }
+                    last = Some((note, checkpoint));
                 }
-            }
+                Err(why) => {
+                    out_line(out, format!("CHECKPOINT REFUSED: {why}"))?;
+                    return Ok(ExitCode::from(EXIT_BROKEN));
+                }
+            },
             // Not there yet (no checkpoint signed, the gateway restarting): try again.
             Err(error) if !args.once => out_line(out, format!("waiting: {error}"))?,
             Err(error) => return Err(error),
@@ -469,6 +482,12 @@ async fn check_next(
         Ok(proof) => proof,
         Err(e) => return Ok(Err(format!("not a consistency proof: {e}"))),
     };
+    if proof.from != seen.size || proof.to != checkpoint.size {
+        return Ok(Err(format!(
+            "asked for a proof from {} to {} entries, the gateway answered one from {} to {}",
+            seen.size, checkpoint.size, proof.from, proof.to
+        )));
+    }
     // The checkpoint being checked is the `to` one, whatever the gateway sends with the proof.
     proof.to_checkpoint = Some(note.to_owned());
     Ok(check_consistency(&proof, verifier, Some(last_note)).map(|line| (line, checkpoint)))

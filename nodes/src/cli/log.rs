@@ -70,8 +70,9 @@ pub struct VerifyArgs {
     /// A signed checkpoint the log was promised to hold: the log must reach its size and have
     /// its Merkle root there (catches a cut tail and a history rewritten with fresh hashes,
     /// which the chain alone cannot).
-    /// With `--file`, the export must start at entry 1.
-    #[arg(long, requires = "key")]
+    /// With `--file`, the export must start at entry 1. The whole log is verified then (not
+    /// with `--from`/`--to`).
+    #[arg(long, requires = "key", conflicts_with_all = ["from", "to"])]
     pub checkpoint: Option<PathBuf>,
     /// The verifier key the checkpoint must be signed with (`name+keyid+base64`).
     #[arg(long, requires = "checkpoint")]
