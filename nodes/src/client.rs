@@ -53,6 +53,11 @@ impl Client {
         }
     }
 
+    /// The gateway's URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Sends `key` with every request.
     pub fn with_key(mut self, key: Option<String>) -> Client {
         self.key = key;

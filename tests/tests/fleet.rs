@@ -5,7 +5,8 @@
 //! - `kill -9` of a node mid-job: `node.lost` within the timeout, the job finishes elsewhere,
 //!   exactly once, with both attempts in its history;
 //! - `kill -9` of the leading control plane: the other leads within 3 s, nothing is lost or
-//!   run twice, the chain verifies;
+//!   run twice, the chain verifies, and a signed checkpoint covering it all is in the KV
+//!   bucket;
 //! - a NATS server restart mid-run loses nothing acknowledged;
 //! - with NATS authorization, a node's account runs jobs but cannot publish events or speak
 //!   for another node.
@@ -424,6 +425,53 @@ fn the_leading_control_plane_killed_mid_run_is_replaced_within_seconds() {
         );
     }
     verify_chain(&nats.url());
+    checkpoint_in_the_bucket_covers(&nats.url(), &follower, &events);
+}
+
+/// The control planes' Auditor signed a checkpoint covering `events` (with the key every
+/// control plane on this machine shares) and published it to the fleet's KV bucket:
+/// `gantry audit watch --nats` reads it there and checks its signature.
+fn checkpoint_in_the_bucket_covers(nats: &str, client: &Client, events: &[Value]) {
+    let last = events
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .expect("events");
+    let key = gantry()
+        .args(["audit", "key"])
+        .stdout(Stdio::piped())
+        .output()
+        .expect("gantry audit key");
+    assert!(key.status.success());
+    let key = String::from_utf8(key.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    let server = client.base().to_owned();
+    let seen = wait_until(
+        "a signed checkpoint in the bucket covering every job",
+        Duration::from_secs(60),
+        || {
+            let out = gantry()
+                .args(["audit", "watch", "--once", "--nats", nats, "--server"])
+                .arg(&server)
+                .args(["--key", &key])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output()
+                .expect("gantry audit watch");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            // Exit 2 while the bucket holds nothing yet; exit 1 would be a refused checkpoint.
+            assert_ne!(out.status.code(), Some(1), "{text}");
+            if !out.status.success() {
+                eprintln!("not yet: {}", String::from_utf8_lossy(&out.stderr).trim());
+                return None;
+            }
+            let size: u64 = text.split(" of ").nth(1)?.split(' ').next()?.parse().ok()?;
+            (size >= last).then_some(text)
+        },
+    );
+    assert!(seen.contains(": signed"), "{seen}");
 }
 
 /// Runs three jobs, disrupts the fleet while the first runs, submits one more, and checks that
