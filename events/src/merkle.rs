@@ -271,6 +271,27 @@ impl MerkleTree {
     }
 }
 
+/// The tree's right edge over the log's first `size` entries (fewer when the log ends
+/// sooner: see [`Frontier::size`]), read from `log` by their stored hashes.
+pub async fn frontier_of(log: &dyn crate::EventLog, size: u64) -> Result<Frontier, crate::Error> {
+    let mut tree = Frontier::new();
+    while tree.size() < size {
+        let next = tree.size() + 1;
+        let entries = log.read(next, (size - next + 1).min(4096) as usize).await?;
+        if entries.is_empty() {
+            break;
+        }
+        for entry in &entries {
+            let hash = entry.stored_hash().map_err(|e| crate::Error::Broken {
+                seq: entry.seq,
+                reason: e.to_string(),
+            })?;
+            tree.push(&hash);
+        }
+    }
+    Ok(tree)
+}
+
 /// The right edge of the tree: the roots of its complete subtrees, largest first (at most
 /// 64). Enough to compute the root as leaves are added, in constant memory; what the Auditor
 /// keeps while it verifies.

@@ -427,21 +427,9 @@ impl Auditor {
         }
         let log = self.log.clone();
         let root = async move {
-            let mut tree = Frontier::new();
-            let mut next = 1;
-            while next <= size {
-                let entries = log.read(next, (size - next + 1).min(4096) as usize).await?;
-                if entries.is_empty() {
-                    break;
-                }
-                for entry in &entries {
-                    tree.push(&entry.stored_hash().map_err(|e| {
-                        gantry_events::Error::backend("reading back", e.to_string())
-                    })?);
-                }
-                next += entries.len() as u64;
-            }
-            Ok::<_, gantry_events::Error>(tree.root())
+            gantry_events::merkle::frontier_of(&*log, size)
+                .await
+                .map(|tree| tree.root())
         };
         self.promise_pending = true;
         ctx.spawn(root.into_actor(self).map(move |root, act, ctx| {

@@ -308,23 +308,13 @@ async fn log_meets(
     log: &dyn EventLog,
     checkpoint: &Checkpoint,
 ) -> Result<Result<String, String>, Error> {
-    let mut tree = Frontier::new();
-    let mut next = 1;
-    while next <= checkpoint.size {
-        let count = (checkpoint.size - next + 1).min(4096) as usize;
-        let entries = log.read(next, count).await?;
-        if entries.is_empty() {
-            break;
+    match gantry_events::merkle::frontier_of(log, checkpoint.size).await {
+        Ok(tree) => Ok(meets(checkpoint, tree.size(), &tree)),
+        Err(gantry_events::Error::Broken { seq, reason }) => {
+            Ok(Err(format!("entry {seq}: {reason}")))
         }
-        for entry in &entries {
-            match entry.stored_hash() {
-                Ok(hash) => tree.push(&hash),
-                Err(error) => return Ok(Err(format!("entry {}: {error}", entry.seq))),
-            }
-        }
-        next += entries.len() as u64;
+        Err(error) => Err(error.into()),
     }
-    Ok(meets(checkpoint, tree.size(), &tree))
 }
 
 /// Checks an export against a signed checkpoint (the export must start at entry 1).
